@@ -1,0 +1,96 @@
+"""The installed `mpo` console command, run as a user would (subprocess of the real entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from mpo import __version__
+from mpo.cli import build_parser
+
+MPO = shutil.which("mpo", path=str(Path(sys.executable).parent)) or shutil.which("mpo")
+
+
+def run_mpo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    assert MPO, "the `mpo` console script is not installed in this environment"
+    return subprocess.run([MPO, *args], capture_output=True, text=True, timeout=300, env=env, check=False)
+
+
+def subcommand_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                paths.append((*prefix, name))
+                paths.extend(subcommand_paths(child, (*prefix, name)))
+    return paths
+
+
+def test_version() -> None:
+    result = run_mpo("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"mpo {__version__}"
+
+
+def test_every_subcommand_has_help() -> None:
+    paths = subcommand_paths(build_parser())
+    assert ("info",) in paths and ("config", "validate") in paths
+    for path in [(), *paths]:
+        result = run_mpo(*path, "--help")
+        assert result.returncode == 0, (path, result.stderr)
+        assert result.stdout.startswith("usage: mpo"), path
+
+
+def test_info_imports_the_engines() -> None:
+    result = run_mpo("info", "--json", "--require", "torch,vllm,deepspeed,ray")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for name in ("torch", "vllm", "deepspeed", "ray", "transformers", "grpc", "pydantic"):
+        assert report["packages"][name]["error"] is None, (name, report["packages"][name])
+        assert report["packages"][name]["version"]
+    assert report["gpu"].startswith(("none visible", "1 visible", "2 visible", "4 visible", "8 visible"))
+
+
+def test_info_reports_a_broken_engine_and_fails_when_it_is_required(tmp_path: Path) -> None:
+    # A package that raises on import (as vLLM does beside a mismatched torchvision) shadows the real one.
+    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm" / "__init__.py").write_text("raise ImportError('simulated broken vllm build')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = run_mpo("info", "--require", "vllm", env=env)
+    assert result.returncode == 1
+    assert "NOT IMPORTABLE — ImportError: simulated broken vllm build" in result.stdout
+    assert "required packages failed to import: vllm" in result.stderr
+    assert run_mpo("info", "--require", "torch", env=env).returncode == 0
+
+
+def test_info_rejects_unknown_required_names() -> None:
+    result = run_mpo("info", "--require", "vlm")
+    assert result.returncode == 2
+    assert "unknown packages: vlm" in result.stderr
+
+
+def test_config_validate(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("objective:\n  terms: {preference: 1.0, generation: 1.0}\n")
+    result = run_mpo("config", "validate", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "beta: 0.1" in result.stdout and "preference: 1.0" in result.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: {beta: -1}\n")
+    result = run_mpo("config", "validate", str(bad))
+    assert result.returncode == 2
+    assert "objective.beta: Input should be greater than 0" in result.stderr
+
+
+def test_install_left_no_broken_torchvision() -> None:
+    """DESIGN §5 trap: a CUDA torchvision beside the CPU torch breaks transformers' vision models."""
+    if importlib.util.find_spec("torchvision") is not None:
+        import torchvision  # noqa: F401  - must import cleanly if present at all
+    from transformers import LlavaForConditionalGeneration  # noqa: F401
