@@ -1,0 +1,18 @@
+"""Policy trainer: the MPO objective (here) and, as it lands, the DeepSpeed ZeRO-3 rank actors."""
+
+from mpo.trainer.logprobs import IGNORE_INDEX, SequenceLogProbs, response_labels, sequence_logprobs
+from mpo.trainer.objective import MPOObjective, MPOOutput, preference_loss, quality_loss
+from mpo.trainer.reward_shift import RewardShift, mean_across_ranks
+
+__all__ = [
+    "IGNORE_INDEX",
+    "MPOObjective",
+    "MPOOutput",
+    "RewardShift",
+    "SequenceLogProbs",
+    "mean_across_ranks",
+    "preference_loss",
+    "quality_loss",
+    "response_labels",
+    "sequence_logprobs",
+]

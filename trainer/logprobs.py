@@ -1,0 +1,72 @@
+"""Per-sequence log-probabilities of the response tokens — the quantity every MPO term is built from.
+
+Convention (shared with the data pipeline): ``labels`` has the same shape as ``input_ids``; prompt
+tokens, image placeholder tokens and padding are ``IGNORE_INDEX``; the response tokens *and* the
+end-of-turn token that closes the response keep their ids. Logits at position ``t`` predict the
+label at ``t + 1`` (causal shift), exactly as Hugging Face models compute their own loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class SequenceLogProbs:
+    """Summed response log-probs per sequence, and how many response tokens each sum covers."""
+
+    summed: torch.Tensor  # [batch], differentiable w.r.t. the logits
+    token_counts: torch.Tensor  # [batch], int64
+
+    def token_mean_nll(self) -> torch.Tensor:
+        """Cross-entropy averaged over every response token of the batch (the SFT loss's reduction)."""
+        return -self.summed.sum() / self.token_counts.sum().clamp(min=1)
+
+
+def response_labels(
+    input_ids: torch.Tensor, prompt_lengths: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Labels that keep only the response (right-padded rows: ``prompt | response + end-of-turn | pad``).
+
+    Image placeholder tokens live in the prompt, so they are masked together with it.
+    """
+    if input_ids.shape != attention_mask.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
+    if prompt_lengths.shape != input_ids.shape[:1]:
+        raise ValueError(f"prompt_lengths must have shape ({input_ids.shape[0]},), got {tuple(prompt_lengths.shape)}")
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    in_response = (positions >= prompt_lengths.to(input_ids.device).unsqueeze(1)) & attention_mask.bool()
+    return torch.where(in_response, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> SequenceLogProbs:
+    """Sum of ``log p(label_t | prefix)`` over the labelled (response) tokens of each sequence.
+
+    Works for causal LMs and for image-text models whose ``input_ids`` carry the expanded image tokens
+    (LLaVA, Qwen2-VL, InternVL): logits and labels then have the same length and the image tokens are
+    simply unlabelled prompt positions. Computed via ``logsumexp`` in fp32 one row at a time, so the
+    full ``[batch, seq, vocab]`` log-softmax is never materialised.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [batch, seq, vocab], got shape {tuple(logits.shape)}")
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape[:2])} and labels {tuple(labels.shape)} must cover the same "
+            "positions; for image-text models pass input_ids with the image tokens already expanded"
+        )
+    shifted_logits = logits[:, :-1, :]
+    shifted_labels = labels[:, 1:]
+    mask = shifted_labels != IGNORE_INDEX
+    safe_labels = torch.where(mask, shifted_labels, torch.zeros_like(shifted_labels))
+
+    per_token = []
+    for row_logits, row_labels in zip(shifted_logits, safe_labels, strict=True):
+        row_logits = row_logits.float()
+        picked = row_logits.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1)
+        per_token.append(picked - torch.logsumexp(row_logits, dim=-1))
+    token_logps = torch.stack(per_token) * mask
+    return SequenceLogProbs(summed=token_logps.sum(-1), token_counts=mask.sum(-1))

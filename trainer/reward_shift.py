@@ -1,0 +1,65 @@
+"""The BCO reward shift δ: a cumulative (no-decay) mean of one scalar per training micro-batch.
+
+Each micro-batch contributes ``mean(cat(z_chosen, z_rejected))`` averaged across data-parallel ranks,
+so every rank holds the same δ. The current micro-batch is folded in *before* δ is used, and δ starts
+at 0. Public implementations drop δ on resume; we keep it in ``state_dict`` so a resumed run continues
+with the same shift (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+RankReducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """Average a scalar over the default process group; the identity outside distributed training."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    reduced = value.detach().clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced / dist.get_world_size()
+
+
+class RewardShift:
+    """Running δ. ``update`` must be called once per training micro-batch on every rank."""
+
+    def __init__(self, reduce_across_ranks: RankReducer = mean_across_ranks) -> None:
+        self._reduce = reduce_across_ranks
+        self._mean = 0.0
+        self._count = 0
+
+    @property
+    def value(self) -> float:
+        return self._mean
+
+    @property
+    def count(self) -> int:
+        """Number of micro-batches folded into δ so far."""
+        return self._count
+
+    def update(self, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
+        """Fold this micro-batch's mean reward (averaged over ranks) into δ and return the new δ."""
+        batch_mean = torch.cat([chosen_rewards.detach().reshape(-1), rejected_rewards.detach().reshape(-1)])
+        # float64 keeps the running mean exact enough that a resumed run matches bit-for-bit in fp32.
+        rank_mean = self._reduce(batch_mean.double().mean())
+        self._count += 1
+        self._mean += (float(rank_mean) - self._mean) / self._count
+        return self._mean
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self._mean, "count": self._count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"mean", "count"} - state.keys()
+        if missing:
+            raise KeyError(f"reward-shift state lacks {sorted(missing)}")
+        if int(state["count"]) < 0:
+            raise ValueError(f"reward-shift count must be >= 0, got {state['count']}")
+        self._mean = float(state["mean"])
+        self._count = int(state["count"])
