@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 #: The MPO loss terms (DESIGN §3) and their names in TRL's DPOTrainer ``loss_type`` list.
 TermName = Literal["preference", "quality", "generation"]
@@ -44,6 +44,55 @@ class ObjectiveConfig(_Strict):
             if not math.isfinite(weight) or weight <= 0:
                 raise ValueError(f"weight of term '{name}' must be a finite number > 0, got {weight}")
         return terms
+
+
+class RequestLimits(_Strict):
+    """Bounds every service enforces on incoming requests (violations → INVALID_ARGUMENT)."""
+
+    max_batch_prompts: int = Field(256, ge=1, description="Most prompts (or continuations) in one request.")
+    max_samples_per_prompt: int = Field(64, ge=1, description="Largest `SamplingParams.n`.")
+    max_tokens: int = Field(2048, ge=1, description="Largest `SamplingParams.max_tokens`.")
+    max_images_per_prompt: int = Field(8, ge=0, description="Most images attached to one prompt.")
+    max_image_bytes: int = Field(16 * 2**20, ge=1, description="Largest encoded image.")
+    max_question_chars: int = Field(32_768, ge=1, description="Longest question text.")
+    max_pairs_per_request: int = Field(4096, ge=1, description="Most preference pairs in one Train call.")
+    max_samples_per_request: int = Field(16_384, ge=1, description="Most samples in one Score/BuildPairs call.")
+    known_tasks: list[str] = Field(
+        default_factory=lambda: ["arith", "shapes", "describe"],
+        min_length=1,
+        description="Task names prompts may carry; each selects a verifier.",
+    )
+
+
+class ServerConfig(_Strict):
+    """How one gRPC service listens; shared by rollout, reward, trainer and controller."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside containers.")
+    port: int = Field(0, ge=0, le=65535, description="Port to bind; 0 picks a free one (embedded mode).")
+    max_message_bytes: int = Field(
+        256 * 2**20, ge=1024, description="Largest request/response message (weight chunks are the big ones)."
+    )
+    max_concurrent_rpcs: int = Field(
+        64, ge=1, description="In-flight calls above this are refused with RESOURCE_EXHAUSTED."
+    )
+    auth_token_env: str = Field(
+        "MPO_AUTH_TOKEN", description="Environment variable holding the bearer token; auth is off when unset."
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain; TLS is on when set (with the key).")
+    tls_key_file: Path | None = Field(None, description="PEM private key matching tls_cert_file.")
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On shutdown, in-flight calls get this long to finish."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve Prometheus metrics over HTTP here; off when unset."
+    )
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
 
 
 class RunConfig(_Strict):

@@ -1,0 +1,1 @@
+"""Plumbing shared by every gRPC service: server bootstrap, validation, auth, clients, registry."""
