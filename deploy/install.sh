@@ -11,6 +11,12 @@ venv="${VENV:-.venv}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
+# The dev extra also brings the npm-packaged tools (buf, for protos/check.sh): check npm before the long pip install.
+if [[ ",$extras," == *",dev,"* ]] && ! command -v npm >/dev/null; then
+  echo "[install] error: the dev extra needs npm (Node.js) to install buf from package-lock.json; install Node.js and rerun" >&2
+  exit 1
+fi
+
 if [[ ! -x "$venv/bin/python" ]]; then
   echo "[install] creating virtualenv $venv with $python"
   "$python" -m venv "$venv"
@@ -26,6 +32,11 @@ echo "[install] installing onlinempo[$extras] (first run downloads vLLM, Ray and
 # OnlineMPO needs them (images go through PIL processors), so the CPU install ends without them.
 if [[ ",$extras," == *",cpu,"* ]]; then
   "${pip[@]}" uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+
+if [[ ",$extras," == *",dev,"* ]]; then
+  echo "[install] installing the npm dev tools (buf) into $root/node_modules"
+  (cd "$root" && npm ci --no-audit --no-fund --silent)
 fi
 
 "$venv/bin/mpo" info --require vllm,deepspeed,ray

@@ -27,82 +27,109 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ControllerServiceStub:
+    """Runs the round loop of online MPO runs and serves their state and stored round records."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ControllerServiceAsyncStub: ...
     StartRun: _grpc.UnaryUnaryMultiCallable[_controller_pb2.StartRunRequest, _controller_pb2.StartRunResponse]
+    """Start a run from a YAML config; starting an existing `run_id` resumes that run."""
     PauseRun: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PauseRunRequest, _controller_pb2.PauseRunResponse]
+    """Pause a running run; its state is RUN_STATE_PAUSED until ResumeRun."""
     ResumeRun: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ResumeRunRequest, _controller_pb2.ResumeRunResponse]
+    """Resume a paused run."""
     StopRun: _grpc.UnaryUnaryMultiCallable[_controller_pb2.StopRunRequest, _controller_pb2.StopRunResponse]
+    """Stop a run; its state becomes RUN_STATE_STOPPED."""
     GetRun: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetRunRequest, _controller_pb2.GetRunResponse]
+    """One run's state."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListRunsRequest, _controller_pb2.ListRunsResponse]
+    """All runs, most recently started first."""
     ListRounds: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListRoundsRequest, _controller_pb2.ListRoundsResponse]
+    """A run's stored round records, in round order."""
     WatchRounds: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchRoundsRequest, _controller_pb2.WatchRoundsResponse]
     """Stream round records as rounds finish, starting with stored rounds >= `from_round`."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
+    """Runs the round loop of online MPO runs and serves their state and stored round records."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartRun: _aio.UnaryUnaryMultiCallable[_controller_pb2.StartRunRequest, _controller_pb2.StartRunResponse]  # type: ignore[assignment]
+    """Start a run from a YAML config; starting an existing `run_id` resumes that run."""
     PauseRun: _aio.UnaryUnaryMultiCallable[_controller_pb2.PauseRunRequest, _controller_pb2.PauseRunResponse]  # type: ignore[assignment]
+    """Pause a running run; its state is RUN_STATE_PAUSED until ResumeRun."""
     ResumeRun: _aio.UnaryUnaryMultiCallable[_controller_pb2.ResumeRunRequest, _controller_pb2.ResumeRunResponse]  # type: ignore[assignment]
+    """Resume a paused run."""
     StopRun: _aio.UnaryUnaryMultiCallable[_controller_pb2.StopRunRequest, _controller_pb2.StopRunResponse]  # type: ignore[assignment]
+    """Stop a run; its state becomes RUN_STATE_STOPPED."""
     GetRun: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetRunRequest, _controller_pb2.GetRunResponse]  # type: ignore[assignment]
+    """One run's state."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListRunsRequest, _controller_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """All runs, most recently started first."""
     ListRounds: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListRoundsRequest, _controller_pb2.ListRoundsResponse]  # type: ignore[assignment]
+    """A run's stored round records, in round order."""
     WatchRounds: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchRoundsRequest, _controller_pb2.WatchRoundsResponse]  # type: ignore[assignment]
     """Stream round records as rounds finish, starting with stored rounds >= `from_round`."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Runs the round loop of online MPO runs and serves their state and stored round records."""
+
     @_abc_1.abstractmethod
     def StartRun(
         self,
         request: _controller_pb2.StartRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.StartRunResponse, _abc.Awaitable[_controller_pb2.StartRunResponse]]: ...
+    ) -> _typing.Union[_controller_pb2.StartRunResponse, _abc.Awaitable[_controller_pb2.StartRunResponse]]:
+        """Start a run from a YAML config; starting an existing `run_id` resumes that run."""
 
     @_abc_1.abstractmethod
     def PauseRun(
         self,
         request: _controller_pb2.PauseRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.PauseRunResponse, _abc.Awaitable[_controller_pb2.PauseRunResponse]]: ...
+    ) -> _typing.Union[_controller_pb2.PauseRunResponse, _abc.Awaitable[_controller_pb2.PauseRunResponse]]:
+        """Pause a running run; its state is RUN_STATE_PAUSED until ResumeRun."""
 
     @_abc_1.abstractmethod
     def ResumeRun(
         self,
         request: _controller_pb2.ResumeRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.ResumeRunResponse, _abc.Awaitable[_controller_pb2.ResumeRunResponse]]: ...
+    ) -> _typing.Union[_controller_pb2.ResumeRunResponse, _abc.Awaitable[_controller_pb2.ResumeRunResponse]]:
+        """Resume a paused run."""
 
     @_abc_1.abstractmethod
     def StopRun(
         self,
         request: _controller_pb2.StopRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.StopRunResponse, _abc.Awaitable[_controller_pb2.StopRunResponse]]: ...
+    ) -> _typing.Union[_controller_pb2.StopRunResponse, _abc.Awaitable[_controller_pb2.StopRunResponse]]:
+        """Stop a run; its state becomes RUN_STATE_STOPPED."""
 
     @_abc_1.abstractmethod
     def GetRun(
         self,
         request: _controller_pb2.GetRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.GetRunResponse, _abc.Awaitable[_controller_pb2.GetRunResponse]]: ...
+    ) -> _typing.Union[_controller_pb2.GetRunResponse, _abc.Awaitable[_controller_pb2.GetRunResponse]]:
+        """One run's state."""
 
     @_abc_1.abstractmethod
     def ListRuns(
         self,
         request: _controller_pb2.ListRunsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.ListRunsResponse, _abc.Awaitable[_controller_pb2.ListRunsResponse]]: ...
+    ) -> _typing.Union[_controller_pb2.ListRunsResponse, _abc.Awaitable[_controller_pb2.ListRunsResponse]]:
+        """All runs, most recently started first."""
 
     @_abc_1.abstractmethod
     def ListRounds(
         self,
         request: _controller_pb2.ListRoundsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.ListRoundsResponse, _abc.Awaitable[_controller_pb2.ListRoundsResponse]]: ...
+    ) -> _typing.Union[_controller_pb2.ListRoundsResponse, _abc.Awaitable[_controller_pb2.ListRoundsResponse]]:
+        """A run's stored round records, in round order."""
 
     @_abc_1.abstractmethod
     def WatchRounds(

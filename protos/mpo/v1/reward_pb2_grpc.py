@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RewardServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Labels samples against ground truth and builds preference pairs from them.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -47,7 +48,8 @@ class RewardServiceStub:
 
 
 class RewardServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Labels samples against ground truth and builds preference pairs from them.
+    """
 
     def Score(self, request, context):
         """Judge each sample against its prompt's ground truth.
@@ -85,7 +87,8 @@ def add_RewardServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RewardService:
-    """Missing associated documentation comment in .proto file."""
+    """Labels samples against ground truth and builds preference pairs from them.
+    """
 
     @staticmethod
     def Score(request,

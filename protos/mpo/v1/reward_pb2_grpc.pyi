@@ -29,6 +29,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RewardServiceStub:
+    """Labels samples against ground truth and builds preference pairs from them."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -40,6 +42,8 @@ class RewardServiceStub:
 
 @_typing.type_check_only
 class RewardServiceAsyncStub(RewardServiceStub):
+    """Labels samples against ground truth and builds preference pairs from them."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Score: _aio.UnaryUnaryMultiCallable[_reward_pb2.ScoreRequest, _reward_pb2.ScoreResponse]  # type: ignore[assignment]
     """Judge each sample against its prompt's ground truth."""
@@ -47,6 +51,8 @@ class RewardServiceAsyncStub(RewardServiceStub):
     """Build preference pairs for a batch of prompts and their samples, with label statistics."""
 
 class RewardServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Labels samples against ground truth and builds preference pairs from them."""
+
     @_abc_1.abstractmethod
     def Score(
         self,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RolloutServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Samples from the current policy, whose weights are replaced in place between rounds.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +68,8 @@ class RolloutServiceStub:
 
 
 class RolloutServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Samples from the current policy, whose weights are replaced in place between rounds.
+    """
 
     def Generate(self, request, context):
         """Sample `sampling.n` responses for every prompt of the batch; returns when all are done.
@@ -155,7 +157,8 @@ def add_RolloutServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RolloutService:
-    """Missing associated documentation comment in .proto file."""
+    """Samples from the current policy, whose weights are replaced in place between rounds.
+    """
 
     @staticmethod
     def Generate(request,

@@ -29,6 +29,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RolloutServiceStub:
+    """Samples from the current policy, whose weights are replaced in place between rounds."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -51,6 +53,8 @@ class RolloutServiceStub:
 
 @_typing.type_check_only
 class RolloutServiceAsyncStub(RolloutServiceStub):
+    """Samples from the current policy, whose weights are replaced in place between rounds."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryUnaryMultiCallable[_rollout_pb2.GenerateRequest, _rollout_pb2.GenerateResponse]  # type: ignore[assignment]
     """Sample `sampling.n` responses for every prompt of the batch; returns when all are done."""
@@ -69,6 +73,8 @@ class RolloutServiceAsyncStub(RolloutServiceStub):
     """Current policy version, queue depth and engine information."""
 
 class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Samples from the current policy, whose weights are replaced in place between rounds."""
+
     @_abc_1.abstractmethod
     def Generate(
         self,

@@ -79,11 +79,11 @@ class PublishWeightsResponse(_message.Message):
     replicas_loaded: int
     def __init__(self, policy_version: _Optional[int] = ..., bytes: _Optional[int] = ..., gather_seconds: _Optional[float] = ..., transfer_seconds: _Optional[float] = ..., replicas_loaded: _Optional[int] = ...) -> None: ...
 
-class GetTrainerStatusRequest(_message.Message):
+class TrainerServiceGetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class GetTrainerStatusResponse(_message.Message):
+class TrainerServiceGetStatusResponse(_message.Message):
     __slots__ = ("world_size", "strategy", "step", "round", "policy_version", "reward_shift", "model", "ready")
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]

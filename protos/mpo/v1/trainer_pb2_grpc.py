@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class TrainerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Trains the policy with the MPO objective and publishes its weights.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -51,13 +52,14 @@ class TrainerServiceStub:
                 _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/mpo.v1.TrainerService/GetStatus',
-                request_serializer=mpo_dot_v1_dot_trainer__pb2.GetTrainerStatusRequest.SerializeToString,
-                response_deserializer=mpo_dot_v1_dot_trainer__pb2.GetTrainerStatusResponse.FromString,
+                request_serializer=mpo_dot_v1_dot_trainer__pb2.TrainerServiceGetStatusRequest.SerializeToString,
+                response_deserializer=mpo_dot_v1_dot_trainer__pb2.TrainerServiceGetStatusResponse.FromString,
                 _registered_method=True)
 
 
 class TrainerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Trains the policy with the MPO objective and publishes its weights.
+    """
 
     def Train(self, request, context):
         """Train on a round's pairs with the MPO objective; returns per-step metrics.
@@ -107,8 +109,8 @@ def add_TrainerServiceServicer_to_server(servicer, server):
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
-                    request_deserializer=mpo_dot_v1_dot_trainer__pb2.GetTrainerStatusRequest.FromString,
-                    response_serializer=mpo_dot_v1_dot_trainer__pb2.GetTrainerStatusResponse.SerializeToString,
+                    request_deserializer=mpo_dot_v1_dot_trainer__pb2.TrainerServiceGetStatusRequest.FromString,
+                    response_serializer=mpo_dot_v1_dot_trainer__pb2.TrainerServiceGetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -119,7 +121,8 @@ def add_TrainerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TrainerService:
-    """Missing associated documentation comment in .proto file."""
+    """Trains the policy with the MPO objective and publishes its weights.
+    """
 
     @staticmethod
     def Train(request,
@@ -217,8 +220,8 @@ class TrainerService:
             request,
             target,
             '/mpo.v1.TrainerService/GetStatus',
-            mpo_dot_v1_dot_trainer__pb2.GetTrainerStatusRequest.SerializeToString,
-            mpo_dot_v1_dot_trainer__pb2.GetTrainerStatusResponse.FromString,
+            mpo_dot_v1_dot_trainer__pb2.TrainerServiceGetStatusRequest.SerializeToString,
+            mpo_dot_v1_dot_trainer__pb2.TrainerServiceGetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

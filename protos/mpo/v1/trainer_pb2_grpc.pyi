@@ -27,6 +27,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TrainerServiceStub:
+    """Trains the policy with the MPO objective and publishes its weights."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -37,11 +39,13 @@ class TrainerServiceStub:
     """Write a checkpoint (model, optimizer, scheduler, δ, counters, RNG) atomically."""
     PublishWeights: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.PublishWeightsRequest, _trainer_pb2.PublishWeightsResponse]
     """Gather the full weights and push them to the rollout service as a new policy version."""
-    GetStatus: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetTrainerStatusRequest, _trainer_pb2.GetTrainerStatusResponse]
+    GetStatus: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.TrainerServiceGetStatusRequest, _trainer_pb2.TrainerServiceGetStatusResponse]
     """Ranks, counters and the current policy version."""
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
+    """Trains the policy with the MPO objective and publishes its weights."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Train: _aio.UnaryUnaryMultiCallable[_trainer_pb2.TrainRequest, _trainer_pb2.TrainResponse]  # type: ignore[assignment]
     """Train on a round's pairs with the MPO objective; returns per-step metrics."""
@@ -49,10 +53,12 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     """Write a checkpoint (model, optimizer, scheduler, δ, counters, RNG) atomically."""
     PublishWeights: _aio.UnaryUnaryMultiCallable[_trainer_pb2.PublishWeightsRequest, _trainer_pb2.PublishWeightsResponse]  # type: ignore[assignment]
     """Gather the full weights and push them to the rollout service as a new policy version."""
-    GetStatus: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetTrainerStatusRequest, _trainer_pb2.GetTrainerStatusResponse]  # type: ignore[assignment]
+    GetStatus: _aio.UnaryUnaryMultiCallable[_trainer_pb2.TrainerServiceGetStatusRequest, _trainer_pb2.TrainerServiceGetStatusResponse]  # type: ignore[assignment]
     """Ranks, counters and the current policy version."""
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Trains the policy with the MPO objective and publishes its weights."""
+
     @_abc_1.abstractmethod
     def Train(
         self,
@@ -80,9 +86,9 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def GetStatus(
         self,
-        request: _trainer_pb2.GetTrainerStatusRequest,
+        request: _trainer_pb2.TrainerServiceGetStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_trainer_pb2.GetTrainerStatusResponse, _abc.Awaitable[_trainer_pb2.GetTrainerStatusResponse]]:
+    ) -> _typing.Union[_trainer_pb2.TrainerServiceGetStatusResponse, _abc.Awaitable[_trainer_pb2.TrainerServiceGetStatusResponse]]:
         """Ranks, counters and the current policy version."""
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
