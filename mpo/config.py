@@ -95,6 +95,37 @@ class ServerConfig(_Strict):
         return self
 
 
+ServiceName = Literal["rollout", "reward", "trainer", "controller"]
+
+
+class KubernetesServices(_Strict):
+    """Cluster mode: each service is reached through its Kubernetes Service `<release>-<name>`."""
+
+    release: str = Field(..., min_length=1, description="Helm release name (prefix of the Service names).")
+    namespace: str = Field("default", min_length=1, description="Namespace the chart is installed in.")
+    port: int = Field(50051, ge=1, le=65535, description="gRPC port every service listens on.")
+
+
+class RegistryConfig(_Strict):
+    """How services find each other: a local Ray (embedded), fixed addresses, or Kubernetes DNS."""
+
+    mode: Literal["ray", "static", "kubernetes"] = Field(
+        "ray", description="ray: services register in a named Ray actor; static: `addresses`; kubernetes: DNS."
+    )
+    addresses: dict[ServiceName, str] = Field(
+        default_factory=dict, description="host:port per service (static mode; overrides in other modes)."
+    )
+    kubernetes: KubernetesServices | None = Field(None, description="Required in kubernetes mode.")
+
+    @model_validator(mode="after")
+    def _mode_has_what_it_needs(self) -> RegistryConfig:
+        if self.mode == "kubernetes" and self.kubernetes is None:
+            raise ValueError("mode 'kubernetes' needs the kubernetes section (release, namespace, port)")
+        if self.mode == "static" and not self.addresses:
+            raise ValueError("mode 'static' needs addresses for the services")
+        return self
+
+
 class RunConfig(_Strict):
     """Everything one online-MPO run needs. Sections are added as the services land."""
 
