@@ -304,3 +304,18 @@ async def test_large_requests_are_validated_off_the_event_loop(served) -> None:
         await stub.Generate(rollout_pb2.GenerateRequest(prompts=[corrupt], sampling=sampling()))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("prompts[0].images[0].data: ")
+
+
+async def test_messages_over_the_size_limit_are_refused() -> None:
+    servicer = ScriptedRollout()
+    server = await start_server(servicer, max_message_bytes=2048)
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = rollout_pb2_grpc.RolloutServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Generate(generate_request("x" * 5000))
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert servicer.calls["Generate"] == 0
+            assert len((await stub.Generate(generate_request())).samples) == 2
+    finally:
+        await server.stop(0)
