@@ -1,0 +1,51 @@
+"""Built-in reasoning tasks: seeded generators of prompt records plus chain-of-thought demonstrations.
+
+Why built in: the embedded demo needs problems a ~1M-parameter policy partly solves (graded
+difficulty), with several valid lines of reasoning (so sampling finds answers greedy decoding misses)
+and an exact verifier, without downloading any data set.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from mpo.data.records import PromptRecord
+from mpo.data.tasks.arith import ArithTask
+from mpo.data.tasks.shapes import DescribeTask, ShapesTask
+from mpo.data.tasks.splits import HELDOUT_KEY_FRACTION, make_splits, split_of
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    has_images: bool
+
+    def generate(self, n: int, seed: int, image_dir: Path | None) -> list[PromptRecord]:
+        """`n` records, identical for equal seeds; image tasks write PNGs into `image_dir` and
+        reference them by absolute path. Item i does not depend on n."""
+        ...
+
+    def demonstration(self, record: PromptRecord, rng: random.Random) -> str | None:
+        """A chain of thought ending in a line "Final answer: X" with the record's answer; different
+        rngs give (often) different valid lines of reasoning. None when there is no ground truth."""
+        ...
+
+    def key(self, record: PromptRecord) -> str:
+        """What makes two records the same problem (used to keep splits disjoint)."""
+        ...
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (ArithTask(), ShapesTask(), DescribeTask())}
+
+__all__ = [
+    "HELDOUT_KEY_FRACTION",
+    "TASKS",
+    "ArithTask",
+    "DescribeTask",
+    "ShapesTask",
+    "Task",
+    "make_splits",
+    "split_of",
+]

@@ -1,0 +1,1 @@
+"""Reward / labelling: answer extraction and verification (pair builders and the service come next)."""
