@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mpo import __version__
 
@@ -50,6 +51,72 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_build(args: argparse.Namespace) -> int:
+    from mpo.models.corpus import task_corpus
+    from mpo.models.tiny import TextModelSpec, build_image_text_model, build_text_model
+
+    tasks = args.tasks.split(",")
+    corpus = task_corpus(tasks, seed=args.seed, per_task=args.corpus_per_task)
+    spec = TextModelSpec(hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads)
+    if args.kind == "text":
+        build_text_model(args.out, corpus, spec, seed=args.seed)
+    else:
+        build_image_text_model(args.out, corpus, spec, seed=args.seed)
+    print(f"built {args.kind} model (seed {args.seed}) in {args.out}")
+    return 0
+
+
+def _cmd_data_make(args: argparse.Namespace) -> int:
+    from mpo.data.loader import write_prompts_jsonl, write_prompts_parquet
+    from mpo.data.tasks import make_splits
+
+    splits = make_splits(args.task, seed=args.seed, train=args.train, heldout=args.heldout, out_dir=args.out)
+    write = write_prompts_jsonl if args.format == "jsonl" else write_prompts_parquet
+    for split, records in splits.items():
+        path = args.out / f"{split}.{args.format}"
+        write(records, path)
+        print(f"{args.task}: {len(records)} {split} prompts -> {path}")
+    return 0
+
+
+def _load_records(path: Path, *, skip_bad_rows: bool) -> list:
+    from mpo.data.loader import DataError, load_prompts
+
+    try:
+        return load_prompts(path, on_bad_row="skip" if skip_bad_rows else "reject").records
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
+def _cmd_bootstrap(args: argparse.Namespace) -> int:
+    from mpo.config import BootstrapConfig
+    from mpo.data.tasks import TASKS
+    from mpo.trainer.sft import bootstrap
+
+    overrides = {k: v for k, v in vars(args).items() if k in BootstrapConfig.model_fields and v is not None}
+    config = BootstrapConfig(**overrides)
+    train = _load_records(args.data / "train.jsonl", skip_bad_rows=args.skip_bad_rows)
+    heldout = _load_records(args.data / "heldout.jsonl", skip_bad_rows=args.skip_bad_rows)
+    report = bootstrap(
+        args.model, args.out, train, heldout, lambda record, rng: TASKS[record.task].demonstration(record, rng), config
+    )
+    print(json.dumps(report.summary(), indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mpo.evaluation import evaluate
+    from mpo.models.generate import Sampling, TransformersGenerator
+
+    records = _load_records(args.data, skip_bad_rows=args.skip_bad_rows)[: args.limit]
+    sampling = Sampling(
+        n=args.samples, temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens
+    )
+    result = evaluate(TransformersGenerator(args.model), records, sampling)
+    print(json.dumps(result.summary(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpo",
@@ -82,6 +149,76 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file", help="path to the YAML config")
     validate.set_defaults(handler=_cmd_config_validate)
+
+    models = commands.add_parser("models", help="build the tiny models", description="Build tiny models locally.")
+    model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    build = model_commands.add_parser(
+        "build",
+        help="build a tiny text (Qwen2) or image-text (LLaVA-style) model with its own tokenizer",
+        description="Train a BPE tokenizer on the task texts and initialise a tiny model; same seed, same bytes.",
+    )
+    build.add_argument("--out", type=Path, required=True, help="model directory to write")
+    build.add_argument("--kind", choices=["text", "image-text"], default="text")
+    build.add_argument("--tasks", default="arith,shapes,describe", help="tasks whose texts train the tokenizer")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--hidden-size", type=int, default=128)
+    build.add_argument("--layers", type=int, default=4)
+    build.add_argument("--heads", type=int, default=4)
+    build.add_argument("--corpus-per-task", type=int, default=2000, help="records per task in the tokenizer corpus")
+    build.set_defaults(handler=_cmd_models_build)
+
+    data = commands.add_parser("data", help="built-in task data", description="Generate built-in task data.")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    make = data_commands.add_parser(
+        "make",
+        help="generate a built-in task's train / held-out splits",
+        description="Write train and held-out prompt files (and images) for arith, shapes or describe.",
+    )
+    make.add_argument("--task", required=True, choices=["arith", "shapes", "describe"])
+    make.add_argument("--out", type=Path, required=True, help="directory for the split files and images/")
+    make.add_argument("--train", type=int, default=5000)
+    make.add_argument("--heldout", type=int, default=2000)
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    make.set_defaults(handler=_cmd_data_make)
+
+    boot = commands.add_parser(
+        "bootstrap",
+        help="supervised warm start of a tiny model on CoT demonstrations (the base policy)",
+        description="SFT on demonstrations, with an accuracy curve, pass@k and a stability check.",
+    )
+    boot.add_argument("--model", type=Path, required=True, help="model directory from `mpo models build`")
+    boot.add_argument("--data", type=Path, required=True, help="directory from `mpo data make` (train/heldout.jsonl)")
+    boot.add_argument("--out", type=Path, required=True, help="where to save the base policy")
+    for name in (
+        "steps",
+        "batch_size",
+        "eval_every",
+        "eval_prompts",
+        "stability_steps",
+        "seed",
+        "pass_k",
+        "max_new_tokens",
+    ):
+        boot.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+    boot.add_argument("--learning-rate", type=float, dest="learning_rate")
+    boot.add_argument("--skip-bad-rows", action="store_true", help="skip (and report) bad prompt rows")
+    boot.set_defaults(handler=_cmd_bootstrap)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="held-out accuracy of a model directory (generate, extract the final answer, verify)",
+        description="Accuracy (and pass@k with --samples k --temperature 1) on a prompt file with answers.",
+    )
+    evaluation.add_argument("--model", type=Path, required=True)
+    evaluation.add_argument("--data", type=Path, required=True, help="JSONL / Parquet / datasets dir with answers")
+    evaluation.add_argument("--samples", type=int, default=1)
+    evaluation.add_argument("--temperature", type=float, default=0.0)
+    evaluation.add_argument("--max-new-tokens", type=int, default=96)
+    evaluation.add_argument("--limit", type=int, default=None, help="evaluate the first N prompts only")
+    evaluation.add_argument("--seed", type=int, default=0)
+    evaluation.add_argument("--skip-bad-rows", action="store_true")
+    evaluation.set_defaults(handler=_cmd_eval)
     return parser
 
 

@@ -1,0 +1,84 @@
+"""The bootstrap (SFT warm start) end to end on a reduced budget, through the real CLI and the API.
+
+The accuracy target is measured by bench/bootstrap_accuracy.py, not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpo.config import BootstrapConfig
+from mpo.data.tasks import TASKS, make_splits
+from mpo.evaluation import is_correct
+from mpo.models.generate import Sampling, TransformersGenerator
+from mpo.models.tiny import TextModelSpec, VisionSpec, build_image_text_model
+from mpo.trainer.sft import bootstrap
+
+MPO = [sys.executable, "-m", "mpo.cli"]
+TINY = ["--hidden-size", "64", "--layers", "2", "--heads", "2", "--corpus-per-task", "200"]
+
+
+def mpo(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*MPO, *args], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_cli_pipeline_builds_bootstraps_and_evaluates_a_text_policy(tmp_path: Path) -> None:
+    data, model, base = tmp_path / "arith", tmp_path / "model", tmp_path / "base"
+    mpo("data", "make", "--task", "arith", "--out", str(data), "--train", "300", "--heldout", "40")
+    assert len((data / "train.jsonl").read_text().splitlines()) == 300
+    mpo("models", "build", "--kind", "text", "--tasks", "arith", "--out", str(model), *TINY)
+    result = mpo(
+        "bootstrap", "--model", str(model), "--data", str(data), "--out", str(base),
+        "--steps", "8", "--batch-size", "8", "--eval-every", "4", "--eval-prompts", "8",
+        "--stability-steps", "2", "--pass-k", "2", "--learning-rate", "0.003", "--max-new-tokens", "16",
+    )  # fmt: skip
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert [point["step"] for point in report["curve"]] == [4, 8]
+    assert report["final"]["prompts"] == 8 and report["pass_at_k"]["samples_per_prompt"] == 2
+    assert report["stability_delta_points"] is not None
+    assert (base / "model.safetensors").exists() and (base / "tokenizer.json").exists()
+
+    evaluation = json.loads(
+        mpo("eval", "--model", str(base), "--data", str(data / "heldout.jsonl"), "--limit", "6").stdout
+    )
+    assert evaluation["prompts"] == 6 and 0.0 <= evaluation["accuracy"] <= 1.0
+
+
+def test_bootstrap_api_trains_an_image_text_policy(tmp_path: Path) -> None:
+    splits = make_splits("shapes", seed=0, train=60, heldout=8, out_dir=tmp_path / "shapes")
+    task = TASKS["shapes"]
+    corpus = [r.question for r in splits["train"]] + [task.demonstration(r, random.Random(0)) for r in splits["train"]]
+    spec = TextModelSpec(
+        vocab_size=400, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=128
+    )
+    model_dir = build_image_text_model(tmp_path / "vl", corpus, spec, VisionSpec(num_layers=1), seed=0)
+    config = BootstrapConfig(
+        steps=6, batch_size=4, eval_every=3, eval_prompts=4, stability_steps=0, pass_k=2, max_new_tokens=24
+    )
+    report = bootstrap(
+        model_dir, tmp_path / "base", splits["train"], splits["heldout"], task.demonstration, config, progress=False
+    )
+    assert len(report.losses) == 6
+    assert report.losses[-1] < report.losses[0], "six steps on demonstrations must lower the SFT loss"
+    assert report.after_stability is None and report.final is not None
+
+    generator = TransformersGenerator(tmp_path / "base")
+    responses = generator.generate(splits["heldout"][:2], Sampling(n=2, temperature=1.0, seed=0, max_new_tokens=8))
+    assert [len(r) for r in responses] == [2, 2]
+
+
+def test_is_correct_uses_the_final_answer_line() -> None:
+    record = TASKS["arith"].generate(1, 0, None)[0]
+    demonstration = TASKS["arith"].demonstration(record, random.Random(0))
+    assert is_correct(demonstration, record)
+    assert not is_correct(demonstration.replace("Final answer:", "Answer:"), record)
+    assert not is_correct(f"Final answer: {record.answer}", record), "a bare answer has no rationale"
