@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ def bootstrap(
             if step % config.eval_every == 0:
                 accuracy = evaluate(generator, eval_set, greedy).accuracy
                 report.curve.append((step, accuracy))
-                bar.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}")
+                bar.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}", file=sys.stderr)
 
     run(config.steps, "bootstrap")
     report.seconds = time.perf_counter() - started

@@ -9,7 +9,6 @@ from pathlib import Path
 from mpo.data.prompting import COT_INSTRUCTION
 from mpo.data.tasks import TASKS
 
-
 SCAFFOLD_REPEATS = 200
 
 
