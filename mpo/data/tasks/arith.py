@@ -1,11 +1,8 @@
 """`arith`: multi-step integer arithmetic (+, -, *, parentheses) with step-by-step demonstrations.
 
 Why this shape: a tiny policy must learn the easy items (one operation on small numbers) and mostly fail
-the hard ones (three or four operations, three-digit intermediates, parentheses), and there must be
-several valid orders of evaluation so that sampling explores different lines of reasoning.
-Calibration (2 CPU cores, char-level 0.83M-parameter GPT, batch 32 on 20k train demonstrations, 100
-held-out items): 1,500 steps -> greedy 22%, pass@8 41%; 3,000 steps -> greedy 58%, pass@8 73%, with
-4-operation items at 14% greedy / 29% pass@8. Every intermediate
+the hard ones (three or four operations, two-digit products, parentheses), and there must be several
+valid orders of evaluation so that sampling explores different lines of reasoning. Every intermediate
 value stays in [0, MAX_VALUE], so no negative numbers ever appear in questions or demonstrations.
 
 An expression is a `Sum` of signed `Term`s; a term is a product of factors; a factor is an integer or a
@@ -25,8 +22,8 @@ from mpo.data.records import PromptRecord
 from mpo.data.tasks._common import derive_seed
 
 # --- difficulty knobs -------------------------------------------------------------------------------
-#: Share of items per number of operations (45% have three or four; one-step items are the easy tier).
-OP_COUNT_WEIGHTS: dict[int, float] = {1: 0.25, 2: 0.30, 3: 0.25, 4: 0.20}
+#: Share of items per number of operations (35% have three or four; one-step items are the easy tier).
+OP_COUNT_WEIGHTS: dict[int, float] = {1: 0.35, 2: 0.30, 3: 0.20, 4: 0.15}
 #: How a random expression grows by one operation: a new +/- term, a new * factor, or a number that
 #: becomes a parenthesised two-term sum (inside a product, or after a minus sign).
 EXPANSION_WEIGHTS: dict[str, float] = {"term": 0.50, "factor": 0.30, "paren": 0.20}
@@ -35,10 +32,10 @@ MINUS_P = 0.4
 #: Operands of sums ("mostly 1-20"); BIG_OPERAND_P of them come from BIG_OPERAND_RANGE instead.
 ADD_OPERAND_RANGE = (1, 20)
 BIG_OPERAND_RANGE = (21, 60)
-BIG_OPERAND_P = 0.10
-#: Operands of products (times tables up to 12; products of three factors and parenthesised sums
-#: reach three digits).
-MUL_OPERAND_RANGE = (1, 12)
+BIG_OPERAND_P = 0.05
+#: Operands of products (the times tables a tiny model can memorise; products of three factors
+#: and parenthesised sums still reach three digits).
+MUL_OPERAND_RANGE = (2, 9)
 #: Every intermediate value lies in [0, MAX_VALUE] (at most three digits).
 MAX_VALUE = 999
 #: Chance that a demonstration follows the textbook left-to-right order instead of a random valid one.
