@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 
 from mpo.data.records import PromptRecord
 from mpo.models.generate import Sampling, TransformersGenerator
-from mpo.services.reward.answers import extract_final_answer
+from mpo.services.reward.answers import Extraction, extract_final_answer
 from mpo.services.reward.verify import answers_match
 
 
 def is_correct(response: str, record: PromptRecord) -> bool:
-    extraction = extract_final_answer(response)
+    return _matches(extract_final_answer(response), record)
+
+
+def _matches(extraction: Extraction, record: PromptRecord) -> bool:
     return (
         extraction.answer is not None
         and record.answer is not None
@@ -56,8 +59,9 @@ def evaluate(generator: TransformersGenerator, records: Sequence[PromptRecord], 
     correct_by_task: dict[str, list[float]] = defaultdict(list)
     any_correct, unparsable, correct_total = 0, 0, 0.0
     for record, samples in zip(graded, responses, strict=True):
-        verdicts = [is_correct(text, record) for text in samples]
-        unparsable += sum(not extract_final_answer(text).parsable for text in samples)
+        extractions = [extract_final_answer(text) for text in samples]  # once per sample
+        verdicts = [_matches(extraction, record) for extraction in extractions]
+        unparsable += sum(not extraction.parsable for extraction in extractions)
         fraction = sum(verdicts) / len(verdicts)
         correct_total += fraction
         any_correct += any(verdicts)

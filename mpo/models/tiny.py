@@ -191,8 +191,7 @@ def build_image_text_model(
         image_token=IMAGE,
     )
     spec_record = {"kind": "image-text", "seed": seed, "text": spec.model_dump(), "vision": vision.model_dump()}
-    _save(out_dir, model, processor, spec_record)
-    return out_dir
+    return _save(out_dir, model, processor, spec_record)
 
 
 def _save(out_dir: Path, model: torch.nn.Module, tokenizer_or_processor: object, spec: dict) -> Path:
