@@ -49,17 +49,26 @@ class ObjectiveConfig(_Strict):
 class BootstrapConfig(_Strict):
     """Supervised warm start of a tiny model on CoT demonstrations (`mpo bootstrap`)."""
 
-    steps: int = Field(1500, ge=1, description="Optimizer steps of the warm start (~8 minutes on 2 CPU cores).")
+    steps: int = Field(
+        1200, ge=1, description="Optimizer steps of the warm start (~5 min for arith, ~9 for shapes on 2 CPU cores)."
+    )
     batch_size: int = Field(32, ge=1, description="Demonstrations per step.")
-    learning_rate: float = Field(2e-3, gt=0, allow_inf_nan=False, description="Constant after warm-up.")
+    learning_rate: float = Field(2e-3, gt=0, allow_inf_nan=False, description="Peak, reached after warm-up.")
     warmup_steps: int = Field(30, ge=0)
+    final_lr_ratio: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Cosine decay from the peak to this fraction of it; 1.0 keeps the rate constant. The "
+        "stability check continues at the final rate, like any further training of the same recipe would.",
+    )
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     eval_every: int = Field(250, ge=1, description="Steps between points of the accuracy curve.")
     eval_prompts: int = Field(500, ge=1, description="Held-out prompts per evaluation.")
     pass_k: int = Field(8, ge=1, description="Samples per prompt (temperature 1.0) for the pass@k headroom figure.")
     stability_steps: int = Field(
-        200, ge=0, description="Extra steps of the same training after which accuracy should move < 3 points."
+        400, ge=0, description="Extra steps (at the final rate) after which accuracy should move < 3 points."
     )
     max_new_tokens: int = Field(96, ge=1)
     seed: int = 0

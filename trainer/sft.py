@@ -1,9 +1,10 @@
 """Supervised warm start ("bootstrap") of a tiny policy on chain-of-thought demonstrations.
 
 The paper starts MPO from an SFT model; online preference learning needs a base that answers in the
-CoT format, is right often enough to produce pairs, and is stable rather than mid-jump. This loop
-trains with a constant learning rate after warm-up so that the stability check ("a few more steps of
-the same training barely move held-out accuracy") is honest, and reports the accuracy curve.
+CoT format, is right often enough to produce pairs, and is stable rather than mid-jump. The rate
+warms up, then decays (cosine) to a floor, so the saved policy sits at the end of an annealed run as a
+real SFT checkpoint does; the stability check trains on at that floor rate ("more of the same
+training barely moves held-out accuracy") and the accuracy curve is reported.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import get_constant_schedule_with_warmup
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from mpo.config import BootstrapConfig
 from mpo.data.records import PromptRecord
@@ -124,14 +125,16 @@ def bootstrap(
     model.train()
     batcher = DemonstrationBatcher(generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+    schedule = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, config.warmup_steps, config.steps, min_lr_rate=config.final_lr_ratio
+    )
     eval_set = list(heldout[: config.eval_prompts])
     greedy = Sampling(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
     report = BootstrapReport(steps=config.steps, seconds=0.0)
     train = [r for r in train if r.answer is not None]
     started = time.perf_counter()
 
-    def run(steps: int, label: str) -> None:
+    def run(steps: int, label: str, *, scheduled: bool) -> None:
         bar = tqdm(range(steps), desc=label, disable=not progress, dynamic_ncols=True)
         for _ in bar:
             examples = []
@@ -147,16 +150,17 @@ def bootstrap(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
-            schedule.step()
+            if scheduled:
+                schedule.step()
             report.losses.append(loss.item())
             step = len(report.losses)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step % config.eval_every == 0:
+            if scheduled and step % config.eval_every == 0:
                 accuracy = evaluate(generator, eval_set, greedy).accuracy
                 report.curve.append((step, accuracy))
                 bar.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}", file=sys.stderr)
 
-    run(config.steps, "bootstrap")
+    run(config.steps, "bootstrap", scheduled=True)
     report.seconds = time.perf_counter() - started
     report.final = evaluate(generator, eval_set, greedy)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -169,7 +173,9 @@ def bootstrap(
     )
     if config.stability_steps:
         saved_state = copy.deepcopy(model.state_dict())
-        run(config.stability_steps, "stability check")
+        for group in optimizer.param_groups:  # past the schedule's end the cosine would rise again
+            group["lr"] = config.learning_rate * config.final_lr_ratio
+        run(config.stability_steps, "stability check", scheduled=False)
         report.after_stability = evaluate(generator, eval_set, greedy)
         model.load_state_dict(saved_state)
     return report
