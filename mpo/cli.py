@@ -117,6 +117,103 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, config_class: type, overrides: dict[str, object], start_name: str) -> int:
+    """Shared by `mpo serve ...`: YAML config (--config) overridden by flags, validated, hosted on Ray."""
+    import asyncio
+    import importlib
+    import logging
+
+    import yaml
+    from pydantic import ValidationError
+
+    from mpo.config import format_validation_error
+    from mpo.services.common.hosting import host_on_ray
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    raw = (yaml.safe_load(args.config.read_text()) or {}) if args.config else {}
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    server = dict(raw.get("server") or {})
+    server.update({key: value for key, value in {"host": args.host, "port": args.port}.items() if value is not None})
+    raw["server"] = server
+    try:
+        config = config_class.model_validate(raw)
+    except ValidationError as exc:
+        print(f"error: invalid {args.service} config\n{format_validation_error(exc)}", file=sys.stderr)
+        return 2
+    module_name, _, function = start_name.rpartition(".")
+    start = getattr(importlib.import_module(module_name), function)
+    asyncio.run(host_on_ray(lambda: start(config), ray_address=args.ray_address))
+    return 0
+
+
+def _cmd_serve_rollout(args: argparse.Namespace) -> int:
+    from mpo.config import RolloutConfig
+
+    overrides = {
+        "model": args.model,
+        "backend": args.backend,
+        "replicas": args.replicas,
+        "weights_dir": args.weights_dir,
+        "readable_roots": args.readable_root or None,
+    }
+    return _serve(args, RolloutConfig, overrides, "mpo.services.rollout.server.start_rollout")
+
+
+def _cmd_serve_reward(args: argparse.Namespace) -> int:
+    from mpo.config import RewardConfig
+
+    overrides = {"rollout_address": args.rollout_address, "workers": args.workers}
+    return _serve(args, RewardConfig, overrides, "mpo.services.reward.service.start_reward")
+
+
+#: Proto → JSON for people: field names as in the .proto, zeros printed (index 0, policy_version 0).
+_JSON = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
+
+
+def _cmd_client_generate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from mpo.services.common.auth import token_from_env
+    from mpo.services.common.clients import RolloutClient
+    from mpo.v1 import common_pb2
+
+    prompt = common_pb2.Prompt(
+        id="cli",
+        question=args.question,
+        task=args.task,
+        images=[common_pb2.Image(data=Path(path).read_bytes()) for path in args.image],
+    )
+    sampling = common_pb2.SamplingParams(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        stop=args.stop,
+        return_logprobs=args.logprobs,
+        **({"seed": args.seed} if args.seed is not None else {}),
+    )
+
+    async def call() -> None:
+        async with RolloutClient(args.address, token=token_from_env(args.token_env), timeout=args.timeout) as client:
+            if args.stream:
+                async for delta in client.generate_stream([prompt], sampling):
+                    print(json.dumps(MessageToDict(delta, **_JSON)), flush=True)
+            else:
+                response = await client.generate([prompt], sampling)
+                print(json.dumps(MessageToDict(response, **_JSON), indent=2))
+
+    try:
+        asyncio.run(call())
+    except grpc.aio.AioRpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpo",
@@ -220,7 +317,64 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--seed", type=int, default=0)
     evaluation.add_argument("--skip-bad-rows", action="store_true")
     evaluation.set_defaults(handler=_cmd_eval)
+    _add_service_commands(commands)
     return parser
+
+
+def _add_service_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run a service", description="Run one OnlineMPO service until stopped.")
+    services = serve.add_subparsers(dest="service", metavar="SERVICE", required=True)
+    rollout = services.add_parser(
+        "rollout",
+        help="the rollout service: engine replicas on Ray behind one gRPC endpoint",
+        description="Start engine replicas (Ray actors) and the RolloutService gRPC endpoint; prints one JSON "
+        "line with the address when ready; SIGTERM drains and stops.",
+    )
+    rollout.add_argument("--model", type=Path, help="model directory (or set `model` in --config)")
+    rollout.add_argument("--backend", choices=["auto", "vllm", "transformers"])
+    rollout.add_argument("--replicas", type=int)
+    rollout.add_argument("--weights-dir", type=Path, help="where committed weight updates are kept")
+    rollout.add_argument("--readable-root", type=Path, action="append", help="directory requests may read; repeat")
+    rollout.set_defaults(handler=_cmd_serve_rollout)
+
+    reward = services.add_parser(
+        "reward",
+        help="the reward service: verifiers, correctness and DropoutNTP pairs",
+        description="Start labelling workers (Ray actors) and the RewardService gRPC endpoint; prints one JSON "
+        "line with the address when ready; SIGTERM drains and stops.",
+    )
+    reward.add_argument("--rollout-address", help="host:port of the rollout service (needed for DropoutNTP)")
+    reward.add_argument("--workers", type=int, help="labelling worker actors")
+    reward.set_defaults(handler=_cmd_serve_reward)
+    for parser in (rollout, reward):
+        parser.add_argument("--config", type=Path, help="YAML with the service's config fields; flags override it")
+        parser.add_argument("--host", help="interface to bind (0.0.0.0 in containers)")
+        parser.add_argument("--port", type=int, help="gRPC port; 0 picks a free one")
+        parser.add_argument("--ray-address", help="join this Ray cluster ('auto': the local one); default: start Ray")
+
+    client = commands.add_parser("client", help="talk to a running service", description="Small gRPC clients.")
+    calls = client.add_subparsers(dest="call", metavar="CALL", required=True)
+    generate = calls.add_parser(
+        "generate",
+        help="sample answers to one question from a rollout service",
+        description="Send one prompt to RolloutService.Generate (or GenerateStream) and print the JSON reply.",
+    )
+    generate.add_argument("--address", required=True, help="host:port of the rollout service")
+    generate.add_argument("--question", required=True)
+    generate.add_argument("--image", action="append", default=[], help="image file to attach; repeat")
+    generate.add_argument("--task", default="arith", help="task name of the prompt (selects a verifier)")
+    generate.add_argument("--n", type=int, default=1)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--max-tokens", type=int, default=128)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--stop", action="append", default=[])
+    generate.add_argument("--logprobs", action="store_true")
+    generate.add_argument("--stream", action="store_true", help="print each streamed delta as a JSON line")
+    generate.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    generate.add_argument("--token-env", default="MPO_AUTH_TOKEN", help="environment variable holding the token")
+    generate.set_defaults(handler=_cmd_client_generate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,6 +123,68 @@ class ServerConfig(_Strict):
         return self
 
 
+class RolloutConfig(_Strict):
+    """The rollout service: which engine serves the policy, on what resources, and where weights live."""
+
+    model: Path = Field(..., description="Hugging Face model directory of the base policy.")
+    backend: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="auto: vLLM, except image-text models on CPU (no CPU torchvision for vLLM there)."
+    )
+    replicas: int = Field(1, ge=1, description="Engine replicas (Ray actors); LoadWeights reaches all of them.")
+    num_cpus_per_replica: float = Field(1.0, ge=0, description="Ray CPU request of each replica.")
+    num_gpus_per_replica: float = Field(0.0, ge=0, description="Ray GPU request; > 0 runs the engine on CUDA.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism inside one replica.")
+    dtype: str = Field("auto", description="Engine dtype ('auto', 'float32', 'bfloat16', ...).")
+    max_model_len: int = Field(2048, ge=16, description="Prompt + answer tokens; capped by the model's context.")
+    kv_cache_bytes: int = Field(64 * 2**20, ge=2**20, description="vLLM KV cache size on CPU (bytes of host RAM).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM memory fraction on GPU.")
+    enforce_eager: bool = Field(
+        False, description="vLLM without torch.compile / CUDA graphs: starts much faster, decodes slower."
+    )
+    max_queued_requests: int = Field(
+        64, ge=1, description="Requests a replica holds (running + waiting); beyond it: RESOURCE_EXHAUSTED."
+    )
+    weights_dir: Path = Field(
+        Path("mpo-state/rollout-weights"),
+        description="Committed weight updates (shared storage across nodes); restarted replicas load from here.",
+    )
+    readable_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories whose files requests may name (image URIs, LoadWeightsFromStorage); none by default.",
+    )
+    seed: int = Field(0, description="Engine seed for requests without their own.")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+
+class ScorerConfig(_Strict):
+    """A model-based scorer behind the reward service (optional; verifiers do the labelling)."""
+
+    kind: Literal["logprob"] = Field(
+        "logprob", description="logprob: a causal LM's mean token log-probability of the response given the prompt."
+    )
+    model: Path = Field(..., description="Hugging Face model directory of the scoring model.")
+
+
+class RewardConfig(_Strict):
+    """The reward / labelling service."""
+
+    task_verifiers: dict[str, str] = Field(
+        default_factory=lambda: {"arith": "numeric", "shapes": "auto"},
+        description="Verifier per task (see services/reward/verifiers.py); tasks not listed use 'auto'.",
+    )
+    max_pairs_per_prompt: int = Field(15, ge=1, description="Cap K on correctness pairs per prompt (seeded sample).")
+    dropout_prefix_fraction: float = Field(
+        0.5, gt=0, lt=1, description="Fraction of the chosen answer's words kept as the DropoutNTP prefix."
+    )
+    workers: int = Field(1, ge=1, description="Labelling worker actors a batch is spread over.")
+    rollout_address: str | None = Field(
+        None, description="host:port of the rollout service (DropoutNTP continuations); else resolved by the registry."
+    )
+    continuation_max_tokens: int = Field(256, ge=1, description="Most tokens of a DropoutNTP continuation.")
+    scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+
 ServiceName = Literal["rollout", "reward", "trainer", "controller"]
 
 

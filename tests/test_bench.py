@@ -7,7 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def report(stdout: str) -> dict:
+    """The JSON report, which comes last: engines (vLLM, DeepSpeed) log to stdout before it."""
+    return json.loads(stdout[stdout.rindex('{\n  "benchmark"') :])
 
 
 def test_objective_benchmark_prints_a_ratio() -> None:
@@ -25,3 +32,32 @@ def test_objective_benchmark_prints_a_ratio() -> None:
     medians = report["median_step_s"]
     # The ratio is computed from unrounded medians; the rounded ones printed beside it agree to ~1e-3.
     assert abs(report["ratio_mpo_over_dpo"] - medians["mpo"] / medians["dpo_only"]) < 1e-2
+
+
+@pytest.mark.slow
+def test_rollout_benchmark_prints_its_ratios() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "rollout.py"), "--sizes", "tiny", "--prompts", "4", "--n", "2",
+         "--max-tokens", "8", "--kv-cache-mib", "16", "--enforce-eager"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    tiny = report(result.stdout)["sizes"]["tiny"]
+    assert tiny["ratio_grpc_over_in_process"] > 0 and tiny["tokens_per_s"]["grpc"] > 0
+    update = tiny["weight_update"]
+    assert update["streamed"]["seconds"] > 0 and update["storage"]["seconds"] > 0
+    assert update["ratio_storage_over_memcpy"] > 0 and tiny["update_bytes"] > tiny["parameters"]
+
+
+@pytest.mark.slow
+def test_reward_benchmark_prints_its_ratio() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reward.py"), "--prompts", "20", "--n", "4", "--max-tokens", "8",
+         "--workers", "2", "--enforce-eager"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    result_ = report(result.stdout)["result"]
+    assert result_["samples"] == 80 and result_["pairs"] > 0
+    assert 0.2 < result_["sample_accuracy"] < 0.8, "about half the demonstration answers are corrupted"
+    assert result_["ratio_rollout_over_labelling_time"] > 0 and result_["pairs_per_second"] > 0

@@ -62,16 +62,20 @@ class BootstrapReport:
 
 
 class DemonstrationBatcher:
-    """Tokenises prompt + demonstration + end-of-turn, labelling only the response tokens."""
+    """Tokenises prompt + demonstration + end-of-turn, labelling only the response tokens.
 
-    def __init__(self, generator: TransformersGenerator) -> None:
+    `cache_prompts` keys encoded prompts by record id: right for a fixed data set (the bootstrap), wrong
+    for clients' requests, whose ids may name other questions next time.
+    """
+
+    def __init__(self, generator: TransformersGenerator, *, cache_prompts: bool = True) -> None:
         self.generator = generator
         self.tokenizer = generator.tokenizer
         self.end_of_turn = self.tokenizer.eos_token
-        self._prompt_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._prompt_cache: dict[str, dict[str, torch.Tensor]] | None = {} if cache_prompts else None
 
     def _prompt(self, record: PromptRecord) -> dict[str, torch.Tensor]:
-        cached = self._prompt_cache.get(record.id)
+        cached = self._prompt_cache.get(record.id) if self._prompt_cache is not None else None
         if cached is None:
             text = self.generator.prompt_text(record)
             if self.generator.image_text:
@@ -80,7 +84,8 @@ class DemonstrationBatcher:
             else:
                 encoded = self.tokenizer(text, return_tensors="pt")
             cached = {key: value[0] for key, value in encoded.items() if key != "attention_mask"}
-            self._prompt_cache[record.id] = cached
+            if self._prompt_cache is not None:
+                self._prompt_cache[record.id] = cached
         return cached
 
     def batch(self, examples: Sequence[tuple[PromptRecord, str]]) -> dict[str, torch.Tensor]:

@@ -23,12 +23,12 @@ def strip_answer_format(question: str) -> str:
     return _TRAILING_FORMAT.sub("", question).strip()
 
 
-def user_content(record: PromptRecord, *, with_images: bool = True) -> list[dict[str, Any]]:
-    """Chat content parts: one image placeholder per image, then the instruction and the question."""
-    parts: list[dict[str, Any]] = [{"type": "image"} for _ in record.images] if with_images else []
-    parts.append({"type": "text", "text": f"{COT_INSTRUCTION}\n\n{strip_answer_format(record.question)}"})
-    return parts
+def question_messages(question: str, image_count: int) -> list[dict[str, Any]]:
+    """One user turn: an image placeholder per image, then the instruction and the question."""
+    parts: list[dict[str, Any]] = [{"type": "image"} for _ in range(image_count)]
+    parts.append({"type": "text", "text": f"{COT_INSTRUCTION}\n\n{strip_answer_format(question)}"})
+    return [{"role": "user", "content": parts}]
 
 
 def chat_messages(record: PromptRecord, *, with_images: bool = True) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": user_content(record, with_images=with_images)}]
+    return question_messages(record.question, len(record.images) if with_images else 0)

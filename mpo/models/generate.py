@@ -33,6 +33,12 @@ def is_image_text_model(model_dir: Path) -> bool:
     return "vision_config" in config
 
 
+def context_length(model_dir: Path) -> int:
+    """Longest sequence (prompt + answer) the model's position embeddings cover."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return int(config.get("text_config", config)["max_position_embeddings"])
+
+
 class TransformersGenerator:
     """Loads a model directory once and answers batches of prompt records."""
 

@@ -1,0 +1,88 @@
+"""DropoutNTP pairs (MMPR, DESIGN §4) for prompts without ground truth.
+
+Chosen = the policy's own answer. Its first fraction of words is continued by the policy *without the
+images* (RolloutService.Continue, drop_images); rejected = that prefix + the image-less continuation,
+which tends to drift from what the image shows. Prompts without images cannot tell the two apart and
+are skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mpo.services.common.clients import RolloutClient
+from mpo.v1 import common_pb2, rollout_pb2
+
+_WORD = re.compile(r"\S+")
+SKIP_NO_IMAGE = "no_image_for_dropout_ntp"
+SKIP_TOO_SHORT = "answers_too_short_for_dropout_ntp"
+
+
+def word_prefix(text: str, fraction: float) -> str | None:
+    """The text up to the end of its first `fraction` of words (original spacing kept); None when that
+    keeps no word or every word (nothing would be left to continue)."""
+    words = list(_WORD.finditer(text))
+    keep = int(len(words) * fraction)
+    if keep == 0 or keep >= len(words):
+        return None
+    return text[: words[keep - 1].end()]
+
+
+@dataclass(frozen=True)
+class DropoutJob:
+    prompt: common_pb2.Prompt
+    sample: common_pb2.Sample
+    prefix: str
+
+
+def plan(
+    prompt: common_pb2.Prompt, samples: Sequence[common_pb2.Sample], *, fraction: float, max_pairs: int, seed: int
+) -> tuple[list[DropoutJob], str | None]:
+    """Which samples of one prompt get a continuation (at most `max_pairs`, seeded), or why none."""
+    if not prompt.images:
+        return [], SKIP_NO_IMAGE
+    jobs = [
+        DropoutJob(prompt, sample, prefix)
+        for sample in sorted(samples, key=lambda s: s.index)
+        if (prefix := word_prefix(sample.text, fraction)) is not None
+    ]
+    if not jobs:
+        return [], SKIP_TOO_SHORT
+    if len(jobs) > max_pairs:
+        jobs = sorted(random.Random(f"{seed}:{prompt.id}").sample(jobs, max_pairs), key=lambda j: j.sample.index)
+    return jobs, None
+
+
+async def continue_without_images(
+    client: RolloutClient, jobs: Sequence[DropoutJob], *, max_tokens: int, seed: int, round_index: int
+) -> list[common_pb2.PreferencePair]:
+    """One Continue call for all jobs (the rollout service batches them); pairs in job order."""
+    if not jobs:
+        return []
+    continuations = [rollout_pb2.Continuation(prompt=j.prompt, prefix=j.prefix, drop_images=True) for j in jobs]
+    sampling = common_pb2.SamplingParams(n=1, temperature=1.0, max_tokens=max_tokens, seed=seed)
+    response = await client.continue_prefixes(continuations, sampling)
+    pairs = []
+    for job, continuation in zip(jobs, response.samples, strict=True):
+        rejected = job.prefix + continuation.text
+        if rejected == job.sample.text:
+            continue  # the image-less policy said the same thing: no preference to learn
+        pairs.append(
+            common_pb2.PreferencePair(
+                id=f"r{round_index}-{job.prompt.id}-d{job.sample.index}",
+                prompt=job.prompt,
+                chosen=job.sample.text,
+                rejected=rejected,
+                source=common_pb2.PAIR_SOURCE_DROPOUT_NTP,
+                provenance=common_pb2.Provenance(
+                    policy_version=min(job.sample.policy_version, continuation.policy_version),
+                    round=round_index,
+                    chosen_sample_index=job.sample.index,
+                    rejected_sample_index=job.sample.index,
+                ),
+            )
+        )
+    return pairs

@@ -1,0 +1,88 @@
+"""What every rollout engine offers, so the replica and the service never care which one is live.
+
+Both backends take the same `EngineInput` (a rendered chat prompt plus its images) and `SamplingSpec`
+and return the same `Completion`s; the semantics of each sampling knob are defined here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "aborted"]
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """n samples per input; temperature 0 = greedy; top_p 1.0 / top_k 0 = off; stop strings are cut
+    from the text (like vLLM); logprobs are of the sampled tokens under the unmodified model."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class EngineInput:
+    prompt: str  # the chat-templated text, ending where the assistant's answer starts (or continues)
+    prompt_token_ids: tuple[int, ...]
+    images: tuple[bytes, ...] = ()  # encoded images, one per image placeholder in `prompt`
+
+
+@dataclass
+class Completion:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of one sample while it streams; `finish_reason` is set on its last piece."""
+
+    input_index: int
+    sample_index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason | None
+
+
+@dataclass(frozen=True)
+class EngineDescription:
+    backend: str
+    model: str
+    device: str
+    max_model_len: int
+    image_text: bool
+    tensor_parallel_size: int = 1
+
+
+class Engine(Protocol):
+    description: EngineDescription
+
+    async def generate(self, inputs: list[EngineInput], spec: SamplingSpec) -> list[list[Completion]]:
+        """`spec.n` completions per input, in input order."""
+        ...
+
+    def stream(self, inputs: list[EngineInput], spec: SamplingSpec) -> AsyncIterator[Delta]: ...
+
+    async def load_weights(self, files: list[Path]) -> int:
+        """Replace the weights in place from verified safetensors shards; returns the tensors loaded."""
+        ...
+
+    async def shutdown(self) -> None: ...
+
+
+def cut_at_stop(text: str, stop: Iterable[str]) -> tuple[str, bool]:
+    """Text up to the earliest stop string (excluded), and whether one was found."""
+    positions = [position for s in stop if (position := text.find(s)) >= 0]
+    return (text[: min(positions)], True) if positions else (text, False)

@@ -1,0 +1,136 @@
+"""The fallback backend: batched transformers `generate`, for image-text models on CPU (DESIGN §5).
+
+One batch runs at a time (a lock serialises calls and weight loads); sampling follows `SamplingSpec`
+exactly as the vLLM backend does, including stop strings cut from the text and raw-model logprobs.
+It does not stream token by token: `stream` yields each sample whole, once it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+from mpo.services.rollout.engines.base import (
+    Completion,
+    Delta,
+    EngineDescription,
+    EngineInput,
+    SamplingSpec,
+    cut_at_stop,
+)
+from mpo.services.rollout.weights import iter_tensors
+
+
+class TransformersEngine:
+    def __init__(self, model_dir: Path, *, max_model_len: int, device: str, image_text: bool) -> None:
+        if image_text:
+            self.processor = AutoProcessor.from_pretrained(model_dir)
+            self.tokenizer = self.processor.tokenizer
+            self.model = AutoModelForImageTextToText.from_pretrained(model_dir)
+        else:
+            self.processor = None
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir)
+        self.tokenizer.padding_side = "left"
+        self.model.to(device).eval()
+        self.device = device
+        self._lock = asyncio.Lock()
+        self.description = EngineDescription(
+            backend="transformers",
+            model=str(model_dir),
+            device=device,
+            max_model_len=max_model_len,
+            image_text=image_text,
+        )
+
+    def _encode(self, inputs: list[EngineInput]) -> dict[str, torch.Tensor]:
+        texts = [item.prompt for item in inputs]
+        images = [Image.open(io.BytesIO(data)).convert("RGB") for item in inputs for data in item.images]
+        if self.processor is None:
+            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        else:
+            encoded = self.processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+        return {key: value.to(self.device) for key, value in encoded.items()}
+
+    @torch.no_grad()
+    def _generate_sync(self, inputs: list[EngineInput], spec: SamplingSpec) -> list[list[Completion]]:
+        greedy = spec.temperature == 0
+        draws = 1 if greedy else spec.n  # greedy samples are identical; decode once, copy n times
+        if spec.seed is not None:
+            torch.manual_seed(spec.seed)
+        encoded = self._encode(inputs)
+        output = self.model.generate(
+            **encoded,
+            do_sample=not greedy,
+            temperature=None if greedy else spec.temperature,
+            top_p=None if greedy or spec.top_p >= 1 else spec.top_p,
+            top_k=None if greedy or spec.top_k <= 0 else spec.top_k,
+            max_new_tokens=spec.max_tokens,
+            num_return_sequences=draws,
+            stop_strings=list(spec.stop) or None,
+            tokenizer=self.tokenizer,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            return_dict_in_generate=True,
+            output_logits=spec.logprobs,
+        )
+        prompt_width = encoded["input_ids"].shape[1]
+        new_tokens = output.sequences[:, prompt_width:]
+        step_logprobs = torch.log_softmax(torch.stack(output.logits, dim=1).float(), dim=-1) if spec.logprobs else None
+        results: list[list[Completion]] = []
+        for i in range(len(inputs)):
+            row_completions = []
+            for j in range(draws):
+                row = i * draws + j
+                row_completions.append(self._completion(new_tokens[row], step_logprobs, row, spec))
+            results.append([replace(row_completions[0]) for _ in range(spec.n)] if greedy else row_completions)
+        return results
+
+    def _completion(
+        self, tokens: torch.Tensor, step_logprobs: torch.Tensor | None, row: int, spec: SamplingSpec
+    ) -> Completion:
+        ids = tokens.tolist()
+        eos = self.tokenizer.eos_token_id
+        finish = "length"
+        if eos in ids:
+            ids = ids[: ids.index(eos) + 1]  # keep the end-of-turn token, as vLLM does
+            finish = "stop"
+        else:  # a stop string ends generation early and the rest of the row is padding
+            pad = self.tokenizer.pad_token_id
+            while ids and ids[-1] == pad:
+                ids.pop()
+        text, stopped = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), spec.stop)
+        if stopped:
+            finish = "stop"
+        logprobs = (
+            [step_logprobs[row, k, token].item() for k, token in enumerate(ids)] if step_logprobs is not None else []
+        )
+        return Completion(text=text, token_ids=ids, logprobs=logprobs, finish_reason=finish)  # type: ignore[arg-type]
+
+    async def generate(self, inputs: list[EngineInput], spec: SamplingSpec) -> list[list[Completion]]:
+        async with self._lock:
+            return await asyncio.to_thread(self._generate_sync, inputs, spec)
+
+    async def stream(self, inputs: list[EngineInput], spec: SamplingSpec) -> AsyncIterator[Delta]:
+        for i, completions in enumerate(await self.generate(inputs, spec)):
+            for j, c in enumerate(completions):
+                yield Delta(i, j, c.text, c.token_ids, c.logprobs, c.finish_reason)
+
+    def _load_sync(self, files: list[Path]) -> int:
+        state = dict(iter_tensors(files))
+        self.model.load_state_dict(state, strict=True)
+        return len(state)
+
+    async def load_weights(self, files: list[Path]) -> int:
+        async with self._lock:  # never under a running batch
+            return await asyncio.to_thread(self._load_sync, files)
+
+    async def shutdown(self) -> None:
+        return None

@@ -1,0 +1,85 @@
+"""Turns request prompts into engine inputs, and refuses what the model cannot take.
+
+This is the model-aware half of validation (the generic half is `services/common/validation.py`):
+images on a text-only model, image URIs outside the readable roots, and prompts that do not fit the
+context with the requested `max_tokens` are refused here with INVALID_ARGUMENT naming the field.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+from transformers import AutoProcessor, AutoTokenizer
+
+from mpo.data.prompting import question_messages
+from mpo.models.generate import is_image_text_model
+from mpo.services.common.validation import InvalidRequest
+from mpo.services.rollout.engines.base import EngineInput
+from mpo.v1 import common_pb2
+
+
+def resolve_readable(uri: str, roots: Sequence[Path], field: str) -> Path:
+    """`file:///abs/path` or a path, only inside one of `roots` (symlinks resolved first)."""
+    raw = uri.removeprefix("file://")
+    path = Path(raw).resolve()
+    if not roots:
+        raise InvalidRequest(field, "this service reads no files: no readable_roots are configured")
+    if not any(path.is_relative_to(Path(root).resolve()) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise InvalidRequest(field, f"{uri!r} is outside the readable roots ({allowed})")
+    if not path.exists():
+        raise InvalidRequest(field, f"{uri!r} does not exist")
+    return path
+
+
+class PromptRenderer:
+    def __init__(self, model_dir: Path, *, max_model_len: int, readable_roots: Sequence[Path]) -> None:
+        self.image_text = is_image_text_model(model_dir)
+        self.processor = AutoProcessor.from_pretrained(model_dir) if self.image_text else None
+        self.tokenizer = self.processor.tokenizer if self.processor else AutoTokenizer.from_pretrained(model_dir)
+        self.max_model_len = max_model_len
+        self.readable_roots = list(readable_roots)
+        self.model_name = Path(model_dir).name
+
+    def _image_bytes(self, image: common_pb2.Image, field: str) -> bytes:
+        if image.WhichOneof("source") == "data":
+            return image.data
+        path = resolve_readable(image.uri, self.readable_roots, f"{field}.uri")
+        data = path.read_bytes()
+        try:
+            with Image.open(io.BytesIO(data)) as decoded:
+                decoded.verify()
+        except Exception as exc:  # PIL raises many types on bad files; any of them means "not an image"
+            raise InvalidRequest(
+                f"{field}.uri", f"{image.uri!r} is not a readable image ({type(exc).__name__})"
+            ) from exc
+        return data
+
+    def _token_count(self, text: str, images: list[bytes]) -> list[int]:
+        if self.processor is not None and images:
+            pil = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
+            return self.processor(images=pil, text=text)["input_ids"][0]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def render(
+        self, prompt: common_pb2.Prompt, field: str, *, max_tokens: int, prefix: str = "", with_images: bool = True
+    ) -> EngineInput:
+        if prompt.images and with_images and not self.image_text:
+            raise InvalidRequest(f"{field}.images", f"model {self.model_name!r} is text-only and takes no images")
+        images = [self._image_bytes(image, f"{field}.images[{i}]") for i, image in enumerate(prompt.images)]
+        images = images if with_images else []
+        text = self.tokenizer.apply_chat_template(
+            question_messages(prompt.question, len(images)), tokenize=False, add_generation_prompt=True
+        )
+        text += prefix
+        token_ids = list(self._token_count(text, images))
+        if len(token_ids) + max_tokens > self.max_model_len:
+            raise InvalidRequest(
+                field,
+                f"prompt of {len(token_ids)} tokens plus sampling.max_tokens {max_tokens} exceeds the model "
+                f"context of {self.max_model_len} tokens (max_model_len)",
+            )
+        return EngineInput(prompt=text, prompt_token_ids=tuple(token_ids), images=tuple(images))

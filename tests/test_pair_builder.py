@@ -1,0 +1,221 @@
+"""Correctness pair builder (issue #6): candidates, dedup, substring rule, seeded cap, skip reasons, stats."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+
+from mpo.services.reward.pairs import (
+    SKIP_ALL_CORRECT,
+    SKIP_ALL_WRONG,
+    SKIP_CONTAINS_TRUTH,
+    SKIP_IDENTICAL,
+    SKIP_NO_SAMPLES,
+    CorrectnessPair,
+    LabelledSample,
+    PromptOutcome,
+    contains_truth,
+    correctness_pairs,
+)
+
+TRUTH = "42"
+
+
+def right(index: int, text: str | None = None) -> LabelledSample:
+    return LabelledSample(index, text or f"Reasoning {index * 'r'}. Final answer: {TRUTH}", TRUTH, True)
+
+
+def wrong(index: int, text: str | None = None, answer: str | None = "7") -> LabelledSample:
+    default = f"Reasoning {index * 'w'}. Final answer: {answer}" if answer is not None else f"No idea {index * 'w'}"
+    return LabelledSample(index, text or default, answer, False)
+
+
+def mixed(n_right: int, n_wrong: int) -> list[LabelledSample]:
+    return [right(i) for i in range(n_right)] + [wrong(n_right + i) for i in range(n_wrong)]
+
+
+def build(samples: list[LabelledSample], max_pairs: int = 15, seed: int = 0, prompt_id: str = "p") -> PromptOutcome:
+    return correctness_pairs(prompt_id, samples, truth=TRUTH, max_pairs=max_pairs, seed=seed)
+
+
+def index_pairs(outcome: PromptOutcome) -> list[tuple[int, int]]:
+    return [(pair.chosen.index, pair.rejected.index) for pair in outcome.pairs]
+
+
+def test_all_combinations_below_the_cap_in_index_order():
+    samples = mixed(2, 3)
+    outcome = build(list(reversed(samples)))
+    assert outcome.skipped is None
+    assert index_pairs(outcome) == [(0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4)]
+
+
+@pytest.mark.parametrize(("max_pairs", "expected"), [(15, 15), (3, 3), (16, 16), (100, 16), (1, 1)])
+def test_cap(max_pairs, expected):
+    outcome = build(mixed(4, 4), max_pairs=max_pairs)
+    assert len(outcome.pairs) == expected
+    assert len(set(index_pairs(outcome))) == expected
+    assert index_pairs(outcome) == sorted(index_pairs(outcome))
+
+
+@pytest.mark.parametrize("max_pairs", [0, -1])
+def test_max_pairs_below_one_is_rejected(max_pairs):
+    with pytest.raises(ValueError, match="max_pairs"):
+        build(mixed(2, 2), max_pairs=max_pairs)
+
+
+def test_blank_truth_and_duplicate_indices_are_rejected():
+    with pytest.raises(ValueError, match="truth"):
+        correctness_pairs("p", mixed(1, 1), truth="  ", max_pairs=15, seed=0)
+    with pytest.raises(ValueError, match="duplicate"):
+        build([right(0), wrong(0)])
+
+
+def test_same_seed_same_pairs_and_seeds_differ_somewhere():
+    samples = mixed(4, 4)
+    assert index_pairs(build(samples, max_pairs=3, seed=1)) == index_pairs(build(samples, max_pairs=3, seed=1))
+    subsets = {tuple(index_pairs(build(samples, max_pairs=3, seed=seed))) for seed in range(10)}
+    assert len(subsets) > 1
+    by_prompt = {tuple(index_pairs(build(samples, max_pairs=3, prompt_id=f"p{i}"))) for i in range(10)}
+    assert len(by_prompt) > 1
+
+
+def test_selection_is_independent_of_prompt_order():
+    prompts = {f"q{i}": mixed(3 + i % 2, 4) for i in range(6)}
+
+    def run(order: list[str]) -> dict[str, list[tuple[int, int]]]:
+        return {pid: index_pairs(build(prompts[pid], max_pairs=4, seed=7, prompt_id=pid)) for pid in order}
+
+    forward = run(sorted(prompts))
+    assert forward == run(sorted(prompts, reverse=True))
+    assert forward == run(["q3", "q0", "q5", "q1", "q4", "q2"])
+
+
+def test_selection_ignores_the_order_of_samples():
+    samples = mixed(4, 4)
+    assert index_pairs(build(samples, max_pairs=5, seed=3)) == index_pairs(build(samples[::-1], max_pairs=5, seed=3))
+
+
+def test_identical_responses_give_one_pair():
+    chosen_text = "Because 6 * 7. Final answer: 42"
+    rejected_text = "Because 6 + 1. Final answer: 7"
+    samples = [
+        right(0, chosen_text),
+        right(1, "Because  6 * 7.\nFinal answer: 42"),  # same after whitespace normalisation
+        wrong(2, rejected_text),
+        wrong(3, rejected_text + "  "),
+        wrong(4, "Other route. Final answer: 8", answer="8"),
+    ]
+    outcome = build(samples)
+    assert index_pairs(outcome) == [(0, 2), (0, 4)]
+
+
+def test_identical_chosen_and_rejected_text_is_no_pair():
+    text = "Because 6 * 7. Final answer: 7"
+    assert build([right(0, text), wrong(1, text)]).skipped == SKIP_IDENTICAL
+    outcome = build([right(0, text), wrong(1, text), wrong(2)])
+    assert index_pairs(outcome) == [(0, 2)]
+
+
+def test_substring_rule_drops_wrong_responses_that_state_the_truth():
+    samples = [
+        right(0),
+        wrong(1, "First I got 42, then I doubted it. Final answer: 41", answer="41"),
+        wrong(2, "It is 125 in total. Final answer: 125", answer="125"),
+        wrong(3),
+    ]
+    outcome = build(samples)
+    assert index_pairs(outcome) == [(0, 2), (0, 3)]
+    only_noisy = build([right(0), wrong(1, "So 42 then? Final answer: 41", answer="41")])
+    assert only_noisy.pairs == []
+    assert only_noisy.skipped == SKIP_CONTAINS_TRUTH
+
+
+def test_no_truth_skips_the_substring_rule_for_multiple_choice():
+    """An option letter as truth ("A") would match the article "a" in nearly every wrong response."""
+    samples = [
+        LabelledSample(0, "Red is option A. Final answer: A", "A", True),
+        wrong(1, "I see a square. Final answer: B", answer="B"),
+    ]
+    assert index_pairs(correctness_pairs("mc", samples, truth="A", max_pairs=15, seed=0)) == []
+    assert index_pairs(correctness_pairs("mc", samples, truth=None, max_pairs=15, seed=0)) == [(0, 1)]
+
+
+@pytest.mark.parametrize(
+    ("text", "truth", "expected"),
+    [
+        ("... so 12 ...", "12", True),
+        ("... so 125 ...", "12", False),
+        ("x12 items", "12", False),
+        ("12.", "12", True),
+        ("is 12, 13", "12", True),
+        ("3.12 metres", "12", False),
+        ("12.5 metres", "12", False),
+        ("12,000 people", "12", False),
+        ("answer -12", "12", False),
+        ("5-12 = -7", "12", True),
+        ("5 - 12", "12", True),
+        ("answer -12", "-12", True),
+        ("THE CAT sat", "cat", True),
+        ("concatenate", "cat", False),
+        ("the  big\ncat", "big cat", True),
+        ("pick (b) now", "(B)", True),
+        ("costs $5", "$5", True),
+        ("costs $50", "$5", False),
+        ("1/2 of it", "1/2", True),
+        ("11/22 of it", "1/2", False),
+        ("first 125, later 12", "12", True),
+    ],
+)
+def test_contains_truth(text, truth, expected):
+    assert contains_truth(text, truth) is expected
+
+
+def test_skip_reasons():
+    assert build([]) == PromptOutcome([], SKIP_NO_SAMPLES)
+    assert build(mixed(3, 0)) == PromptOutcome([], SKIP_ALL_CORRECT)
+    assert build(mixed(0, 3)) == PromptOutcome([], SKIP_ALL_WRONG)
+    assert build([wrong(0), wrong(1, answer=None)]).skipped == SKIP_ALL_WRONG
+
+
+def test_unparsable_samples_are_wrong():
+    outcome = build([right(0), wrong(1, answer=None), wrong(2)])
+    assert index_pairs(outcome) == [(0, 1), (0, 2)]
+    assert outcome.pairs[0].rejected.answer is None
+
+
+def test_unparsable_sample_cannot_be_correct():
+    with pytest.raises(ValueError, match="parsable"):
+        LabelledSample(0, "text", None, True)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None, database=None)
+@given(
+    labels=st.lists(st.sampled_from(["right", "wrong", "unparsable"]), max_size=12),
+    texts=st.data(),
+    max_pairs=st.integers(1, 40),
+    seed=st.integers(0, 2**32),
+)
+def test_pair_count_property(labels, texts, max_pairs, seed):
+    # Texts come from a small pool, so duplicates (and equal chosen/rejected texts) are common.
+    pool = st.sampled_from(["a", "b", "b ", "c", "d e", "d  e", "f"])
+    samples = []
+    for index, label in enumerate(labels):
+        text = texts.draw(pool)
+        answer = None if label == "unparsable" else "x"
+        samples.append(LabelledSample(index, text, answer, label == "right"))
+    outcome = build(samples, max_pairs=max_pairs, seed=seed)
+
+    normalised = {sample.index: " ".join(sample.text.split()) for sample in samples}
+    valid = {
+        (normalised[c.index], normalised[w.index])
+        for c in samples
+        for w in samples
+        if c.correct and not w.correct and normalised[c.index] != normalised[w.index]
+    }
+    assert len(outcome.pairs) == min(max_pairs, len(valid))
+    assert (outcome.skipped is None) == bool(outcome.pairs)
+    assert all(isinstance(pair, CorrectnessPair) for pair in outcome.pairs)
+    assert all(pair.chosen.correct and not pair.rejected.correct for pair in outcome.pairs)
+    keys = [(normalised[p.chosen.index], normalised[p.rejected.index]) for p in outcome.pairs]
+    assert len(set(keys)) == len(keys)

@@ -1,0 +1,135 @@
+"""The rollout service with the transformers backend: the tiny image-text model on CPU, through gRPC.
+
+Also the service behaviour that does not depend on the engine (backpressure, image URIs) and the
+`mpo serve rollout` / `mpo client generate` command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+import ray
+
+from mpo.config import RolloutConfig
+from mpo.models.tiny import build_image_text_model, build_text_model
+from mpo.services.common.clients import RolloutClient
+from mpo.services.rollout.engines import EngineUnavailable, resolve_backend
+from mpo.services.rollout.server import RunningRollout, start_rollout
+from mpo.services.rollout.weights import pack
+from mpo.v1 import common_pb2, rollout_pb2
+from tests.rollout_helpers import CORPUS, SMALL, VISION, arith_prompt, png, raw_stub
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest.fixture(scope="module")
+def vl_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_image_text_model(tmp_path_factory.mktemp("vl"), CORPUS, SMALL, VISION, seed=0)
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("images")
+    (directory / "red.png").write_bytes(png("red"))
+    return directory
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def vl_rollout(vl_model: Path, images_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunningRollout:
+    ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-rollout-hf-tests", log_to_driver=False)
+    config = RolloutConfig(
+        model=vl_model,
+        weights_dir=tmp_path_factory.mktemp("ledger"),
+        readable_roots=[images_dir],
+        max_model_len=512,
+    )
+    running = await start_rollout(config)
+    yield running
+    await running.stop(0)
+    ray.shutdown()
+
+
+def scene_prompt(*images: common_pb2.Image, prompt_id: str = "v0") -> common_pb2.Prompt:
+    return common_pb2.Prompt(id=prompt_id, question="How many shapes are there?", task="shapes", images=images)
+
+
+async def test_auto_backend_serves_image_text_with_transformers_on_cpu(
+    vl_rollout: RunningRollout, vl_model: Path
+) -> None:
+    async with RolloutClient(vl_rollout.address) as client:
+        status = await client.status()
+    assert (status.engine.backend, status.engine.device, status.ready) == ("transformers", "cpu", True)
+    with pytest.raises(EngineUnavailable, match="backend 'vllm' cannot serve the image-text model"):
+        resolve_backend(RolloutConfig(model=vl_model, backend="vllm"), "cpu")
+
+
+async def test_samples_from_an_image_bytes_or_uri(vl_rollout: RunningRollout, images_dir: Path) -> None:
+    params = common_pb2.SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=1, return_logprobs=True)
+    async with RolloutClient(vl_rollout.address) as client:
+        by_bytes = await client.generate([scene_prompt(common_pb2.Image(data=png("red")))], params)
+        by_uri = await client.generate([scene_prompt(common_pb2.Image(uri=f"file://{images_dir / 'red.png'}"))], params)
+        assert [s.index for s in by_bytes.samples] == [0, 1]
+        for sample in by_bytes.samples:
+            assert len(sample.token_ids) >= 1 and len(sample.logprobs) == len(sample.token_ids)
+        assert [list(s.token_ids) for s in by_bytes.samples] == [list(s.token_ids) for s in by_uri.samples]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.generate([scene_prompt(common_pb2.Image(uri="/etc/hostname"))], params)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details().startswith("prompts[0].images[0].uri: ")
+
+
+async def test_continuation_with_and_without_the_image_differ(vl_rollout: RunningRollout) -> None:
+    prompt = scene_prompt(common_pb2.Image(data=png("blue")))
+    params = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=6, return_logprobs=True)
+    continuations = [
+        rollout_pb2.Continuation(prompt=prompt, prefix="I count", drop_images=False),
+        rollout_pb2.Continuation(prompt=prompt, prefix="I count", drop_images=True),
+    ]
+    async with RolloutClient(vl_rollout.address) as client:
+        response = await client.continue_prefixes(continuations, params)
+    with_image, without_image = response.samples
+    assert (with_image.prompt_id, with_image.index, without_image.index) == ("v0", 0, 0)
+    assert list(with_image.logprobs) != list(without_image.logprobs), "the image must condition the continuation"
+
+
+async def test_weight_update_on_the_transformers_backend(vl_rollout: RunningRollout, vl_model: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    state = {k: v * 1.01 for k, v in AutoModelForImageTextToText.from_pretrained(vl_model).state_dict().items()}
+    manifest, blobs = pack(state, version=1)
+    params = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=4, return_logprobs=True)
+    prompt = scene_prompt(common_pb2.Image(data=png("red")))
+    async with RolloutClient(vl_rollout.address) as client:
+        before = (await client.generate([prompt], params)).samples[0]
+        response = await client.load_weights(manifest, blobs)
+        after = (await client.generate([prompt], params)).samples[0]
+    assert (response.policy_version, response.replicas_loaded) == (1, 1)
+    assert (before.policy_version, after.policy_version) == (0, 1)
+    assert list(before.logprobs) != list(after.logprobs)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def narrow_rollout(vl_rollout: RunningRollout, tmp_path: Path) -> RunningRollout:
+    """One transformers replica holding a single request: the smallest queue there is."""
+    model = build_text_model(tmp_path / "text", CORPUS, SMALL, seed=0)
+    config = RolloutConfig(model=model, backend="transformers", max_queued_requests=1, weights_dir=tmp_path / "w")
+    running = await start_rollout(config)
+    yield running
+    await running.stop(0)
+
+
+async def test_full_queue_answers_resource_exhausted(narrow_rollout: RunningRollout) -> None:
+    channel, stub = raw_stub(narrow_rollout.address)
+    long = rollout_pb2.GenerateRequest(
+        prompts=[arith_prompt()], sampling=common_pb2.SamplingParams(n=8, temperature=1.0, max_tokens=200)
+    )
+    outcomes = await asyncio.gather(*(stub.Generate(long, timeout=120) for _ in range(3)), return_exceptions=True)
+    await channel.close()
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(refused) == 2 and all(o.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused)
+    assert "max_queued_requests" in refused[0].details()
+    assert sum(isinstance(o, rollout_pb2.GenerateResponse) for o in outcomes) == 1

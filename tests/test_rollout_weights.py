@@ -1,0 +1,161 @@
+"""Weight updates on the wire and on disk: packing, full verification, and the crash-safe ledger."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from safetensors.torch import save
+
+from mpo.services.common.validation import InvalidRequest
+from mpo.services.rollout.weights import (
+    TensorSpec,
+    WeightLedger,
+    iter_tensors,
+    manifest_for,
+    model_signature,
+    pack,
+    verify_files,
+    write_shards,
+)
+from tests.conftest import tiny_qwen2_config
+
+
+def state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {"a.weight": torch.randn(4, 3), "b.weight": torch.randn(8), "c.bias": torch.randn(2, 2)}
+
+
+def signature_of(tensors: dict[str, torch.Tensor]) -> dict[str, TensorSpec]:
+    return {name: TensorSpec(tuple(t.shape), t.dtype) for name, t in tensors.items()}
+
+
+def test_pack_buckets_whole_tensors_and_round_trips(tmp_path: Path) -> None:
+    tensors = state()
+    manifest, blobs = pack(tensors, version=3, bucket_bytes=40)  # tensors of 48, 32 and 16 bytes
+    assert len(blobs) == 3, "no two neighbours fit one 40-byte bucket; a 48-byte tensor still gets its own"
+    assert (manifest.version, manifest.tensor_count, manifest.format) == (3, 3, "safetensors")
+    assert manifest.total_bytes == sum(map(len, blobs))
+    files = write_shards(blobs, tmp_path / "shards")
+    verify_files(files, manifest, signature_of(tensors))
+    loaded = dict(iter_tensors(files))
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+def test_model_signature_uses_module_names_without_allocating(tmp_path: Path) -> None:
+    from transformers import Qwen2ForCausalLM
+
+    model = Qwen2ForCausalLM(tiny_qwen2_config())
+    model.save_pretrained(tmp_path)
+    signature = model_signature(tmp_path)
+    assert signature == {n: TensorSpec(tuple(t.shape), t.dtype) for n, t in model.state_dict().items()}
+    assert "lm_head.weight" in signature  # untied: the head travels explicitly (DESIGN §5)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "message"),
+    [
+        (lambda s: s.pop("b.weight"), "payload", "missing tensors 'b.weight'"),
+        (lambda s: s.update(extra=torch.zeros(1)), "payload", "unexpected tensor 'extra'"),
+        (lambda s: s.update({"a.weight": torch.zeros(3, 4)}), "payload", "has shape (3, 4), the model needs (4, 3)"),
+        (lambda s: s.update({"c.bias": torch.zeros(2, 2, dtype=torch.int64)}), "payload", "must be floating point"),
+    ],
+)
+def test_verification_names_what_is_wrong(tmp_path: Path, mutate, field: str, message: str) -> None:
+    expected = signature_of(state())
+    tensors = state()
+    mutate(tensors)
+    manifest, blobs = pack(tensors, version=1)
+    with pytest.raises(InvalidRequest) as caught:
+        verify_files(write_shards(blobs, tmp_path), manifest, expected)
+    assert caught.value.field == field and message in caught.value.reason
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_verification_checks_manifest_against_the_bytes(tmp_path: Path) -> None:
+    tensors = state()
+    manifest, blobs = pack(tensors, version=1)
+    files = write_shards(blobs, tmp_path / "ok")
+    expected = signature_of(tensors)
+    for field, value, message in [
+        ("sha256", "0" * 64, "checksum mismatch"),
+        ("total_bytes", manifest.total_bytes + 1, "payload has"),
+        ("tensor_count", 4, "manifest says 4 tensors, payload has 3"),
+    ]:
+        bad = type(manifest)()
+        bad.CopyFrom(manifest)
+        setattr(bad, field, value)
+        with pytest.raises(InvalidRequest, match=message) as caught:
+            verify_files(files, bad, expected)
+        assert caught.value.field == f"manifest.{field}"
+    twice = [save({"a.weight": tensors["a.weight"]}), save({"a.weight": tensors["a.weight"]})]
+    with pytest.raises(InvalidRequest, match=r"'a\.weight' appears twice"):
+        verify_files(write_shards(twice, tmp_path / "dup"), manifest_for(twice, 1, tensor_count=2), expected)
+    garbage = [b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"]
+    with pytest.raises(InvalidRequest, match="not a readable safetensors file"):
+        verify_files(write_shards(garbage, tmp_path / "bad"), manifest_for(garbage, 1, tensor_count=1), expected)
+
+
+def test_ledger_commits_prunes_and_refuses_old_versions(tmp_path: Path) -> None:
+    ledger = WeightLedger(tmp_path / "ledger")
+    assert ledger.current() is None
+    for version in (1, 2):
+        manifest, blobs = pack(state(), version=version)
+        staging = ledger.staging_dir(version)
+        committed = ledger.commit(version, write_shards(blobs, staging), manifest)
+        assert committed.version == version and not staging.exists()
+    current = WeightLedger(tmp_path / "ledger").current()  # a new process reads the same state
+    assert current is not None and current.version == 2 and current.manifest.sha256 == manifest.sha256
+    assert sorted(p.name for p in (tmp_path / "ledger").iterdir()) == ["current.json", "v2"]
+    verify_files(current.files, current.manifest, signature_of(state()))
+    with pytest.raises(InvalidRequest) as caught:
+        ledger.commit(2, write_shards(blobs, tmp_path / "again"), manifest)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_ledger_commit_from_storage_links_and_leaves_the_source(tmp_path: Path) -> None:
+    manifest, blobs = pack(state(), version=1)
+    source = write_shards(blobs, tmp_path / "trainer-output")
+    committed = WeightLedger(tmp_path / "ledger").commit(1, source, manifest)
+    assert all(p.exists() for p in source), "the trainer's files are not moved away"
+    assert [p.stat().st_ino for p in committed.files] == [p.stat().st_ino for p in source]  # hard links
+
+
+CRASHER = """
+import sys, torch
+from pathlib import Path
+from mpo.services.rollout.weights import WeightLedger, pack, write_shards
+ledger = WeightLedger(Path(sys.argv[1]))
+state = {f"t{i}": torch.full((256, 256), float(i)) for i in range(16)}
+version = 0
+while True:
+    version += 1
+    manifest, blobs = pack(state, version=version, bucket_bytes=2**18)
+    ledger.commit(version, write_shards(blobs, ledger.staging_dir(version)), manifest)
+    if version == 1:
+        print("committed", flush=True)
+"""
+
+
+def test_ledger_survives_kill_9_mid_commit(tmp_path: Path) -> None:
+    """Whatever moment kill -9 lands, the ledger names a complete version whose bytes verify."""
+    script = tmp_path / "crasher.py"
+    script.write_text(CRASHER)
+    root = tmp_path / "ledger"
+    for delay in (0.05, 0.2, 0.45):
+        process = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout is not None and process.stdout.readline().strip() == "committed"
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        current = WeightLedger(root).current()
+        assert current is not None and current.version >= 1
+        signature = {f"t{i}": TensorSpec((256, 256), torch.float32) for i in range(16)}
+        verify_files(current.files, current.manifest, signature)
+        root.joinpath("current.json").unlink()  # the next round starts over from version 1

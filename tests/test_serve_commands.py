@@ -1,0 +1,77 @@
+"""`mpo serve rollout|reward` and `mpo client generate` as people run them: real subprocesses, real Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpo.models.tiny import build_text_model
+from tests.rollout_helpers import CORPUS, SMALL
+
+pytestmark = pytest.mark.slow
+
+
+def test_serve_and_client_commands(tmp_path: Path) -> None:
+    model = build_text_model(tmp_path / "text", CORPUS, SMALL, seed=0)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mpo.cli", "serve", "rollout", "--model", str(model), "--backend", "transformers",
+         "--port", "0", "--weights-dir", str(tmp_path / "w")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        ready = json.loads(server.stdout.readline())
+        assert ready["event"] == "serving" and ready["backend"] == "transformers"
+        result = subprocess.run(
+            [sys.executable, "-m", "mpo.cli", "client", "generate", "--address", ready["address"],
+             "--question", "What is 2 + 3?", "--n", "2", "--max-tokens", "6", "--temperature", "1.0"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        samples = json.loads(result.stdout)["samples"]
+        assert [s["index"] for s in samples] == [0, 1] and all(
+            int(s["policy_version"]) == 0 for s in samples
+        )  # uint64: a JSON string
+        bad = subprocess.run(
+            [sys.executable, "-m", "mpo.cli", "client", "generate", "--address", ready["address"],
+             "--question", "What is 2 + 3?", "--max-tokens", "0"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert bad.returncode == 2 and "INVALID_ARGUMENT: sampling.max_tokens: must be >= 1" in bad.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+
+
+def test_serve_reward_command(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mpo.cli", "serve", "reward", "--port", "0", "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        ready = json.loads(server.stdout.readline())
+        assert (ready["event"], ready["service"], ready["workers"]) == ("serving", "reward", 1)
+        probe = f"""
+import asyncio
+from mpo.services.common.clients import RewardClient
+from mpo.v1 import common_pb2
+async def main():
+    async with RewardClient("{ready["address"]}") as client:
+        prompt = common_pb2.Prompt(id="a", question="What is 1 + 1?", task="arith", answer="2")
+        sample = common_pb2.Sample(prompt_id="a", index=0, text="1 + 1 = 2. Final answer: 2")
+        print((await client.score([prompt], [sample])).stats.correct)
+asyncio.run(main())
+"""
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+        assert result.stdout.strip() == "1", result.stderr[-2000:]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
