@@ -76,6 +76,36 @@ def test_bootstrap_api_trains_an_image_text_policy(tmp_path: Path) -> None:
     assert [len(r) for r in responses] == [2, 2]
 
 
+def test_saved_base_is_the_weight_average(tmp_path: Path) -> None:
+    """With a slow average the saved weights stay near the start; without one they are the last iterate."""
+    from safetensors.torch import load_file
+
+    from mpo.models.tiny import build_text_model
+
+    splits = make_splits("arith", seed=0, train=40, heldout=4, out_dir=tmp_path / "arith")
+    corpus = [TASKS["arith"].demonstration(r, random.Random(0)) or r.question for r in splits["train"]]
+    spec = TextModelSpec(
+        vocab_size=300, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
+    )
+    model_dir = build_text_model(tmp_path / "m", corpus, spec, seed=0)
+    start = load_file(model_dir / "model.safetensors")
+
+    def moved(ema_decay: float) -> float:
+        config = BootstrapConfig(
+            steps=5, batch_size=4, eval_every=100, eval_prompts=2, stability_steps=0, pass_k=1,
+            max_new_tokens=4, learning_rate=1e-2, ema_decay=ema_decay,
+        )  # fmt: skip
+        out = tmp_path / f"base-{ema_decay}"
+        bootstrap(
+            model_dir, out, splits["train"], splits["heldout"], TASKS["arith"].demonstration, config, progress=False
+        )
+        saved = load_file(out / "model.safetensors")
+        return sum((saved[k] - start[k]).abs().sum().item() for k in start)
+
+    last_iterate, averaged = moved(0.0), moved(0.999)
+    assert last_iterate > 0 and averaged < 0.05 * last_iterate
+
+
 def test_is_correct_uses_the_final_answer_line() -> None:
     record = TASKS["arith"].generate(1, 0, None)[0]
     demonstration = TASKS["arith"].demonstration(record, random.Random(0))

@@ -274,8 +274,9 @@ async def test_killed_replica_gives_unavailable_then_returns_with_current_weight
     async with RolloutClient(rollout.address, timeout=300) as client:
         expected = await greedy_ids(client)
         channel, stub = raw_stub(rollout.address)
-        long = rollout_pb2.GenerateRequest(
-            prompts=[arith_prompt()], sampling=common_pb2.SamplingParams(n=64, temperature=1.0, max_tokens=200)
+        long = rollout_pb2.GenerateRequest(  # ~50k tokens: still running when the kill lands
+            prompts=[arith_prompt(f"What is {i} + 2?", f"k{i}") for i in range(4)],
+            sampling=common_pb2.SamplingParams(n=64, temperature=1.0, max_tokens=200),
         )
         calls = [asyncio.ensure_future(stub.Generate(long, timeout=120)) for _ in range(2)]  # one per replica
         await asyncio.sleep(1.0)

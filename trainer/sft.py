@@ -9,7 +9,6 @@ training barely moves held-out accuracy") and the accuracy curve is reported.
 
 from __future__ import annotations
 
-import copy
 import random
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -137,6 +137,10 @@ def bootstrap(
     greedy = Sampling(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
     report = BootstrapReport(steps=config.steps, seconds=0.0)
     train = [r for r in train if r.answer is not None]
+    # Optionally the base is an exponential moving average of the weights: the last iterate of a small
+    # model flips answers from step to step (shapes' multiple choice moved ~3 points between evaluations).
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
+    policy = TransformersGenerator(model_dir, model=averaged.module) if averaged is not None else generator
     started = time.perf_counter()
 
     def run(steps: int, label: str, *, scheduled: bool) -> None:
@@ -155,32 +159,32 @@ def bootstrap(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             if scheduled:
                 schedule.step()
             report.losses.append(loss.item())
             step = len(report.losses)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if scheduled and step % config.eval_every == 0:
-                accuracy = evaluate(generator, eval_set, greedy).accuracy
+                accuracy = evaluate(policy, eval_set, greedy).accuracy
                 report.curve.append((step, accuracy))
                 bar.write(f"step {step}: held-out greedy accuracy {accuracy:.3f}", file=sys.stderr)
 
     run(config.steps, "bootstrap", scheduled=True)
     report.seconds = time.perf_counter() - started
-    report.final = evaluate(generator, eval_set, greedy)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    report.final = evaluate(policy, eval_set, greedy)
+    policy.model.save_pretrained(out_dir, safe_serialization=True)
     (generator.processor or generator.tokenizer).save_pretrained(out_dir)
-    model.generation_config.save_pretrained(out_dir)
+    policy.model.generation_config.save_pretrained(out_dir)
     report.pass_at_k = evaluate(
-        generator,
+        policy,
         eval_set,
         Sampling(n=config.pass_k, temperature=1.0, seed=config.seed, max_new_tokens=config.max_new_tokens),
     )
     if config.stability_steps:
-        saved_state = copy.deepcopy(model.state_dict())
         for group in optimizer.param_groups:  # past the schedule's end the cosine would rise again
             group["lr"] = config.learning_rate * config.final_lr_ratio
         run(config.stability_steps, "stability check", scheduled=False)
-        report.after_stability = evaluate(generator, eval_set, greedy)
-        model.load_state_dict(saved_state)
+        report.after_stability = evaluate(policy, eval_set, greedy)
     return report
