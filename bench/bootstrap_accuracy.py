@@ -6,7 +6,7 @@ pass@k at temperature 1.0 (headroom for online learning: pass@k / greedy), the a
 stability check (accuracy change after more steps of the same training) and wall time on this
 machine. Prints JSON.
 
-    .venv/bin/python bench/bootstrap_accuracy.py [--tasks arith,shapes] [--heldout 2000] [--steps N]
+    .venv/bin/python bench/bootstrap_accuracy.py [--tasks arith,shapes] [--heldout 2000] [--steps N] [--ema-decay D]
 """
 
 from __future__ import annotations
@@ -29,14 +29,21 @@ from mpo.models.tiny import build_image_text_model, build_text_model
 from mpo.trainer.sft import bootstrap
 
 
+def bootstrap_config(args: argparse.Namespace) -> BootstrapConfig:
+    """The defaults, with what the command line overrides."""
+    overrides: dict[str, float] = {"steps": args.steps} if args.steps else {}
+    if args.ema_decay is not None:
+        overrides["ema_decay"] = args.ema_decay
+    return BootstrapConfig(eval_prompts=args.heldout, seed=args.seed, **overrides)
+
+
 def run_task(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, object]:
     task = TASKS[name]
     splits = make_splits(name, seed=args.seed, train=args.train, heldout=args.heldout, out_dir=workdir / name)
     corpus = task_corpus([name], seed=args.seed)
     build = build_image_text_model if task.has_images else build_text_model
     model_dir = build(workdir / f"{name}-model", corpus, seed=args.seed)
-    overrides = {"steps": args.steps} if args.steps else {}
-    config = BootstrapConfig(eval_prompts=args.heldout, seed=args.seed, **overrides)
+    config = bootstrap_config(args)
     started = time.perf_counter()
     report = bootstrap(
         model_dir, workdir / f"{name}-base", splits["train"], splits["heldout"], task.demonstration, config
@@ -68,6 +75,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=5000)
     parser.add_argument("--heldout", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=None, help="override BootstrapConfig.steps")
+    parser.add_argument("--ema-decay", type=float, default=None, help="override BootstrapConfig.ema_decay")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     random.seed(args.seed)
@@ -80,7 +88,7 @@ def main() -> None:
             {
                 "benchmark": "bootstrap_accuracy",
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
-                "config": BootstrapConfig().model_dump(),
+                "config": bootstrap_config(args).model_dump(),
                 "tasks": results,
             },
             indent=2,
