@@ -53,6 +53,7 @@ def run_task(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, ob
     pass_k = report.pass_at_k.pass_at_k if report.pass_at_k else 0.0
     return {
         "model": "image-text (LLaVA-style)" if task.has_images else "text (Qwen2)",
+        "ema_decay": summary["ema_decay"],
         "train_prompts": len(splits["train"]),
         "heldout_prompts": report.final.prompts if report.final else 0,
         "greedy_accuracy": round(greedy, 4),
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=5000)
     parser.add_argument("--heldout", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=None, help="override BootstrapConfig.steps")
-    parser.add_argument("--ema-decay", type=float, default=None, help="override BootstrapConfig.ema_decay")
+    parser.add_argument("--ema-decay", type=float, default=None, help="override the per-task BootstrapConfig.ema_decay")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     random.seed(args.seed)

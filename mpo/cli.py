@@ -300,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         boot.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     boot.add_argument("--learning-rate", type=float, dest="learning_rate")
     boot.add_argument("--final-lr-ratio", type=float, dest="final_lr_ratio", help="cosine floor; 1.0 = constant")
-    boot.add_argument("--ema-decay", type=float, dest="ema_decay", help="weight-average decay; 0 = last iterate")
+    boot.add_argument(
+        "--ema-decay", type=float, dest="ema_decay", help="weight-average decay; 0 = last iterate; unset = per task"
+    )
     boot.add_argument("--skip-bad-rows", action="store_true", help="skip (and report) bad prompt rows")
     boot.set_defaults(handler=_cmd_bootstrap)
 

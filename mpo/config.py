@@ -70,13 +70,13 @@ class BootstrapConfig(_Strict):
     stability_steps: int = Field(
         400, ge=0, description="Extra steps (at the final rate) after which accuracy should move < 3 points."
     )
-    ema_decay: float = Field(
-        0.0,
+    ema_decay: float | None = Field(
+        None,
         ge=0,
         lt=1,
-        description="Save an exponential moving average of the weights with this decay as the base (0.995: "
-        "half-life ~140 steps) instead of the last iterate (0). Steadies shapes; lags a still-improving arith "
-        "(docs/results.md).",
+        description="Save an exponential moving average of the weights with this decay as the base instead of "
+        "the last iterate (0). Unset: each built-in task's measured choice (arith 0, shapes 0.98; "
+        "docs/results.md), 0 for other data.",
     )
     max_new_tokens: int = Field(96, ge=1)
     seed: int = 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mpo.config import BootstrapConfig
-from mpo.data.tasks import TASKS, make_splits
+from mpo.data.tasks import TASKS, bootstrap_ema_decay, make_splits
 from mpo.evaluation import is_correct
 from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.models.tiny import TextModelSpec, VisionSpec, build_image_text_model
@@ -112,3 +112,14 @@ def test_is_correct_uses_the_final_answer_line() -> None:
     assert is_correct(demonstration, record)
     assert not is_correct(demonstration.replace("Final answer:", "Answer:"), record)
     assert not is_correct(f"Final answer: {record.answer}", record), "a bare answer has no rationale"
+
+
+def test_each_built_in_task_picks_its_measured_weight_average() -> None:
+    """Unset `ema_decay` follows the task: shapes averages (0.98), arith and user data do not."""
+    arith = TASKS["arith"].generate(2, 0, None)
+    shapes_like = [r.model_copy(update={"task": "shapes"}) for r in arith]
+    user = [r.model_copy(update={"task": "my-task"}) for r in arith]
+    assert bootstrap_ema_decay(arith) == 0.0
+    assert bootstrap_ema_decay(shapes_like) == 0.98
+    assert bootstrap_ema_decay(arith + shapes_like) == 0.98
+    assert bootstrap_ema_decay(user) == 0.0

@@ -24,6 +24,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from mpo.config import BootstrapConfig
 from mpo.data.records import PromptRecord
+from mpo.data.tasks import bootstrap_ema_decay
 from mpo.evaluation import EvalResult, evaluate
 from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.trainer.logprobs import IGNORE_INDEX, sequence_logprobs
@@ -36,6 +37,7 @@ Demonstrator = Callable[[PromptRecord, random.Random], str | None]
 class BootstrapReport:
     steps: int
     seconds: float
+    ema_decay: float = 0.0
     curve: list[tuple[int, float]] = field(default_factory=list)
     final: EvalResult | None = None
     pass_at_k: EvalResult | None = None
@@ -51,6 +53,7 @@ class BootstrapReport:
     def summary(self) -> dict[str, object]:
         return {
             "steps": self.steps,
+            "ema_decay": self.ema_decay,
             "train_seconds": round(self.seconds, 1),
             "curve": [{"step": step, "greedy_accuracy": round(acc, 4)} for step, acc in self.curve],
             "final": self.final.summary() if self.final else None,
@@ -139,7 +142,9 @@ def bootstrap(
     train = [r for r in train if r.answer is not None]
     # Optionally the base is an exponential moving average of the weights: the last iterate of a small
     # model flips answers from step to step (shapes' multiple choice moved ~3 points between evaluations).
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
+    decay = bootstrap_ema_decay(train) if config.ema_decay is None else config.ema_decay
+    report.ema_decay = decay
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
     policy = TransformersGenerator(model_dir, model=averaged.module) if averaged is not None else generator
     started = time.perf_counter()
 

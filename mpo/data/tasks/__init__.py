@@ -8,6 +8,7 @@ and an exact verifier, without downloading any data set.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -21,6 +22,9 @@ from mpo.data.tasks.splits import HELDOUT_KEY_FRACTION, make_splits, split_of
 class Task(Protocol):
     name: str
     has_images: bool
+    #: Weight-average decay the bootstrap uses for this task unless told otherwise (docs/results.md):
+    #: 0 where the last iterate is still improving, > 0 where it flips answers from step to step.
+    bootstrap_ema_decay: float
 
     def generate(self, n: int, seed: int, image_dir: Path | None) -> list[PromptRecord]:
         """`n` records, identical for equal seeds; image tasks write PNGs into `image_dir` and
@@ -39,6 +43,12 @@ class Task(Protocol):
 
 TASKS: dict[str, Task] = {task.name: task for task in (ArithTask(), ShapesTask(), DescribeTask())}
 
+
+def bootstrap_ema_decay(records: Sequence[PromptRecord]) -> float:
+    """The steadiest decay any built-in task among `records` asks for; 0 (last iterate) for user tasks."""
+    return max((TASKS[r.task].bootstrap_ema_decay for r in records if r.task in TASKS), default=0.0)
+
+
 __all__ = [
     "HELDOUT_KEY_FRACTION",
     "TASKS",
@@ -46,6 +56,7 @@ __all__ = [
     "DescribeTask",
     "ShapesTask",
     "Task",
+    "bootstrap_ema_decay",
     "make_splits",
     "split_of",
 ]
