@@ -29,20 +29,13 @@ from transformers import AutoModelForCausalLM
 from mpo.config import RolloutConfig
 from mpo.data.tasks import TASKS
 from mpo.models.corpus import task_corpus
-from mpo.models.tiny import TextModelSpec, build_text_model
+from mpo.models.tiny import NAMED_SIZES, TextModelSpec, build_text_model
 from mpo.services.common.clients import RolloutClient
 from mpo.services.rollout.engines import create_engine
 from mpo.services.rollout.server import start_rollout
 from mpo.services.rollout.service import sampling_spec
 from mpo.services.rollout.weights import pack, write_shards
 from mpo.v1 import common_pb2
-
-SIZES = {
-    "tiny": TextModelSpec(),
-    # Qwen2-0.5B's shape (hidden 896, 14 heads of 64, 2 KV heads, MLP 4864) with more layers in place of its
-    # 151k-token embedding: ~0.5B parameters over the project's small vocabulary.
-    "0.5b": TextModelSpec(hidden_size=896, num_layers=32, num_heads=14, num_kv_heads=2, intermediate_size=4864),
-}
 
 
 def workload(prompts: int) -> list[common_pb2.Prompt]:
@@ -138,7 +131,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sizes.split(","):
-            results[name] = await run_size(name, SIZES[name], Path(tmp), args)
+            results[name] = await run_size(name, NAMED_SIZES[name], Path(tmp), args)
     return results
 
 

@@ -166,6 +166,30 @@ def _cmd_serve_reward(args: argparse.Namespace) -> int:
     return _serve(args, RewardConfig, overrides, "mpo.services.reward.service.start_reward")
 
 
+def _cmd_serve_trainer(args: argparse.Namespace) -> int:
+    from mpo.config import TrainerConfig
+
+    overrides = {
+        "model": args.model,
+        "world_size": args.world_size,
+        "strategy": args.strategy,
+        "checkpoint_dir": args.checkpoint_dir,
+        "rollout_address": args.rollout_address,
+    }
+    return _serve(args, TrainerConfig, overrides, "mpo.services.trainer.service.start_trainer")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mpo.trainer.export import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.checkpoint, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print(json.dumps({"event": "exported", "checkpoint": str(args.checkpoint), "model_dir": str(out)}))
+    return 0
+
+
 #: Proto → JSON for people: field names as in the .proto, zeros printed (index 0, policy_version 0).
 _JSON = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
 
@@ -349,11 +373,34 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     reward.add_argument("--rollout-address", help="host:port of the rollout service (needed for DropoutNTP)")
     reward.add_argument("--workers", type=int, help="labelling worker actors")
     reward.set_defaults(handler=_cmd_serve_reward)
-    for parser in (rollout, reward):
+
+    trainer = services.add_parser(
+        "trainer",
+        help="the trainer service: DeepSpeed rank actors training MPO",
+        description="Start the trainer's rank actors (DeepSpeed, ZeRO-3 by default) and the TrainerService gRPC "
+        "endpoint; resumes from the newest checkpoint; prints one JSON line with the address when ready.",
+    )
+    trainer.add_argument("--model", type=Path, help="base policy directory (or set `model` in --config)")
+    trainer.add_argument("--world-size", type=int, dest="world_size", help="data-parallel ranks")
+    trainer.add_argument("--strategy", choices=["zero3", "zero2", "zero1"])
+    trainer.add_argument("--checkpoint-dir", type=Path, dest="checkpoint_dir")
+    trainer.add_argument("--rollout-address", help="host:port of the rollout service PublishWeights feeds")
+    trainer.set_defaults(handler=_cmd_serve_trainer)
+    for parser in (rollout, reward, trainer):
         parser.add_argument("--config", type=Path, help="YAML with the service's config fields; flags override it")
         parser.add_argument("--host", help="interface to bind (0.0.0.0 in containers)")
         parser.add_argument("--port", type=int, help="gRPC port; 0 picks a free one")
         parser.add_argument("--ray-address", help="join this Ray cluster ('auto': the local one); default: start Ray")
+
+    export = commands.add_parser(
+        "export",
+        help="turn a trainer checkpoint into a Hugging Face model directory",
+        description="Merge a committed trainer checkpoint's ZeRO shards into a model directory that vLLM and "
+        "transformers load.",
+    )
+    export.add_argument("--checkpoint", type=Path, required=True, help="a committed checkpoint directory")
+    export.add_argument("--out", type=Path, required=True, help="model directory to write")
+    export.set_defaults(handler=_cmd_export)
 
     client = commands.add_parser("client", help="talk to a running service", description="Small gRPC clients.")
     calls = client.add_subparsers(dest="call", metavar="CALL", required=True)

@@ -193,6 +193,63 @@ class RewardConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
 
 
+class TrainerConfig(_Strict):
+    """The policy trainer: DeepSpeed rank actors training MPO, checkpointing and publishing weights."""
+
+    model: Path = Field(..., description="Hugging Face model directory of the base policy (also the frozen reference).")
+    world_size: int = Field(1, ge=1, description="Data-parallel ranks (Ray actors): one per GPU, or processes on CPU.")
+    strategy: Literal["zero3", "zero2", "zero1"] = Field("zero3", description="DeepSpeed ZeRO stage.")
+    num_cpus_per_rank: float = Field(1.0, ge=0, description="Ray CPU request of each rank.")
+    num_gpus_per_rank: float = Field(
+        0.0, ge=0, description="Ray GPU request of each rank; > 0 trains on CUDA in bf16 (NCCL), else CPU fp32 (gloo)."
+    )
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    learning_rate: float = Field(5e-6, gt=0, allow_inf_nan=False, description="Peak AdamW rate (paper: 5e-6, 8B).")
+    weight_decay: float = Field(0.05, ge=0)
+    adam_betas: tuple[float, float] = Field((0.9, 0.999))
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up from 0 in optimizer steps.")
+    total_steps: int = Field(
+        1000, ge=1, description="Steps of cosine decay after the warm-up; the rate then stays at the floor."
+    )
+    final_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of the peak rate.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the global gradient norm to this.")
+    global_batch_pairs: int = Field(256, ge=1, description="Pairs per optimizer step (summed over ranks).")
+    micro_batch_pairs: int = Field(4, ge=1, description="Pairs per forward pass on one rank.")
+    epochs: int = Field(1, ge=1, description="Passes over a round's pairs (TrainRequest.epochs overrides).")
+    max_length: int = Field(
+        2048, ge=8, description="Prompt + response tokens; longer responses are cut at the end (docs/trainer.md)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    freeze_vision_tower: bool = Field(False, description="Keep the image encoder fixed (the paper trains all).")
+    checkpoint_dir: Path = Field(
+        Path("mpo-state/trainer-checkpoints"), description="Checkpoints (shared storage on a cluster)."
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="Newest checkpoints kept; older ones are deleted.")
+    resume: bool = Field(True, description="Start from the newest checkpoint in checkpoint_dir when there is one.")
+    publish_dir: Path = Field(
+        Path("mpo-state/trainer-publish"),
+        description="Where SHARED_STORAGE publishing writes weight shards; the rollout service must read it.",
+    )
+    rollout_address: str | None = Field(None, description="host:port of the rollout service that PublishWeights feeds.")
+    readable_roots: list[Path] = Field(
+        default_factory=list, description="Directories whose image files pairs may name by URI; none by default."
+    )
+    max_rank_restarts: int = Field(
+        3, ge=0, description="Times a failed call is retried on a restarted group (from the last checkpoint)."
+    )
+    seed: int = Field(0, description="Seeds the pair order of every epoch and all RNGs of the ranks.")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> TrainerConfig:
+        if self.global_batch_pairs < self.micro_batch_pairs * self.world_size:
+            raise ValueError(
+                f"global_batch_pairs ({self.global_batch_pairs}) must be >= micro_batch_pairs × world_size "
+                f"({self.micro_batch_pairs} × {self.world_size})"
+            )
+        return self
+
+
 ServiceName = Literal["rollout", "reward", "trainer", "controller"]
 
 

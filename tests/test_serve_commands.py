@@ -1,4 +1,4 @@
-"""`mpo serve rollout|reward` and `mpo client generate` as people run them: real subprocesses, real Ray."""
+"""`mpo serve rollout|reward|trainer` and `mpo client generate` as people run them: real subprocesses, real Ray."""
 
 from __future__ import annotations
 
@@ -75,3 +75,21 @@ asyncio.run(main())
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0
+
+
+def test_serve_trainer_command(tmp_path: Path) -> None:
+    model = build_text_model(tmp_path / "text", CORPUS, SMALL, seed=0)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mpo.cli", "serve", "trainer", "--model", str(model), "--world-size", "1",
+         "--port", "0", "--checkpoint-dir", str(tmp_path / "ckpt")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        ready = json.loads(server.stdout.readline())
+        assert (ready["event"], ready["service"], ready["world_size"], ready["strategy"]) == (
+            "serving", "trainer", 1, "zero3"
+        )  # fmt: skip
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=120) == 0

@@ -2,7 +2,7 @@
 
 from mpo.trainer.logprobs import IGNORE_INDEX, SequenceLogProbs, response_labels, sequence_logprobs
 from mpo.trainer.objective import MPOObjective, MPOOutput, preference_loss, quality_loss
-from mpo.trainer.reward_shift import RewardShift, mean_across_ranks
+from mpo.trainer.reward_shift import RewardShift, sum_across_ranks
 
 __all__ = [
     "IGNORE_INDEX",
@@ -10,9 +10,9 @@ __all__ = [
     "MPOOutput",
     "RewardShift",
     "SequenceLogProbs",
-    "mean_across_ranks",
     "preference_loss",
     "quality_loss",
     "response_labels",
     "sequence_logprobs",
+    "sum_across_ranks",
 ]

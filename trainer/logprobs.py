@@ -8,6 +8,7 @@ label at ``t + 1`` (causal shift), exactly as Hugging Face models compute their 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,18 @@ def response_labels(
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
     in_response = (positions >= prompt_lengths.to(input_ids.device).unsqueeze(1)) & attention_mask.bool()
     return torch.where(in_response, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+
+
+def collate(rows: Sequence[torch.Tensor], prompt_lengths: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask`, and `labels` that keep only the response tokens."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = row
+        attention_mask[i, : len(row)] = 1
+    labels = response_labels(input_ids, torch.tensor(list(prompt_lengths)), attention_mask)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> SequenceLogProbs:

@@ -57,8 +57,18 @@ class MPOObjective:
         reference_rejected_logps: torch.Tensor,
         *,
         training: bool = True,
+        step_pairs: int | None = None,
+        step_chosen_tokens: int | None = None,
+        padding: bool = False,
     ) -> MPOOutput:
-        """Loss and metrics. ``training=False`` (evaluation) reads δ without folding the batch into it."""
+        """Loss and metrics. ``training=False`` (evaluation) reads δ without folding the batch into it.
+
+        With ``step_pairs`` / ``step_chosen_tokens`` (the whole optimizer step's counts, over all ranks
+        and micro-batches) the terms are this micro-batch's *share* of the step's terms: pair terms are
+        divided by the step's pairs, the generation term by the step's chosen tokens, so the shares add
+        up to the loss of one big batch whatever the split. ``padding`` marks a rank's filler
+        micro-batch: it takes part in δ's reduction without a vote and its loss is zero.
+        """
         shapes = {
             tuple(t.shape)
             for t in (
@@ -77,14 +87,20 @@ class MPOObjective:
         rejected_rewards = beta * (policy_rejected.summed - reference_rejected_logps.detach())
 
         shift = self.reward_shift
-        delta = shift.update(chosen_rewards, rejected_rewards) if training else shift.value
+        delta = shift.update(chosen_rewards, rejected_rewards, present=not padding) if training else shift.value
 
+        pair_divisor = step_pairs or chosen_rewards.shape[0]
+        generation = (
+            -policy_chosen.summed.sum() / step_chosen_tokens if step_chosen_tokens else policy_chosen.token_mean_nll()
+        )
         terms = {
-            "preference": preference_loss(chosen_rewards, rejected_rewards).mean(),
-            "quality": quality_loss(chosen_rewards, rejected_rewards, delta).mean(),
-            "generation": policy_chosen.token_mean_nll(),
+            "preference": preference_loss(chosen_rewards, rejected_rewards).sum() / pair_divisor,
+            "quality": quality_loss(chosen_rewards, rejected_rewards, delta).sum() / pair_divisor,
+            "generation": generation,
         }
         loss = sum(weight * terms[name] for name, weight in self.config.terms.items())
+        if padding:
+            loss = loss * 0.0
 
         with torch.no_grad():
             metrics = {

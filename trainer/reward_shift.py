@@ -17,19 +17,19 @@ import torch.distributed as dist
 RankReducer = Callable[[torch.Tensor], torch.Tensor]
 
 
-def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
-    """Average a scalar over the default process group; the identity outside distributed training."""
+def sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over the default process group; the identity outside distributed training."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
     reduced = value.detach().clone()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced / dist.get_world_size()
+    return reduced
 
 
 class RewardShift:
     """Running δ. ``update`` must be called once per training micro-batch on every rank."""
 
-    def __init__(self, reduce_across_ranks: RankReducer = mean_across_ranks) -> None:
+    def __init__(self, reduce_across_ranks: RankReducer = sum_across_ranks) -> None:
         self._reduce = reduce_across_ranks
         self._mean = 0.0
         self._count = 0
@@ -43,13 +43,20 @@ class RewardShift:
         """Number of micro-batches folded into δ so far."""
         return self._count
 
-    def update(self, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
-        """Fold this micro-batch's mean reward (averaged over ranks) into δ and return the new δ."""
+    def update(self, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, *, present: bool = True) -> float:
+        """Fold this micro-batch's mean reward (averaged over ranks) into δ and return the new δ.
+
+        Every rank calls it together; a rank whose micro-batch is padding (`present=False`) takes part
+        in the reduction without a vote, so δ averages over the ranks that had pairs.
+        """
         batch_mean = torch.cat([chosen_rewards.detach().reshape(-1), rejected_rewards.detach().reshape(-1)])
         # float64 keeps the running mean exact enough that a resumed run matches bit-for-bit in fp32.
-        rank_mean = self._reduce(batch_mean.double().mean())
+        vote = torch.tensor(1.0 if present else 0.0, dtype=torch.float64, device=batch_mean.device)
+        total = self._reduce(torch.stack([batch_mean.double().mean() * vote, vote]))
+        if float(total[1]) == 0:
+            return self._mean
         self._count += 1
-        self._mean += (float(rank_mean) - self._mean) / self._count
+        self._mean += (float(total[0] / total[1]) - self._mean) / self._count
         return self._mean
 
     def state_dict(self) -> dict[str, Any]:

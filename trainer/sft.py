@@ -27,7 +27,7 @@ from mpo.data.records import PromptRecord
 from mpo.data.tasks import bootstrap_ema_decay
 from mpo.evaluation import EvalResult, evaluate
 from mpo.models.generate import Sampling, TransformersGenerator
-from mpo.trainer.logprobs import IGNORE_INDEX, sequence_logprobs
+from mpo.trainer.logprobs import collate, sequence_logprobs
 
 #: Writes one demonstration for a record; a fresh rng draw gives another valid line of reasoning.
 Demonstrator = Callable[[PromptRecord, random.Random], str | None]
@@ -100,16 +100,7 @@ class DemonstrationBatcher:
             prompt_lengths.append(len(prompt["input_ids"]))
             if "pixel_values" in prompt:
                 pixels.append(prompt["pixel_values"])
-        width = max(len(row) for row in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full_like(input_ids, IGNORE_INDEX)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, (row, prompt_length) in enumerate(zip(rows, prompt_lengths, strict=True)):
-            input_ids[i, : len(row)] = row
-            attention_mask[i, : len(row)] = 1
-            labels[i, prompt_length : len(row)] = row[prompt_length:]
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = collate(rows, prompt_lengths, self.tokenizer.pad_token_id)
         if pixels:
             batch["pixel_values"] = torch.stack(pixels) if pixels[0].dim() == 3 else torch.cat(pixels)
         return batch

@@ -70,6 +70,15 @@ class TextModelSpec(BaseModel):
         return self
 
 
+#: Named sizes for benchmarks: the tiny default policy, and Qwen2-0.5B's shape (hidden 896, 14 heads of 64,
+#: 2 KV heads, MLP 4864) with more layers in place of its 151k-token embedding: ~0.5B parameters over the
+#: project's small vocabulary.
+NAMED_SIZES: dict[str, TextModelSpec] = {
+    "tiny": TextModelSpec(),
+    "0.5b": TextModelSpec(hidden_size=896, num_layers=32, num_heads=14, num_kv_heads=2, intermediate_size=4864),
+}
+
+
 class VisionSpec(BaseModel):
     """Size of the CLIP vision tower; image_size/patch_size squared is the number of image tokens."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -22,13 +24,21 @@ class RunningService(Protocol):
 
 
 async def host_on_ray(start: Callable[[], Awaitable[RunningService]], *, ray_address: str | None) -> None:
-    """Join (or start) Ray, start the service, print its ready line, serve until a signal, clean up."""
+    """Join (or start) Ray, start the service, print its ready line, serve until SIGINT/SIGTERM, then
+    drain in-flight calls and clean up. The signal handlers go in first, so a signal that arrives while
+    the service starts (or right after its ready line) still stops it gracefully. After `ray.init`,
+    which installs a SIGTERM handler of its own that exits at once."""
     ray.init(address=ray_address, namespace="mpo", include_dashboard=False, log_to_driver=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
         running = await start()
-        print(json.dumps(running.ready_event()), flush=True)
         try:
-            await running.server.serve_until_signal()
+            print(json.dumps(running.ready_event()), flush=True)
+            await stop.wait()
+            await running.server.stop()
         finally:
             await running.stop(0)
     finally:

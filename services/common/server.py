@@ -7,10 +7,8 @@ request validation, Prometheus metrics, JSON request logs, and a graceful, drain
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
-import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -144,12 +142,3 @@ class ServiceServer:
             self._metrics_http.server_close()
             self._metrics_http = None
         log.info("%s stopped", self.name)
-
-    async def serve_until_signal(self) -> None:
-        """Run until SIGINT/SIGTERM, then shut down gracefully (what `mpo serve ...` uses)."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        await self.stop()

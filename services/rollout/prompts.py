@@ -11,6 +11,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer
 
@@ -58,15 +59,20 @@ class PromptRenderer:
             ) from exc
         return data
 
-    def _token_count(self, text: str, images: list[bytes]) -> list[int]:
+    def model_inputs(self, text: str, images: Sequence[bytes]) -> dict[str, torch.Tensor]:
+        """What the model's processor makes of the rendered text: `input_ids` (image tokens expanded)
+        and, with images, `pixel_values`; shared by rollout (token counts) and the trainer."""
         if self.processor is not None and images:
             pil = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
-            return self.processor(images=pil, text=text)["input_ids"][0]
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            encoded = self.processor(images=pil, text=text, return_tensors="pt")
+        else:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        return {key: value for key, value in encoded.items() if key != "attention_mask"}
 
-    def render(
-        self, prompt: common_pb2.Prompt, field: str, *, max_tokens: int, prefix: str = "", with_images: bool = True
-    ) -> EngineInput:
+    def chat(
+        self, prompt: common_pb2.Prompt, field: str, *, prefix: str = "", with_images: bool = True
+    ) -> tuple[str, list[bytes]]:
+        """The CoT chat-template text (plus an assistant `prefix`) and the image bytes it refers to."""
         if prompt.images and with_images and not self.image_text:
             raise InvalidRequest(f"{field}.images", f"model {self.model_name!r} is text-only and takes no images")
         images = [self._image_bytes(image, f"{field}.images[{i}]") for i, image in enumerate(prompt.images)]
@@ -74,8 +80,13 @@ class PromptRenderer:
         text = self.tokenizer.apply_chat_template(
             question_messages(prompt.question, len(images)), tokenize=False, add_generation_prompt=True
         )
-        text += prefix
-        token_ids = list(self._token_count(text, images))
+        return text + prefix, images
+
+    def render(
+        self, prompt: common_pb2.Prompt, field: str, *, max_tokens: int, prefix: str = "", with_images: bool = True
+    ) -> EngineInput:
+        text, images = self.chat(prompt, field, prefix=prefix, with_images=with_images)
+        token_ids = self.model_inputs(text, images)["input_ids"][0].tolist()
         if len(token_ids) + max_tokens > self.max_model_len:
             raise InvalidRequest(
                 field,

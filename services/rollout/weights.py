@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+from mpo.durable import fsync
 from mpo.services.common.validation import WEIGHT_FORMAT, InvalidRequest
 from mpo.v1 import rollout_pb2
 
@@ -227,7 +228,7 @@ class WeightLedger:
                 _link_or_copy(source, destination)
             kept.append(destination)
         for path in [*kept, target]:
-            _fsync(path)
+            fsync(path)
         record = {
             "version": version,
             "files": [str(p.relative_to(self.root)) for p in kept],
@@ -241,9 +242,9 @@ class WeightLedger:
         }
         temporary = self.root / "current.json.tmp"
         temporary.write_text(json.dumps(record))
-        _fsync(temporary)
+        fsync(temporary)
         temporary.replace(self._pointer)
-        _fsync(self.root)
+        fsync(self.root)
         self._prune(keep=target)
         return CommittedWeights(version, kept, manifest)
 
@@ -259,11 +260,3 @@ def _link_or_copy(source: Path, destination: Path) -> None:
         os.link(source, destination)
     except OSError:
         shutil.copyfile(source, destination)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,1 @@
+"""Trainer service: the gRPC face of the DeepSpeed rank group (`mpo.trainer`)."""

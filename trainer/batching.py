@@ -1,0 +1,92 @@
+"""From preference pairs to model inputs: the same prompt the rollout service rendered, plus each response.
+
+A pair is encoded once, by the trainer's host, before any rank sees it, so a pair the model cannot take
+is refused (INVALID_ARGUMENT naming the field) while nothing has changed. Micro-batches put the chosen
+responses first and the rejected ones after them, in one forward pass.
+
+Truncation rule: the prompt is never cut (its images and question are what the answer is about). When
+prompt + response exceeds `max_length`, the response keeps its first `max_length − prompt` tokens and
+loses the rest, end-of-turn token included; the pair is counted as truncated. A prompt that leaves no
+room for a single response token is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mpo.services.common.validation import InvalidRequest
+from mpo.services.rollout.prompts import PromptRenderer
+from mpo.trainer.logprobs import collate
+from mpo.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    id: str
+    prompt_ids: torch.Tensor  # image tokens expanded
+    pixel_values: torch.Tensor | None
+    chosen_ids: torch.Tensor  # response + end-of-turn (unless truncated)
+    rejected_ids: torch.Tensor
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        """Longest row this pair adds to a micro-batch (what length bucketing sorts by)."""
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+    @property
+    def response_tokens(self) -> int:
+        return len(self.chosen_ids) + len(self.rejected_ids)
+
+
+class PairEncoder:
+    def __init__(self, model_dir: Path, *, max_length: int, readable_roots: Sequence[Path]) -> None:
+        self.renderer = PromptRenderer(model_dir, max_model_len=max_length, readable_roots=readable_roots)
+        self.tokenizer = self.renderer.tokenizer
+        self.max_length = max_length
+        self.end_of_turn = self.tokenizer.eos_token
+
+    def _response(self, text: str, room: int) -> tuple[torch.Tensor, bool]:
+        ids = self.tokenizer(text + self.end_of_turn, add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids[:room], dtype=torch.long), len(ids) > room
+
+    def encode(self, pair: common_pb2.PreferencePair, field: str) -> EncodedPair:
+        text, images = self.renderer.chat(pair.prompt, f"{field}.prompt")
+        inputs = self.renderer.model_inputs(text, images)
+        prompt_ids = inputs["input_ids"][0]
+        room = self.max_length - len(prompt_ids)
+        if room < 1:
+            raise InvalidRequest(
+                f"{field}.prompt",
+                f"prompt of {len(prompt_ids)} tokens leaves no room for a response within the trainer's "
+                f"max_length of {self.max_length} tokens",
+            )
+        chosen, chosen_cut = self._response(pair.chosen, room)
+        rejected, rejected_cut = self._response(pair.rejected, room)
+        return EncodedPair(
+            id=pair.id,
+            prompt_ids=prompt_ids,
+            pixel_values=inputs.get("pixel_values"),
+            chosen_ids=chosen,
+            rejected_ids=rejected,
+            truncated=chosen_cut or rejected_cut,
+        )
+
+    def encode_all(self, pairs: Sequence[common_pb2.PreferencePair]) -> list[EncodedPair]:
+        return [self.encode(pair, f"pairs[{i}]") for i, pair in enumerate(pairs)]
+
+
+def pair_batch(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """One forward's inputs: rows [chosen_0 … chosen_m−1, rejected_0 … rejected_m−1]."""
+    rows = [torch.cat([p.prompt_ids, p.chosen_ids]) for p in pairs]
+    rows += [torch.cat([p.prompt_ids, p.rejected_ids]) for p in pairs]
+    prompt_lengths = [len(p.prompt_ids) for p in pairs] * 2
+    batch = collate(rows, prompt_lengths, pad_id)
+    pixels = [p.pixel_values for p in pairs if p.pixel_values is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels + pixels)
+    return batch
