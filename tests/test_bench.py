@@ -61,3 +61,18 @@ def test_reward_benchmark_prints_its_ratio() -> None:
     assert result_["samples"] == 80 and result_["pairs"] > 0
     assert 0.2 < result_["sample_accuracy"] < 0.8, "about half the demonstration answers are corrupted"
     assert result_["ratio_rollout_over_labelling_time"] > 0 and result_["pairs_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_trainer_benchmark_prints_its_ratios() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "trainer.py"), "--pairs", "8", "--micro", "2", "--steps", "1",
+         "--repeats", "1"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    result_ = report(result.stdout)["result"]
+    assert result_["ratio_mpo_over_dpo"] > 0 and result_["tokens_per_s"] > 0
+    two, one = result_["memory_per_rank_bytes"]["2_ranks"], result_["memory_per_rank_bytes"]["1_rank"]
+    assert one["parameters"] == 4 * result_["parameters"], "fp32: 4 bytes per parameter on one rank"
+    assert two["parameters"] < one["parameters"] and two["optimizer_state"] < one["optimizer_state"]

@@ -174,6 +174,26 @@ async def test_published_weights_equal_the_exported_model(local_ray: None, text_
     assert any(not torch.equal(base[name], state[name]) for name in state), "training changed the weights"
 
 
+@pytest.mark.parametrize("strategy", ["zero1", "zero2"])
+async def test_other_zero_stages_train_the_same_and_export(
+    local_ray: None, text_model: Path, tmp_path: Path, strategy: str
+) -> None:
+    runs = {}
+    for name in ("zero3", strategy):
+        async with running(config_for(text_model, tmp_path / name, strategy=name)) as host:
+            runs[name] = (await host.train(arith_pairs(8), 1, 1)).steps
+            blobs, _, _ = await host.gather_weights(2**20)
+            committed = await host.checkpoint()
+    assert losses(runs[strategy]) == pytest.approx(losses(runs["zero3"]), rel=1e-4)
+    gathered = {name: tensor for blob in blobs for name, tensor in load(blob).items()}
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(export_checkpoint(committed.path, tmp_path / "out")).state_dict()
+    assert set(gathered) == set(exported)
+    for name, tensor in exported.items():
+        torch.testing.assert_close(gathered[name], tensor, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("freeze", [True, False])
 async def test_image_text_model_trains(local_ray: None, image_text_model: Path, tmp_path: Path, freeze: bool) -> None:
     pairs = []
@@ -194,7 +214,10 @@ async def test_image_text_model_trains(local_ray: None, image_text_model: Path, 
                 source=common_pb2.PAIR_SOURCE_CORRECTNESS,
             )
         )
-    config = config_for(image_text_model, tmp_path, freeze_vision_tower=freeze, max_length=256)
+    # Unfrozen also recomputes activations in backward (gradient checkpointing) to cover that option.
+    config = config_for(
+        image_text_model, tmp_path, freeze_vision_tower=freeze, gradient_checkpointing=not freeze, max_length=256
+    )
     async with running(config) as host:
         steps = (await host.train(pairs, 1, 3)).steps
         blobs, _, _ = await host.gather_weights(2**20)
