@@ -1,0 +1,1 @@
+"""Controller service: the online round loop and its durable run store."""

@@ -1,0 +1,278 @@
+"""The controller's durable state: runs, round records and the pair ledger in SQLite, pairs in Parquet.
+
+What is committed survives a `kill -9`:
+- SQLite in WAL mode with `synchronous=FULL`: a transaction that returned is on disk;
+- a round's pairs are written to a Parquet shard beside the database (temporary file, fsync, rename),
+  and only then committed, with one ledger row per pair, in one transaction. A shard without its
+  transaction is an interrupted commit: it is simply written again, because the database — not the
+  file — says which rounds are committed. Committing a round twice changes nothing (exactly once).
+
+The shards use the column names TRL's DPO trainer reads (`prompt`, `chosen`, `rejected`, `images`), in
+the conversational format, with the images as a `datasets` Image sequence, so
+`datasets.load_dataset("parquet", data_files=...)` gives a DPO-ready data set with decoded images.
+Each row also keeps the whole pair (minus the image bytes, which live in `images`) so the controller
+can resend exactly what it committed after a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from datasets import Dataset, Features, Image, Value
+from datasets import Sequence as DatasetSequence
+
+from mpo.data.prompting import question_messages
+from mpo.durable import fsync
+from mpo.v1 import common_pb2, controller_pb2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    record BLOB NOT NULL                       -- controller_pb2.Run
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    pairs INTEGER NOT NULL,
+    shard TEXT NOT NULL,
+    committed_at REAL NOT NULL,
+    trained_step INTEGER,                      -- trainer step after training this round; NULL until trained
+    record BLOB,                               -- common_pb2.RoundMetrics once the round finished
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    run_id TEXT NOT NULL,
+    pair_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    policy_version INTEGER NOT NULL,           -- of the samples the pair was built from
+    PRIMARY KEY (run_id, pair_id)
+);
+"""
+
+_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "round": Value("int64"),
+        "task": Value("string"),
+        "source": Value("string"),
+        "policy_version": Value("int64"),
+        "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
+        "chosen": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
+        "rejected": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
+        "images": DatasetSequence(Image()),
+        "pair": Value("binary"),
+    }
+)
+
+
+class StoreError(ValueError):
+    """A store operation that contradicts what is committed (unknown run, a different round twice)."""
+
+
+@dataclass(frozen=True)
+class CommittedRound:
+    run_id: str
+    round: int
+    pairs: int
+    shard: Path
+    newly_committed: bool
+
+
+def _turn(role: str, text: str, images: int = 0) -> dict[str, object]:
+    content = [{"type": "image", "text": None} for _ in range(images)] + [{"type": "text", "text": text}]
+    return {"role": role, "content": content}
+
+
+def _row(pair: common_pb2.PreferencePair, round_index: int) -> dict[str, object]:
+    stripped = common_pb2.PreferencePair()
+    stripped.CopyFrom(pair)
+    del stripped.prompt.images[:]
+    user = question_messages(pair.prompt.question, len(pair.prompt.images))[0]
+    prompt_text = next(part["text"] for part in user["content"] if part["type"] == "text")
+    return {
+        "id": pair.id,
+        "round": round_index,
+        "task": pair.prompt.task,
+        "source": common_pb2.PairSource.Name(pair.source),
+        "policy_version": pair.provenance.policy_version,
+        "prompt": [_turn("user", prompt_text, len(pair.prompt.images))],
+        "chosen": [_turn("assistant", pair.chosen)],
+        "rejected": [_turn("assistant", pair.rejected)],
+        "images": [
+            {"bytes": image.data, "path": None}
+            if image.WhichOneof("source") == "data"
+            else {"bytes": None, "path": image.uri.removeprefix("file://")}
+            for image in pair.prompt.images
+        ],
+        "pair": stripped.SerializeToString(),
+    }
+
+
+class RunStore:
+    """One store per controller; safe to use from several threads (one connection per call)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.database = self.root / "runs.sqlite3"
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.database, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # --- runs ---------------------------------------------------------------------------------------------
+
+    def put_run(self, run: controller_pb2.Run) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, record) VALUES (?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET record = excluded.record",
+                (run.run_id, run.SerializeToString()),
+            )
+
+    def get_run(self, run_id: str) -> controller_pb2.Run | None:
+        with self._connect() as db:
+            row = db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return controller_pb2.Run.FromString(row[0]) if row else None
+
+    def list_runs(self) -> list[controller_pb2.Run]:
+        with self._connect() as db:
+            rows = db.execute("SELECT record FROM runs ORDER BY run_id").fetchall()
+        return [controller_pb2.Run.FromString(row[0]) for row in rows]
+
+    # --- pairs --------------------------------------------------------------------------------------------
+
+    def shard_path(self, run_id: str, round_index: int) -> Path:
+        return self.root / "runs" / run_id / "pairs" / f"round-{round_index:06d}.parquet"
+
+    def commit_pairs(self, run_id: str, round_index: int, pairs: Sequence[common_pb2.PreferencePair]) -> CommittedRound:
+        """Commit a round's pairs exactly once; a repeat returns the first commit unchanged."""
+        existing = self._committed(run_id, round_index)
+        if existing is not None:
+            return existing
+        if self.get_run(run_id) is None:
+            raise StoreError(f"unknown run {run_id!r}")
+        shard = self.shard_path(run_id, round_index)
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        temporary = shard.with_suffix(".parquet.tmp")
+        rows = [_row(pair, round_index) for pair in pairs]
+        columns = {name: [row[name] for row in rows] for name in _FEATURES}
+        Dataset.from_dict(columns, features=_FEATURES).to_parquet(str(temporary))
+        fsync(temporary)
+        os.replace(temporary, shard)
+        fsync(shard.parent)
+        with self._transaction() as db:
+            if db.execute(
+                "SELECT 1 FROM rounds WHERE run_id = ? AND round = ?", (run_id, round_index)
+            ).fetchone():  # committed concurrently: keep the first
+                return CommittedRound(run_id, round_index, len(pairs), shard, newly_committed=False)
+            db.execute(
+                "INSERT INTO rounds (run_id, round, pairs, shard, committed_at) VALUES (?, ?, ?, ?, ?)",
+                (run_id, round_index, len(pairs), str(shard.relative_to(self.root)), time.time()),
+            )
+            try:
+                db.executemany(
+                    "INSERT INTO pairs (run_id, pair_id, round, policy_version) VALUES (?, ?, ?, ?)",
+                    [(run_id, p.id, round_index, p.provenance.policy_version) for p in pairs],
+                )
+            except sqlite3.IntegrityError as error:
+                raise StoreError(
+                    f"round {round_index} repeats a pair id committed earlier in run {run_id!r}"
+                ) from error
+        return CommittedRound(run_id, round_index, len(pairs), shard, newly_committed=True)
+
+    def _committed(self, run_id: str, round_index: int) -> CommittedRound | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT pairs, shard FROM rounds WHERE run_id = ? AND round = ?", (run_id, round_index)
+            ).fetchone()
+        if row is None:
+            return None
+        return CommittedRound(run_id, round_index, row[0], self.root / row[1], newly_committed=False)
+
+    def committed_pairs(self, run_id: str, round_index: int) -> list[common_pb2.PreferencePair]:
+        """The pairs exactly as committed (images restored), e.g. to train them after a crash."""
+        committed = self._committed(run_id, round_index)
+        if committed is None:
+            raise StoreError(f"round {round_index} of run {run_id!r} is not committed")
+        pairs = []
+        for row in pq.read_table(committed.shard, columns=["pair", "images"]).to_pylist():
+            pair = common_pb2.PreferencePair.FromString(row["pair"])
+            for image in row["images"]:
+                if image["bytes"] is not None:
+                    pair.prompt.images.add(data=image["bytes"])
+                else:
+                    pair.prompt.images.add(uri=image["path"])
+            pairs.append(pair)
+        return pairs
+
+    def mark_trained(self, run_id: str, round_index: int, step: int) -> None:
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE rounds SET trained_step = ? WHERE run_id = ? AND round = ?", (step, run_id, round_index)
+            ).rowcount
+        if not updated:
+            raise StoreError(f"round {round_index} of run {run_id!r} is not committed")
+
+    def untrained_rounds(self, run_id: str) -> list[int]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT round FROM rounds WHERE run_id = ? AND trained_step IS NULL ORDER BY round", (run_id,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def last_committed_round(self, run_id: str) -> int:
+        with self._connect() as db:
+            row = db.execute("SELECT MAX(round) FROM rounds WHERE run_id = ?", (run_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def pair_count(self, run_id: str) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM pairs WHERE run_id = ?", (run_id,)).fetchone()[0])
+
+    # --- round records ------------------------------------------------------------------------------------
+
+    def store_round(self, metrics: common_pb2.RoundMetrics) -> None:
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE rounds SET record = ? WHERE run_id = ? AND round = ?",
+                (metrics.SerializeToString(), metrics.run_id, metrics.round),
+            ).rowcount
+        if not updated:
+            raise StoreError(f"round {metrics.round} of run {metrics.run_id!r} is not committed")
+
+    def round_records(self, run_id: str, *, from_round: int = 0) -> list[common_pb2.RoundMetrics]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT record FROM rounds WHERE run_id = ? AND round >= ? AND record IS NOT NULL ORDER BY round",
+                (run_id, from_round),
+            ).fetchall()
+        return [common_pb2.RoundMetrics.FromString(row[0]) for row in rows]

@@ -1,0 +1,130 @@
+"""The controller's run store: exactly-once commits, what survives kill -9, and TRL-readable shards."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import datasets
+import pytest
+from PIL import Image as PILImage
+
+from mpo.services.controller.store import RunStore, StoreError
+from mpo.v1 import common_pb2, controller_pb2
+from tests.rollout_helpers import png
+
+
+def pairs_of(round_index: int, count: int, *, with_image: bool = False) -> list[common_pb2.PreferencePair]:
+    pairs = []
+    for i in range(count):
+        prompt = common_pb2.Prompt(
+            id=f"q{round_index}-{i}", question=f"What is {i} + 1?", task="arith", answer=str(i + 1)
+        )
+        if with_image:
+            prompt.images.add(data=png("red" if i % 2 else "blue"))
+        pairs.append(
+            common_pb2.PreferencePair(
+                id=f"r{round_index}-p{i}",
+                prompt=prompt,
+                chosen=f"{i} + 1 = {i + 1}. Final answer: {i + 1}",
+                rejected=f"{i} + 1 = {i + 2}. Final answer: {i + 2}",
+                source=common_pb2.PAIR_SOURCE_CORRECTNESS,
+                provenance=common_pb2.Provenance(policy_version=round_index - 1, round=round_index),
+            )
+        )
+    return pairs
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    store = RunStore(tmp_path / "store")
+    store.put_run(controller_pb2.Run(run_id="run-a", state=controller_pb2.RUN_STATE_RUNNING, config_yaml="{}"))
+    return store
+
+
+def test_a_round_is_committed_exactly_once(store: RunStore) -> None:
+    first = store.commit_pairs("run-a", 1, pairs_of(1, 3))
+    again = store.commit_pairs("run-a", 1, pairs_of(1, 5))  # a retried commit must not replace the first
+    assert first.newly_committed and not again.newly_committed
+    assert again.pairs == 3 and store.pair_count("run-a") == 3
+    assert [p.id for p in store.committed_pairs("run-a", 1)] == ["r1-p0", "r1-p1", "r1-p2"]
+    assert store.last_committed_round("run-a") == 1 and store.untrained_rounds("run-a") == [1]
+    store.mark_trained("run-a", 1, step=4)
+    assert store.untrained_rounds("run-a") == []
+
+
+def test_committed_pairs_come_back_exactly_with_their_images(store: RunStore) -> None:
+    original = pairs_of(2, 4, with_image=True)
+    store.commit_pairs("run-a", 2, original)
+    assert store.committed_pairs("run-a", 2) == original
+
+
+def test_shards_load_as_a_dpo_dataset_with_decoded_images(store: RunStore) -> None:
+    committed = store.commit_pairs("run-a", 1, pairs_of(1, 2, with_image=True))
+    data = datasets.load_dataset("parquet", data_files=str(committed.shard), split="train")
+    assert {"prompt", "chosen", "rejected", "images"} <= set(data.column_names)
+    row = data[0]
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"][0]["type"] == "image"
+    assert "What is 0 + 1?" in row["prompt"][0]["content"][1]["text"]
+    assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": "0 + 1 = 1. Final answer: 1"}]}]
+    assert isinstance(row["images"][0], PILImage.Image) and row["images"][0].getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_store_refuses_what_contradicts_the_ledger(store: RunStore) -> None:
+    with pytest.raises(StoreError, match="unknown run"):
+        store.commit_pairs("nope", 1, pairs_of(1, 1))
+    store.commit_pairs("run-a", 1, pairs_of(1, 2))
+    with pytest.raises(StoreError, match="repeats a pair id"):
+        store.commit_pairs("run-a", 2, pairs_of(1, 2))  # same ids as round 1
+    assert store.last_committed_round("run-a") == 1, "the failed commit left nothing behind"
+    with pytest.raises(StoreError, match="not committed"):
+        store.mark_trained("run-a", 7, step=1)
+    with pytest.raises(StoreError, match="not committed"):
+        store.store_round(common_pb2.RoundMetrics(run_id="run-a", round=7))
+
+
+def test_round_records_are_stored_in_order(store: RunStore) -> None:
+    for round_index in (1, 2):
+        store.commit_pairs("run-a", round_index, pairs_of(round_index, 1))
+    store.store_round(common_pb2.RoundMetrics(run_id="run-a", round=2, train_steps=3))
+    store.store_round(common_pb2.RoundMetrics(run_id="run-a", round=1, train_steps=1))
+    assert [r.train_steps for r in store.round_records("run-a")] == [1, 3]
+    assert [r.round for r in store.round_records("run-a", from_round=2)] == [2]
+    assert [run.run_id for run in store.list_runs()] == ["run-a"]
+
+
+def test_what_was_committed_survives_kill_9(tmp_path: Path) -> None:
+    """A real process commits rounds and is SIGKILLed while committing more; the store keeps every
+    round whose commit returned, and an interrupted one is simply committed again."""
+    root = tmp_path / "store"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from mpo.services.controller.store import RunStore
+        from mpo.v1 import controller_pb2
+        from tests.test_run_store import pairs_of
+        store = RunStore({str(root)!r})
+        store.put_run(controller_pb2.Run(run_id="run-k"))
+        round_index = 0
+        while True:
+            round_index += 1
+            store.commit_pairs("run-k", round_index, pairs_of(round_index, 20))
+            print(round_index, flush=True)
+        """
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None
+    acknowledged = [int(writer.stdout.readline()) for _ in range(3)]
+    writer.kill()
+    writer.wait(timeout=30)
+    store = RunStore(root)
+    last = store.last_committed_round("run-k")
+    assert last >= acknowledged[-1]
+    for round_index in range(1, last + 1):
+        assert len(store.committed_pairs("run-k", round_index)) == 20
+    assert store.pair_count("run-k") == 20 * last
+    retried = store.commit_pairs("run-k", last + 1, pairs_of(last + 1, 20))
+    assert retried.newly_committed and store.pair_count("run-k") == 20 * (last + 1)
