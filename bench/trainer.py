@@ -1,8 +1,8 @@
 """Trainer: MPO vs DPO-only step time, ZeRO-3 memory per rank (2 ranks vs 1), tokens/s, and MFU on GPU.
 
 Runs the real trainer (Ray rank actors, DeepSpeed, the frozen reference) on the same pairs:
-- MPO step vs DPO-only step (objective terms {preference: 1}) on the same batches, one after the other
-  in this process (target ratio <= 1.05);
+- MPO step vs DPO-only step (objective terms {preference: 1}) on the same batches, in this process,
+  in the order MPO, DPO, DPO, MPO (target ratio <= 1.05);
 - bytes of parameters + optimizer state each rank holds with ZeRO-3 on 2 ranks vs on 1 rank;
 - tokens/s (chosen + rejected response tokens trained per second) and, on CUDA, model FLOPs utilisation:
   (6·N per token of every row for the policy's forward and backward, each step, + 2·N per token once
@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
 import torch
@@ -64,7 +65,7 @@ async def measure(config: TrainerConfig, args: argparse.Namespace) -> dict[str, 
     await host.start()
     try:
         await host.train(workload(args.pairs, "warm-up"), 1, 1)  # first steps allocate and compile
-        seconds, tokens, steps, flop_tokens = [], 0, 0, 0
+        seconds, tokens, steps, flop_tokens, reference = [], 0, 0, 0, 0.0
         for repeat in range(args.repeats):
             pairs = workload(args.pairs, f"r{repeat}")
             rows = sum(2 * len(p.prompt_ids) + p.response_tokens for p in host.encoder.encode_all(pairs))
@@ -73,6 +74,7 @@ async def measure(config: TrainerConfig, args: argparse.Namespace) -> dict[str, 
             seconds.append(time.perf_counter() - started)
             tokens += sum(int(s["tokens"]) for s in outcome.steps)
             steps += len(outcome.steps)
+            reference += outcome.reference_seconds
             # 6N per token of every row for the policy's forward + backward each step, 2N once for the reference.
             flop_tokens += 6 * rows * args.steps + 2 * rows
         memory = (await host.group.call("memory"))[0]
@@ -85,6 +87,7 @@ async def measure(config: TrainerConfig, args: argparse.Namespace) -> dict[str, 
         "flops_per_parameter_per_s": flop_tokens / sum(seconds),
         "memory_per_rank_bytes": memory,
         "steps": steps,
+        "reference_share": reference / sum(seconds),
     }
 
 
@@ -109,8 +112,13 @@ async def main_async(args: argparse.Namespace, model_dir: Path, work: Path) -> d
         )
 
     ranks = args.ranks
-    mpo = await measure(config("mpo", ranks), args)
-    dpo = await measure(config("dpo", ranks, {"preference": 1.0}), args)
+    # A, B, B, A: whichever trainer runs first or last gets no systematic edge (e.g. the previous
+    # group's processes still exiting); each figure is the mean of its two runs.
+    runs: dict[str, list[dict[str, Any]]] = {"mpo": [], "dpo": []}
+    for label in ("mpo", "dpo", "dpo", "mpo"):
+        terms = {"preference": 1.0} if label == "dpo" else None
+        runs[label].append(await measure(config(f"{label}-{len(runs[label])}", ranks, terms), args))
+    mpo, dpo = ({**r[0], "step_s": (r[0]["step_s"] + r[1]["step_s"]) / 2} for r in (runs["mpo"], runs["dpo"]))
     single = mpo if ranks == 1 else await measure(config("one-rank", 1), args)
     parameters = sum(p.numel() for p in _model(model_dir).parameters())
     result: dict[str, object] = {
@@ -118,6 +126,8 @@ async def main_async(args: argparse.Namespace, model_dir: Path, work: Path) -> d
         "step_s": {"mpo": round(mpo["step_s"], 4), "dpo_only": round(dpo["step_s"], 4)},
         "ratio_mpo_over_dpo": round(mpo["step_s"] / dpo["step_s"], 3),
         "tokens_per_s": round(mpo["tokens_per_s"], 1),
+        # Reference log-probs, once per pair: their share of a call; per epoch it would be ~steps × this.
+        "reference_share_of_train_call": round(mpo["reference_share"], 3),
         "memory_per_rank_bytes": {
             f"{ranks}_ranks": mpo["memory_per_rank_bytes"],
             "1_rank": single["memory_per_rank_bytes"],

@@ -36,6 +36,7 @@ class TrainOutcome:
     steps: list[dict[str, float]]
     already_trained: int
     truncated: int
+    reference_seconds: float = 0.0
 
 
 @dataclass
@@ -131,7 +132,7 @@ class TrainerHost:
                 return outcome
             epochs = epochs or self.config.epochs
             reference = ray.put(fresh)
-            outcome.steps = (await self._call("train", reference, round_index, epochs))[0]
+            outcome.steps, outcome.reference_seconds = (await self._call("train", reference, round_index, epochs))[0]
             self.journal.append(_JournalEntry(reference, round_index, epochs))
             self.state.trained.update(p.id for p in fresh)
             self.state.round = max(self.state.round, round_index)

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import socket
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -224,10 +225,15 @@ class TrainerRank:
             local = {i: value for part in parts for i, value in part.items()}
         return torch.tensor([local[i] for i in range(len(pairs))], dtype=torch.float32)
 
-    def train(self, pairs: Sequence[EncodedPair], round_index: int, epochs: int) -> list[dict[str, float]]:
-        """Train on a round's pairs (already deduplicated by the host); returns every step's metrics."""
+    def train(
+        self, pairs: Sequence[EncodedPair], round_index: int, epochs: int
+    ) -> tuple[list[dict[str, float]], float]:
+        """Train on a round's pairs (already deduplicated by the host): every step's metrics, and the
+        seconds the reference log-probs took (once per pair, however many epochs)."""
         self.engine.train()
+        started = time.perf_counter()
         reference = self._reference_logps(pairs)
+        reference_seconds = time.perf_counter() - started
         lengths = [p.length for p in pairs]
         metrics = []
         for epoch in range(epochs):
@@ -241,7 +247,7 @@ class TrainerRank:
             ):
                 metrics.append(self._step(pairs, reference, plan))
         self.round = max(self.round, round_index)
-        return metrics
+        return metrics, reference_seconds
 
     def _step(self, pairs: Sequence[EncodedPair], reference: torch.Tensor, plan: StepPlan) -> dict[str, float]:
         everyone = [i for rank in plan.micro_batches for batch in rank for i in batch]
