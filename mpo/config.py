@@ -250,6 +250,25 @@ class TrainerConfig(_Strict):
         return self
 
 
+class RoundsConfig(_Strict):
+    """What one online round does (DESIGN §2): how many prompts, samples and pairs, and when to evaluate."""
+
+    rounds: int = Field(10, ge=1, description="Rounds in the run.")
+    prompts_per_round: int = Field(32, ge=1, description="Prompts drawn per round (shuffled epochs over the set).")
+    samples_per_prompt: int = Field(8, ge=1, description="N samples per prompt (the paper: up to 32).")
+    temperature: float = Field(1.0, ge=0, allow_inf_nan=False, description="Rollout temperature (paper: 1.0).")
+    top_k: int = Field(50, ge=0, description="Rollout top-k (paper: 50; 0 disables).")
+    max_tokens: int = Field(96, ge=1, description="Most new tokens per sample.")
+    max_pairs_per_prompt: int = Field(15, ge=1, description="Cap K on correctness pairs per prompt.")
+    epochs: int = Field(1, ge=1, description="Passes the trainer makes over a round's pairs.")
+    eval_every: int = Field(1, ge=0, description="Evaluate on the held-out prompts every k rounds; 0 never.")
+    eval_prompts: int = Field(200, ge=1, description="Held-out prompts per evaluation (greedy).")
+    transport: Literal["grpc_stream", "shared_storage"] = Field(
+        "grpc_stream", description="How the trainer publishes weights to the rollout service."
+    )
+    seed: int = Field(0, description="Seeds the prompt order, sampling and pair selection of every round.")
+
+
 ServiceName = Literal["rollout", "reward", "trainer", "controller"]
 
 

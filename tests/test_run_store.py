@@ -1,4 +1,5 @@
-"""The controller's run store: exactly-once commits, what survives kill -9, and TRL-readable shards."""
+"""The controller's pure parts: the run store (exactly-once commits, kill -9, TRL-readable shards) and the
+prompt sampler."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import datasets
 import pytest
 from PIL import Image as PILImage
 
+from mpo.services.controller.loop import PromptSampler
 from mpo.services.controller.store import RunStore, StoreError
 from mpo.v1 import common_pb2, controller_pb2
 from tests.rollout_helpers import png
+from tests.test_round_loop import sums
 
 
 def pairs_of(round_index: int, count: int, *, with_image: bool = False) -> list[common_pb2.PreferencePair]:
@@ -128,3 +131,13 @@ def test_what_was_committed_survives_kill_9(tmp_path: Path) -> None:
     assert store.pair_count("run-k") == 20 * last
     retried = store.commit_pairs("run-k", last + 1, pairs_of(last + 1, 20))
     assert retried.newly_committed and store.pair_count("run-k") == 20 * (last + 1)
+
+
+def test_the_prompt_order_is_a_seeded_sequence_of_shuffled_epochs() -> None:
+    records = sums(10, 0)
+    sampler = PromptSampler(records, per_round=4, seed=3)
+    drawn = [r.id for k in (1, 2, 3, 4, 5) for r in sampler.round(k)]
+    assert sorted(drawn[:10]) == sorted(r.id for r in records), "the first epoch covers every prompt once"
+    assert sorted(drawn[10:20]) == sorted(r.id for r in records)
+    assert drawn[:10] != drawn[10:20], "each epoch is shuffled anew"
+    assert [r.id for r in PromptSampler(records, per_round=4, seed=3).round(4)] == drawn[12:16], "resumable"

@@ -1,0 +1,113 @@
+"""Online rounds in sync mode over the real services: vLLM rollout, reward workers, 2 DeepSpeed trainer ranks.
+
+The policy is a tiny Qwen2 bootstrapped for a few seconds on one-step sums, so its samples at
+temperature 1 are right on some prompts and wrong on others: correctness pairs exist.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import ray
+
+from mpo.config import BootstrapConfig, RewardConfig, RolloutConfig, RoundsConfig
+from mpo.data.records import PromptRecord
+from mpo.models.tiny import build_text_model
+from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
+from mpo.services.controller.loop import RoundLoop, ServiceClients
+from mpo.services.controller.store import RunStore
+from mpo.services.reward.service import start_reward
+from mpo.services.rollout.server import start_rollout
+from mpo.services.trainer.service import start_trainer
+from mpo.trainer.sft import bootstrap
+from mpo.v1 import controller_pb2
+from tests.rollout_helpers import CORPUS, SMALL
+from tests.test_trainer_deepspeed import config_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+
+def sums(count: int, offset: int) -> list[PromptRecord]:
+    return [
+        PromptRecord(id=f"s{offset + i}", question=f"What is {a} + {b}?", answer=str(a + b), task="arith")
+        for i, (a, b) in enumerate((i % 10, (7 * i + offset) % 10) for i in range(count))
+    ]
+
+
+def demonstrate(record: PromptRecord, rng: random.Random) -> str:
+    a, b = record.question.removeprefix("What is ").removesuffix("?").split(" + ")
+    return f"{a} + {b} = {int(a) + int(b)}. Final answer: {int(a) + int(b)}"
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("round-loop-policy")
+    model = build_text_model(root / "model", CORPUS, SMALL, seed=0)
+    config = BootstrapConfig(
+        steps=150, batch_size=16, learning_rate=3e-3, warmup_steps=5, eval_every=1000, eval_prompts=4,
+        stability_steps=0, pass_k=1, max_new_tokens=16, ema_decay=0.0,
+    )  # fmt: skip
+    bootstrap(model, root / "base", sums(200, 0), sums(8, 500), demonstrate, config, progress=False)
+    return root / "base"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def clients(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceClients]:
+    root = tmp_path_factory.mktemp("round-loop")
+    ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-round-loop-tests", log_to_driver=False)
+    rollout = await start_rollout(
+        RolloutConfig(
+            model=policy, backend="vllm", dtype="float32", enforce_eager=True, max_model_len=256,
+            kv_cache_bytes=16 * 2**20, weights_dir=root / "ledger",
+        )
+    )  # fmt: skip
+    reward = await start_reward(RewardConfig(rollout_address=rollout.address))
+    trainer = await start_trainer(
+        config_for(policy, root, rollout_address=rollout.address, global_batch_pairs=16, micro_batch_pairs=4)
+    )
+    async with (
+        RolloutClient(rollout.address, timeout=600) as rollout_client,
+        RewardClient(reward.address, timeout=600) as reward_client,
+        TrainerClient(trainer.address, timeout=600) as trainer_client,
+    ):
+        yield ServiceClients(rollout_client, reward_client, trainer_client)
+    await trainer.stop(0)
+    await reward.stop(0)
+    await rollout.stop(0)
+    ray.shutdown()
+
+
+async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "store")
+    store.put_run(controller_pb2.Run(run_id="demo", state=controller_pb2.RUN_STATE_RUNNING))
+    config = RoundsConfig(rounds=2, prompts_per_round=8, samples_per_prompt=4, max_tokens=24, eval_prompts=12)
+    train, heldout = sums(40, 100), sums(12, 900)
+    records = await RoundLoop("demo", config, store, clients, train, heldout).run()
+
+    assert [r.round for r in records] == [1, 2]
+    pairs = [r.labels.pairs_correctness + r.labels.pairs_dropout_ntp for r in records]
+    assert sum(pairs) > 0, "the bootstrapped policy must be right on some samples and wrong on others"
+    assert store.pair_count("demo") == sum(pairs)
+    assert [len(store.committed_pairs("demo", r.round)) for r in records] == pairs
+    assert store.untrained_rounds("demo") == []
+    versions = [r.trained_policy_version for r in records]
+    assert versions == sorted(versions) and versions[-1] == sum(1 for n in pairs if n)
+    assert all((r.train_steps > 0) == (n > 0) for r, n in zip(records, pairs, strict=True))
+    assert (await clients.trainer.status()).step == sum(r.train_steps for r in records)
+    assert (await clients.rollout.status()).policy_version == versions[-1]
+    for record in records:
+        assert 0.0 <= record.eval_accuracy["arith"] <= 1.0
+        assert record.timings.total >= record.timings.generate + record.timings.train > 0
+        assert record.labels.samples == 8 * 4
+    run = store.get_run("demo")
+    assert run is not None and run.current_round == 2 and run.policy_version == versions[-1]
+
+    resumed = await RoundLoop(
+        "demo", config.model_copy(update={"rounds": 3}), store, clients, train, heldout
+    ).run()  # continues at round 3: rounds stay continuous, nothing is redone
+    assert [r.round for r in resumed] == [3]
+    assert [r.round for r in store.round_records("demo")] == [1, 2, 3]
