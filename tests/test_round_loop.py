@@ -93,7 +93,7 @@ async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp
     assert sum(pairs) > 0, "the bootstrapped policy must be right on some samples and wrong on others"
     assert store.pair_count("demo") == sum(pairs)
     assert [len(store.committed_pairs("demo", r.round)) for r in records] == pairs
-    assert store.untrained_rounds("demo") == []
+    assert store.unfinished_rounds("demo") == []
     versions = [r.trained_policy_version for r in records]
     assert versions == sorted(versions) and versions[-1] == sum(1 for n in pairs if n)
     assert all((r.train_steps > 0) == (n > 0) for r, n in zip(records, pairs, strict=True))
@@ -106,8 +106,21 @@ async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp
     run = store.get_run("demo")
     assert run is not None and run.current_round == 2 and run.policy_version == versions[-1]
 
-    resumed = await RoundLoop(
-        "demo", config.model_copy(update={"rounds": 3}), store, clients, train, heldout
-    ).run()  # continues at round 3: rounds stay continuous, nothing is redone
-    assert [r.round for r in resumed] == [3]
-    assert [r.round for r in store.round_records("demo")] == [1, 2, 3]
+    # The controller stops right after committing round 3 (simulated in-process: `_finish` raises; the
+    # kill -9 tests of the controller belong with its service). The next run finishes that round from
+    # the committed pairs instead of sampling it again, and stops at round 3.
+    third = config.model_copy(update={"rounds": 3})
+    interrupted = RoundLoop("demo", third, store, clients, train, heldout)
+
+    async def stop_after_commit(*args: object) -> None:
+        raise RuntimeError("controller stopped")
+
+    interrupted._finish = stop_after_commit  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="controller stopped"):
+        await interrupted.run()
+    assert [r.round for r in store.unfinished_rounds("demo")] == [3]
+    committed = store.pair_count("demo")
+    resumed = await RoundLoop("demo", third, store, clients, train, heldout).run()
+    assert [r.round for r in resumed] == [3] and store.pair_count("demo") == committed
+    assert resumed[0].labels.samples == 8 * 4, "the record keeps the labelling figures from before the stop"
+    assert [r.round for r in store.round_records("demo")] == [1, 2, 3] and not store.unfinished_rounds("demo")

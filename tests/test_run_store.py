@@ -53,9 +53,11 @@ def test_a_round_is_committed_exactly_once(store: RunStore) -> None:
     assert first.newly_committed and not again.newly_committed
     assert again.pairs == 3 and store.pair_count("run-a") == 3
     assert [p.id for p in store.committed_pairs("run-a", 1)] == ["r1-p0", "r1-p1", "r1-p2"]
-    assert store.last_committed_round("run-a") == 1 and store.untrained_rounds("run-a") == [1]
+    assert store.last_committed_round("run-a") == 1
+    assert [r.round for r in store.unfinished_rounds("run-a")] == [1]
     store.mark_trained("run-a", 1, step=4)
-    assert store.untrained_rounds("run-a") == []
+    store.store_round(common_pb2.RoundMetrics(run_id="run-a", round=1, train_steps=4))
+    assert store.unfinished_rounds("run-a") == []
 
 
 def test_committed_pairs_come_back_exactly_with_their_images(store: RunStore) -> None:
@@ -90,7 +92,10 @@ def test_store_refuses_what_contradicts_the_ledger(store: RunStore) -> None:
 
 def test_round_records_are_stored_in_order(store: RunStore) -> None:
     for round_index in (1, 2):
-        store.commit_pairs("run-a", round_index, pairs_of(round_index, 1))
+        partial = common_pb2.RoundMetrics(run_id="run-a", round=round_index, rollout_policy_version=round_index - 1)
+        store.commit_pairs("run-a", round_index, pairs_of(round_index, 1), partial)
+    assert store.unfinished_rounds("run-a")[1].rollout_policy_version == 1, "the partial record is kept"
+    assert store.round_records("run-a") == [], "unfinished rounds have no record yet"
     store.store_round(common_pb2.RoundMetrics(run_id="run-a", round=2, train_steps=3))
     store.store_round(common_pb2.RoundMetrics(run_id="run-a", round=1, train_steps=1))
     assert [r.train_steps for r in store.round_records("run-a")] == [1, 3]

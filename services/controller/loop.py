@@ -2,9 +2,9 @@
 
 Every step talks to a service over gRPC (the typed clients), and what must survive a crash is in the
 `RunStore` before the next step relies on it: the round's pairs are committed before the trainer sees
-them, and the trainer is handed exactly the committed pairs, read back from the store. A round whose
-pairs were committed but not trained (the controller died in between) is trained first when the run
-continues; the trainer skips pair ids it has already trained, so nothing is trained twice.
+them, and the trainer is handed exactly the committed pairs, read back from the store. A round that was
+committed but not finished (the controller died in between) is finished first when the run continues;
+the trainer skips pair ids it has already trained, so nothing is trained twice.
 """
 
 from __future__ import annotations
@@ -96,11 +96,11 @@ class RoundLoop:
         self.heldout = [to_prompt(r) for r in heldout[: config.eval_prompts]]
 
     async def run(self) -> list[common_pb2.RoundMetrics]:
-        """Rounds from the last committed one to `config.rounds`; returns the records stored now."""
-        for pending in self.store.untrained_rounds(self.run_id):
-            log.info("run %s: round %d was committed but not trained; training it first", self.run_id, pending)
-            await self._train_and_publish(pending, Counter())
+        """Finish rounds left unfinished, then run the rest up to `config.rounds`; returns their records."""
         records = []
+        for partial in self.store.unfinished_rounds(self.run_id):
+            log.info("run %s: finishing round %d, committed before the controller stopped", self.run_id, partial.round)
+            records.append(await self._finish(partial, Counter(), time.perf_counter()))
         for round_index in range(self.store.last_committed_round(self.run_id) + 1, self.config.rounds + 1):
             records.append(await self.run_round(round_index))
         return records
@@ -125,20 +125,40 @@ class RoundLoop:
                 round=round_index,
                 options=reward_pb2.PairOptions(max_pairs_per_prompt=config.max_pairs_per_prompt, seed=round_index),
             )
-        with _timed(timings, "commit"):
-            self.store.commit_pairs(self.run_id, round_index, labelled.pairs)
-        train, steps, version = await self._train_and_publish(round_index, timings)
-        record = common_pb2.RoundMetrics(
+        partial = common_pb2.RoundMetrics(
             run_id=self.run_id,
             round=round_index,
             rollout_policy_version=max((s.policy_version for s in generated.samples), default=0),
-            trained_policy_version=version,
             labels=labelled.stats,
-            train=train,
-            train_steps=steps,
             rollout_tokens_per_second=sum(len(s.token_ids) for s in generated.samples) / max(timings["generate"], 1e-9),
         )
-        if config.eval_every and round_index % config.eval_every == 0:
+        with _timed(timings, "commit"):
+            self.store.commit_pairs(self.run_id, round_index, labelled.pairs, partial)
+        return await self._finish(partial, timings, started)
+
+    async def _finish(
+        self, partial: common_pb2.RoundMetrics, timings: Counter[str], started: float
+    ) -> common_pb2.RoundMetrics:
+        """Train on the committed pairs, publish, evaluate and store the record. Safe to repeat after a
+        crash at any point: the trainer skips pair ids it has trained, and publishing again only adds a
+        version with the same weights."""
+        record = common_pb2.RoundMetrics()
+        record.CopyFrom(partial)
+        pairs = self.store.committed_pairs(self.run_id, record.round)
+        trainer = self.clients.trainer
+        with _timed(timings, "train"):
+            if pairs:
+                response = await trainer.train(pairs, round=record.round, epochs=self.config.epochs)
+                record.train.CopyFrom(response.mean)
+                record.train_steps = len(response.steps)
+            await trainer.checkpoint(f"round-{record.round}")
+        self.store.mark_trained(self.run_id, record.round, (await trainer.status()).step)
+        record.trained_policy_version = (await self.clients.rollout.status()).policy_version
+        if pairs:
+            with _timed(timings, "publish"):
+                record.trained_policy_version += 1
+                await trainer.publish_weights(record.trained_policy_version, _TRANSPORTS[self.config.transport])
+        if self.config.eval_every and record.round % self.config.eval_every == 0:
             with _timed(timings, "eval"):
                 record.eval_accuracy.update(await self.evaluate())
         total = time.perf_counter() - started
@@ -148,9 +168,7 @@ class RoundLoop:
         record.finished_at = time.time()
         self.store.store_round(record)
         self._update_run(record)
-        log.info(
-            "run %s: round %d stored (%d pairs, version %d)", self.run_id, round_index, len(labelled.pairs), version
-        )
+        log.info("run %s: round %d stored (version %d)", self.run_id, record.round, record.trained_policy_version)
         return record
 
     def _update_run(self, record: common_pb2.RoundMetrics) -> None:
@@ -165,26 +183,6 @@ class RoundLoop:
             if run.best_round == 0 or accuracy > run.best_eval_accuracy:
                 run.best_eval_accuracy, run.best_round = accuracy, record.round
         self.store.put_run(run)
-
-    async def _train_and_publish(
-        self, round_index: int, timings: Counter[str]
-    ) -> tuple[common_pb2.StepMetrics, int, int]:
-        pairs = self.store.committed_pairs(self.run_id, round_index)
-        trainer = self.clients.trainer
-        train, steps = common_pb2.StepMetrics(), 0
-        with _timed(timings, "train"):
-            if pairs:
-                response = await trainer.train(pairs, round=round_index, epochs=self.config.epochs)
-                train, steps = response.mean, len(response.steps)
-            await trainer.checkpoint(f"round-{round_index}")
-        status = await trainer.status()
-        self.store.mark_trained(self.run_id, round_index, status.step)
-        version = (await self.clients.rollout.status()).policy_version
-        if steps:
-            with _timed(timings, "publish"):
-                version += 1
-                await trainer.publish_weights(version, _TRANSPORTS[self.config.transport])
-        return train, steps, version
 
     async def evaluate(self) -> dict[str, float]:
         """Greedy held-out accuracy per task, judged by the reward service's verifiers."""

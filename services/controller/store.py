@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     shard TEXT NOT NULL,
     committed_at REAL NOT NULL,
     trained_step INTEGER,                      -- trainer step after training this round; NULL until trained
-    record BLOB,                               -- common_pb2.RoundMetrics once the round finished
+    record BLOB NOT NULL,                      -- common_pb2.RoundMetrics: partial at commit, whole when finished
+    finished INTEGER NOT NULL DEFAULT 0,       -- 1 once the whole record is stored
     PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS pairs (
@@ -173,8 +174,15 @@ class RunStore:
     def shard_path(self, run_id: str, round_index: int) -> Path:
         return self.root / "runs" / run_id / "pairs" / f"round-{round_index:06d}.parquet"
 
-    def commit_pairs(self, run_id: str, round_index: int, pairs: Sequence[common_pb2.PreferencePair]) -> CommittedRound:
-        """Commit a round's pairs exactly once; a repeat returns the first commit unchanged."""
+    def commit_pairs(
+        self,
+        run_id: str,
+        round_index: int,
+        pairs: Sequence[common_pb2.PreferencePair],
+        partial: common_pb2.RoundMetrics | None = None,
+    ) -> CommittedRound:
+        """Commit a round's pairs exactly once, with what is known of its record so far (rollout and
+        labelling), so a round interrupted later can still be finished; a repeat changes nothing."""
         existing = self._committed(run_id, round_index)
         if existing is not None:
             return existing
@@ -194,10 +202,12 @@ class RunStore:
                 "SELECT 1 FROM rounds WHERE run_id = ? AND round = ?", (run_id, round_index)
             ).fetchone():  # committed concurrently: keep the first
                 return CommittedRound(run_id, round_index, len(pairs), shard, newly_committed=False)
+            partial = partial or common_pb2.RoundMetrics(run_id=run_id, round=round_index)
             db.execute(
-                "INSERT INTO rounds (run_id, round, pairs, shard, committed_at) VALUES (?, ?, ?, ?, ?)",
-                (run_id, round_index, len(pairs), str(shard.relative_to(self.root)), time.time()),
-            )
+                "INSERT INTO rounds (run_id, round, pairs, shard, committed_at, record) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, round_index, len(pairs), str(shard.relative_to(self.root)), time.time(),
+                 partial.SerializeToString()),
+            )  # fmt: skip
             try:
                 db.executemany(
                     "INSERT INTO pairs (run_id, pair_id, round, policy_version) VALUES (?, ?, ?, ?)",
@@ -242,12 +252,14 @@ class RunStore:
         if not updated:
             raise StoreError(f"round {round_index} of run {run_id!r} is not committed")
 
-    def untrained_rounds(self, run_id: str) -> list[int]:
+    def unfinished_rounds(self, run_id: str) -> list[common_pb2.RoundMetrics]:
+        """Committed rounds whose record was never finished (the controller stopped in between), with
+        their partial records, in round order."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT round FROM rounds WHERE run_id = ? AND trained_step IS NULL ORDER BY round", (run_id,)
+                "SELECT record FROM rounds WHERE run_id = ? AND finished = 0 ORDER BY round", (run_id,)
             ).fetchall()
-        return [row[0] for row in rows]
+        return [common_pb2.RoundMetrics.FromString(row[0]) for row in rows]
 
     def last_committed_round(self, run_id: str) -> int:
         with self._connect() as db:
@@ -263,7 +275,7 @@ class RunStore:
     def store_round(self, metrics: common_pb2.RoundMetrics) -> None:
         with self._transaction() as db:
             updated = db.execute(
-                "UPDATE rounds SET record = ? WHERE run_id = ? AND round = ?",
+                "UPDATE rounds SET record = ?, finished = 1 WHERE run_id = ? AND round = ?",
                 (metrics.SerializeToString(), metrics.run_id, metrics.round),
             ).rowcount
         if not updated:
@@ -272,7 +284,7 @@ class RunStore:
     def round_records(self, run_id: str, *, from_round: int = 0) -> list[common_pb2.RoundMetrics]:
         with self._connect() as db:
             rows = db.execute(
-                "SELECT record FROM rounds WHERE run_id = ? AND round >= ? AND record IS NOT NULL ORDER BY round",
+                "SELECT record FROM rounds WHERE run_id = ? AND round >= ? AND finished = 1 ORDER BY round",
                 (run_id, from_round),
             ).fetchall()
         return [common_pb2.RoundMetrics.FromString(row[0]) for row in rows]
