@@ -190,6 +190,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    import yaml
+    from pydantic import ValidationError
+
+    from mpo.config import ConfigError, RunConfig, format_validation_error, load_config
+    from mpo.data.loader import DataError
+    from mpo.services.controller.embedded import RunConfigError, round_line, run_embedded
+    from mpo.services.controller.store import RunStore
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.resume:
+            stored = RunStore(args.store_dir).get_run(args.resume)
+            if stored is None:
+                raise ConfigError(f"no run {args.resume!r} in {args.store_dir}")
+            config = RunConfig.model_validate({**yaml.safe_load(stored.config_yaml), "run_id": args.resume})
+        else:
+            config = load_config(args.config)
+        if args.rounds is not None:
+            config = config.model_copy(update={"rounds": config.rounds.model_copy(update={"rounds": args.rounds})})
+        run_id, records = asyncio.run(run_embedded(config, on_round=lambda r: print(round_line(r), flush=True)))
+    except (ConfigError, RunConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"error: invalid run config\n{format_validation_error(exc)}", file=sys.stderr)
+        return 2
+    pairs = config.store_dir / "runs" / run_id / "pairs"
+    print(json.dumps({"event": "finished", "run_id": run_id, "rounds": len(records), "pairs": str(pairs)}))
+    return 0
+
+
 #: Proto → JSON for people: field names as in the .proto, zeros printed (index 0, policy_version 0).
 _JSON = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
 
@@ -391,6 +426,19 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--host", help="interface to bind (0.0.0.0 in containers)")
         parser.add_argument("--port", type=int, help="gRPC port; 0 picks a free one")
         parser.add_argument("--ray-address", help="join this Ray cluster ('auto': the local one); default: start Ray")
+
+    run = commands.add_parser(
+        "run",
+        help="run online MPO rounds on this machine (local Ray, all services)",
+        description="Start the rollout, reward and trainer services on a local Ray and run the configured "
+        "rounds, printing one line per round; a stored run resumes where it stopped.",
+    )
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="YAML run config (see `mpo config validate`)")
+    source.add_argument("--resume", metavar="RUN", help="continue a stored run with its stored config")
+    run.add_argument("--store-dir", type=Path, default=Path("mpo-state/runs"), help="run store of --resume")
+    run.add_argument("--rounds", type=int, help="override rounds.rounds (e.g. to extend a resumed run)")
+    run.set_defaults(handler=_cmd_run)
 
     export = commands.add_parser(
         "export",

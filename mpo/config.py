@@ -300,10 +300,49 @@ class RegistryConfig(_Strict):
         return self
 
 
-class RunConfig(_Strict):
-    """Everything one online-MPO run needs. Sections are added as the services land."""
+class DataConfig(_Strict):
+    """The run's prompts: JSONL, Parquet or a saved `datasets` directory in the one record format."""
 
+    train: Path = Field(..., description="Prompts the rounds draw from (shuffled epochs).")
+    heldout: Path = Field(..., description="Prompts of the held-out evaluation (greedy).")
+    skip_bad_rows: bool = Field(False, description="Skip (and report) bad rows instead of rejecting the file.")
+
+
+class RunConfig(_Strict):
+    """Everything one online-MPO run needs (`mpo run --config FILE`).
+
+    `model` is the base policy of every service: it is filled into the `rollout` and `trainer`
+    sections (which may override anything else of theirs), and the top-level `objective` into the
+    trainer's. A file with only an `objective` is still a valid config (`mpo config validate`); `mpo run`
+    then says what is missing.
+    """
+
+    run_id: str | None = Field(None, min_length=1, description="Name of the run; a stored run of that name resumes.")
+    model: Path | None = Field(None, description="Hugging Face model directory of the base policy.")
+    data: DataConfig | None = Field(None, description="Prompt files.")
+    store_dir: Path = Field(Path("mpo-state/runs"), description="Run store: SQLite database and Parquet pair shards.")
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    rounds: RoundsConfig = Field(default_factory=RoundsConfig)
+    rollout: RolloutConfig | None = Field(None, description="The rollout service (model filled in).")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="The reward service.")
+    trainer: TrainerConfig | None = Field(None, description="The trainer service (model and objective filled in).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_policy_everywhere(cls, raw: object) -> object:
+        if not isinstance(raw, dict) or raw.get("model") is None:
+            return raw
+        raw = dict(raw)
+        for section in ("rollout", "trainer"):
+            given = raw.get(section) or {}
+            if isinstance(given, dict):
+                raw[section] = {"model": raw["model"], **given}
+        trainer = raw["trainer"]
+        if isinstance(trainer, dict):
+            if "objective" in trainer and trainer["objective"] != raw.get("objective"):
+                raise ValueError("set the objective at the top level (`objective`), not in `trainer`")
+            raw["trainer"] = {**trainer, "objective": raw.get("objective") or {}}
+        return raw
 
 
 class ConfigError(ValueError):

@@ -6,7 +6,6 @@ temperature 1 are right on some prompts and wrong on others: correctness pairs e
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,45 +13,23 @@ import pytest
 import pytest_asyncio
 import ray
 
-from mpo.config import BootstrapConfig, RewardConfig, RolloutConfig, RoundsConfig
-from mpo.data.records import PromptRecord
-from mpo.models.tiny import build_text_model
+from mpo.config import RewardConfig, RolloutConfig, RoundsConfig
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.services.controller.loop import RoundLoop, ServiceClients
 from mpo.services.controller.store import RunStore
 from mpo.services.reward.service import start_reward
 from mpo.services.rollout.server import start_rollout
 from mpo.services.trainer.service import start_trainer
-from mpo.trainer.sft import bootstrap
 from mpo.v1 import controller_pb2
-from tests.rollout_helpers import CORPUS, SMALL
+from tests.controller_helpers import bootstrapped_policy, sums
 from tests.test_trainer_deepspeed import config_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 
-def sums(count: int, offset: int) -> list[PromptRecord]:
-    return [
-        PromptRecord(id=f"s{offset + i}", question=f"What is {a} + {b}?", answer=str(a + b), task="arith")
-        for i, (a, b) in enumerate((i % 10, (7 * i + offset) % 10) for i in range(count))
-    ]
-
-
-def demonstrate(record: PromptRecord, rng: random.Random) -> str:
-    a, b = record.question.removeprefix("What is ").removesuffix("?").split(" + ")
-    return f"{a} + {b} = {int(a) + int(b)}. Final answer: {int(a) + int(b)}"
-
-
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("round-loop-policy")
-    model = build_text_model(root / "model", CORPUS, SMALL, seed=0)
-    config = BootstrapConfig(
-        steps=150, batch_size=16, learning_rate=3e-3, warmup_steps=5, eval_every=1000, eval_prompts=4,
-        stability_steps=0, pass_k=1, max_new_tokens=16, ema_decay=0.0,
-    )  # fmt: skip
-    bootstrap(model, root / "base", sums(200, 0), sums(8, 500), demonstrate, config, progress=False)
-    return root / "base"
+    return bootstrapped_policy(tmp_path_factory.mktemp("round-loop-policy"))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

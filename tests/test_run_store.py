@@ -15,8 +15,8 @@ from PIL import Image as PILImage
 from mpo.services.controller.loop import PromptSampler
 from mpo.services.controller.store import RunStore, StoreError
 from mpo.v1 import common_pb2, controller_pb2
+from tests.controller_helpers import sums
 from tests.rollout_helpers import png
-from tests.test_round_loop import sums
 
 
 def pairs_of(round_index: int, count: int, *, with_image: bool = False) -> list[common_pb2.PreferencePair]:

@@ -19,6 +19,9 @@ from mpo.trainer.rank import TrainerRank
 
 log = logging.getLogger(__name__)
 
+#: How long the ranks' resources may take to appear (autoscaling clusters add nodes in minutes).
+PLACEMENT_TIMEOUT_S = 600.0
+
 
 class RankFailure(RuntimeError):
     """A rank failed during a group call; the group has been torn down. `died`: the process was lost
@@ -45,7 +48,15 @@ class TrainerGroup:
         remote = ray.remote(TrainerRank)
         if bundle:  # a placement group keeps the ranks' devices reserved together (and packed on few nodes)
             self._placement = placement_group([bundle] * config.world_size, strategy="PACK")
-            await self._placement.ready()
+            try:
+                await asyncio.wait_for(self._placement.ready(), timeout=PLACEMENT_TIMEOUT_S)
+            except TimeoutError:
+                await self.stop()
+                raise RankFailure(
+                    f"the Ray cluster cannot place {config.world_size} trainer ranks of {bundle} within "
+                    f"{PLACEMENT_TIMEOUT_S:.0f} s (num_cpus_per_rank / num_gpus_per_rank too large?)",
+                    died=False,
+                ) from None
         self.ranks = []
         for rank in range(config.world_size):
             if self._placement is not None:

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -90,8 +90,11 @@ class RoundLoop:
         clients: ServiceClients,
         train: Sequence[PromptRecord],
         heldout: Sequence[PromptRecord],
+        *,
+        on_round: Callable[[common_pb2.RoundMetrics], None] | None = None,
     ) -> None:
         self.run_id, self.config, self.store, self.clients = run_id, config, store, clients
+        self.on_round = on_round
         self.sampler = PromptSampler(train, per_round=config.prompts_per_round, seed=config.seed)
         self.heldout = [to_prompt(r) for r in heldout[: config.eval_prompts]]
 
@@ -168,6 +171,8 @@ class RoundLoop:
         record.finished_at = time.time()
         self.store.store_round(record)
         self._update_run(record)
+        if self.on_round is not None:
+            self.on_round(record)
         log.info("run %s: round %d stored (version %d)", self.run_id, record.round, record.trained_policy_version)
         return record
 

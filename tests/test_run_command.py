@@ -1,0 +1,88 @@
+"""`mpo run` as people run it: a real subprocess with a local Ray and all three services, then `--resume`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+
+from mpo.data.loader import write_prompts_jsonl
+from mpo.services.controller.store import RunStore
+from mpo.v1 import controller_pb2
+from tests.controller_helpers import bootstrapped_policy, sums
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bootstrapped_policy(tmp_path_factory.mktemp("run-command-policy"))
+
+
+def mpo_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mpo.cli", "run", *args], capture_output=True, text=True, timeout=900, check=False
+    )
+
+
+def write_config(tmp_path: Path, policy: Path, **sections: object) -> Path:
+    write_prompts_jsonl(sums(24, 100), tmp_path / "train.jsonl")
+    write_prompts_jsonl(sums(8, 900), tmp_path / "heldout.jsonl")
+    config = {
+        "run_id": "cli-run",
+        "model": str(policy),
+        "data": {"train": str(tmp_path / "train.jsonl"), "heldout": str(tmp_path / "heldout.jsonl")},
+        "store_dir": str(tmp_path / "store"),
+        "rounds": {"rounds": 1, "prompts_per_round": 6, "samples_per_prompt": 4, "max_tokens": 24, "eval_prompts": 8},
+        "rollout": {
+            "backend": "vllm", "dtype": "float32", "enforce_eager": True, "max_model_len": 256,
+            "kv_cache_bytes": 16 * 2**20, "weights_dir": str(tmp_path / "ledger"),
+        },
+        "trainer": {
+            "world_size": 2, "learning_rate": 1e-3, "warmup_steps": 0, "global_batch_pairs": 16,
+            "micro_batch_pairs": 4, "checkpoint_dir": str(tmp_path / "checkpoints"),
+        },
+    } | sections  # fmt: skip
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_run_then_resume_for_one_more_round(policy: Path, tmp_path: Path) -> None:
+    first = mpo_run("--config", str(write_config(tmp_path, policy)))
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = first.stdout.strip().splitlines()
+    assert lines[-2].startswith("round   1 | pairs")
+    finished = json.loads(lines[-1])
+    assert finished == {"event": "finished", "run_id": "cli-run", "rounds": 1, "pairs": finished["pairs"]}
+
+    again = mpo_run("--resume", "cli-run", "--store-dir", str(tmp_path / "store"), "--rounds", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.strip().splitlines()[-2].startswith("round   2 | pairs")
+
+    store = RunStore(tmp_path / "store")
+    run = store.get_run("cli-run")
+    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED and run.current_round == 2
+    assert [r.round for r in store.round_records("cli-run")] == [1, 2]
+    shards = sorted(Path(finished["pairs"]).glob("*.parquet"))
+    assert [s.name for s in shards] == ["round-000001.parquet", "round-000002.parquet"]
+    rows = sum(len(datasets.load_dataset("parquet", data_files=str(s), split="train")) for s in shards)
+    assert rows == store.pair_count("cli-run")
+
+
+def test_bad_run_configs_name_the_field(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("rounds: {rounds: 1}\n")
+    result = mpo_run("--config", str(missing))
+    assert result.returncode == 2 and "model: required" in result.stderr
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(f"model: {tmp_path}\nrounds: {{samples_per_prompt: 0}}\ntrainer: {{world_size: -1}}\n")
+    result = mpo_run("--config", str(wrong))
+    assert result.returncode == 2
+    assert "rounds.samples_per_prompt" in result.stderr and "trainer.world_size" in result.stderr
+    assert mpo_run("--resume", "nope", "--store-dir", str(tmp_path / "store")).stderr.startswith("error: no run 'nope'")
