@@ -51,6 +51,13 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_example(args: argparse.Namespace) -> int:
+    from mpo.config_example import example_yaml
+
+    print(example_yaml(), end="")
+    return 0
+
+
 def _cmd_models_build(args: argparse.Namespace) -> int:
     from mpo.models.corpus import task_corpus
     from mpo.models.tiny import TextModelSpec, build_image_text_model, build_text_model
@@ -305,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file", help="path to the YAML config")
     validate.set_defaults(handler=_cmd_config_validate)
+    example = config_commands.add_parser(
+        "example",
+        help="print a complete, commented run config",
+        description="Print every run-config key with its default and description (from the pydantic models).",
+    )
+    example.set_defaults(handler=_cmd_config_example)
 
     models = commands.add_parser("models", help="build the tiny models", description="Build tiny models locally.")
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)

@@ -72,3 +72,16 @@ def test_unreadable_documents(tmp_path: Path, yaml_text: str, reason: str) -> No
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_the_printed_example_is_a_complete_valid_config(tmp_path: Path) -> None:
+    from mpo.config import RunConfig
+    from mpo.config_example import example_yaml
+
+    text = example_yaml()
+    config = load_config(write(tmp_path, text))
+    assert config.model is not None and config.data is not None and config.trainer is not None
+    assert config == RunConfig.model_validate({"run_id": "arith-demo", "model": "runs/base", "data": config.data})
+    for name in RunConfig.model_fields:
+        assert f"\n{name}:" in text, f"{name} missing from the example"
+    assert "  # Data-parallel ranks" in text, "descriptions become comments"

@@ -1,0 +1,45 @@
+"""`mpo config example`: a complete, commented run config written from the pydantic models themselves,
+so the example can never drift from what `RunConfig` accepts."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel
+
+from mpo.config import RunConfig
+
+#: Values for the fields a run must set; everything else shows its default.
+_EXAMPLE = {
+    "run_id": "arith-demo",
+    "model": "runs/base",
+    "data": {"train": "data/arith/train.jsonl", "heldout": "data/arith/heldout.jsonl"},
+}
+#: Filled from the top level (`model`, `objective`), so the example leaves them out of the sections.
+_FILLED_IN = {("rollout", "model"), ("trainer", "model"), ("trainer", "objective")}
+
+
+def _lines(model: BaseModel, path: tuple[str, ...], indent: int) -> list[str]:
+    lines = []
+    pad = "  " * indent
+    for name, field in type(model).model_fields.items():
+        if (*path, name) in _FILLED_IN:
+            continue
+        if field.description:
+            lines.append(f"{pad}# {field.description}")
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            lines.extend(_lines(value, (*path, name), indent + 1))
+        else:
+            lines.append(f"{pad}{name}: {json.dumps(value, default=str)}")  # JSON is YAML
+    return lines
+
+
+def example_yaml() -> str:
+    config = RunConfig.model_validate(_EXAMPLE)
+    header = [
+        "# OnlineMPO run config: `mpo run --config FILE`. Every key below is optional except model and data;",
+        "# unknown keys are errors. Written from mpo/config.py by `mpo config example`.",
+    ]
+    return "\n".join(header + _lines(config, (), 0)) + "\n"
