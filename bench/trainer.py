@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -40,8 +41,6 @@ from mpo.v1 import common_pb2
 
 def workload(count: int, tag: str) -> list[common_pb2.PreferencePair]:
     """Arith prompts with their demonstration as chosen and a corrupted one as rejected; ids unique per tag."""
-    import random
-
     rng = random.Random(0)
     pairs = []
     for record in TASKS["arith"].generate(count, 11, None):
