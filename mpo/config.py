@@ -267,9 +267,34 @@ class RoundsConfig(_Strict):
         "grpc_stream", description="How the trainer publishes weights to the rollout service."
     )
     seed: int = Field(0, description="Seeds the prompt order, sampling and pair selection of every round.")
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: each round samples from the weights the previous round published. async: rollout "
+        "and labelling of the next rounds overlap training, up to `max_staleness` versions behind.",
+    )
+    max_staleness: int = Field(
+        1,
+        ge=1,
+        description="Async mode: most policy versions a pair's samples may lag the weights that train on it.",
+    )
+    retries: int = Field(
+        5,
+        ge=0,
+        description="Times a round's service call is repeated when the service is unavailable (an actor "
+        "restarting), with backoff (2 s doubling, at most 30 s), before the run fails.",
+    )
 
 
 ServiceName = Literal["rollout", "reward", "trainer", "controller"]
+
+
+class ControllerConfig(_Strict):
+    """The controller: its gRPC endpoint (ControllerService, Prometheus) and per-run event files."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    tensorboard: bool = Field(
+        True, description="Write TensorBoard event files under <store_dir>/runs/<run_id>/tensorboard."
+    )
 
 
 class KubernetesServices(_Strict):
@@ -326,6 +351,7 @@ class RunConfig(_Strict):
     rollout: RolloutConfig | None = Field(None, description="The rollout service (model filled in).")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="The reward service.")
     trainer: TrainerConfig | None = Field(None, description="The trainer service (model and objective filled in).")
+    controller: ControllerConfig = Field(default_factory=ControllerConfig, description="The controller service.")
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,7 @@ temperature 1 are right on some prompts and wrong on others: correctness pairs e
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClie
 from mpo.services.controller.loop import RoundLoop, ServiceClients
 from mpo.services.controller.store import RunStore
 from mpo.services.reward.service import start_reward
-from mpo.services.rollout.server import start_rollout
+from mpo.services.rollout.server import RunningRollout, start_rollout
 from mpo.services.trainer.service import start_trainer
 from mpo.v1 import controller_pb2
 from tests.controller_helpers import bootstrapped_policy, sums
@@ -33,7 +34,9 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def clients(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceClients]:
+async def services(
+    policy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[ServiceClients, RunningRollout]]:
     root = tmp_path_factory.mktemp("round-loop")
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-round-loop-tests", log_to_driver=False)
     rollout = await start_rollout(
@@ -51,11 +54,16 @@ async def clients(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Asy
         RewardClient(reward.address, timeout=600) as reward_client,
         TrainerClient(trainer.address, timeout=600) as trainer_client,
     ):
-        yield ServiceClients(rollout_client, reward_client, trainer_client)
+        yield ServiceClients(rollout_client, reward_client, trainer_client), rollout
     await trainer.stop(0)
     await reward.stop(0)
     await rollout.stop(0)
     ray.shutdown()
+
+
+@pytest.fixture
+def clients(services: tuple[ServiceClients, RunningRollout]) -> ServiceClients:
+    return services[0]
 
 
 async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp_path: Path) -> None:
@@ -101,3 +109,25 @@ async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp
     assert [r.round for r in resumed] == [3] and store.pair_count("demo") == committed
     assert resumed[0].labels.samples == 8 * 4, "the record keeps the labelling figures from before the stop"
     assert [r.round for r in store.round_records("demo")] == [1, 2, 3] and not store.unfinished_rounds("demo")
+
+
+async def test_a_rollout_replica_killed_mid_round_is_retried_and_the_run_completes(
+    services: tuple[ServiceClients, RunningRollout], tmp_path: Path
+) -> None:
+    """Runs last in this module: it kills the rollout engine actor (Ray restarts it)."""
+    clients, rollout = services
+    store = RunStore(tmp_path / "store")
+    store.put_run(controller_pb2.Run(run_id="killed", state=controller_pb2.RUN_STATE_RUNNING))
+    # Long generations, so the kill lands while round 1's Generate is in flight.
+    config = RoundsConfig(rounds=1, prompts_per_round=8, samples_per_prompt=32, max_tokens=64, eval_every=0)
+    phases: list[str] = []
+    loop = RoundLoop("killed", config, store, clients, sums(8, 300), [], on_phase=lambda _, p: phases.append(p))
+    running = asyncio.create_task(loop.run())
+    while not phases or rollout.pool.queue_depth == 0:
+        await asyncio.sleep(0.05)
+    assert phases == ["generate"]
+    ray.kill(rollout.pool.actors[0], no_restart=False)
+    records = await running
+    assert [r.round for r in records] == [1] and records[0].labels.samples == 8 * 32, "the round was sampled again"
+    assert store.pair_count("killed") == records[0].labels.pairs_correctness
+    assert not store.unfinished_rounds("killed")

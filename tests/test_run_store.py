@@ -55,9 +55,16 @@ def test_a_round_is_committed_exactly_once(store: RunStore) -> None:
     assert [p.id for p in store.committed_pairs("run-a", 1)] == ["r1-p0", "r1-p1", "r1-p2"]
     assert store.last_committed_round("run-a") == 1
     assert [r.round for r in store.unfinished_rounds("run-a")] == [1]
-    store.mark_trained("run-a", 1, step=4)
+    assert store.pair_staleness("run-a") == {}, "nothing trained yet"
+    trained = common_pb2.RoundMetrics(run_id="run-a", round=1, train_steps=4)
+    store.mark_trained("run-a", 1, step=4, trained_version=1, partial=trained)
+    # Finishing the round again after a crash neither re-dates its pairs nor loses its training figures.
+    store.mark_trained("run-a", 1, step=4, trained_version=3, partial=common_pb2.RoundMetrics(run_id="run-a", round=1))
+    assert store.unfinished_rounds("run-a") == [trained]
     store.store_round(common_pb2.RoundMetrics(run_id="run-a", round=1, train_steps=4))
     assert store.unfinished_rounds("run-a") == []
+    assert store.pair_staleness("run-a") == {"r1-p0": 1, "r1-p1": 1, "r1-p2": 1}  # samples of version 0
+    assert store.pair_staleness("run-a", 1) == store.pair_staleness("run-a") and store.pair_staleness("run-a", 2) == {}
 
 
 def test_committed_pairs_come_back_exactly_with_their_images(store: RunStore) -> None:
@@ -85,7 +92,7 @@ def test_store_refuses_what_contradicts_the_ledger(store: RunStore) -> None:
         store.commit_pairs("run-a", 2, pairs_of(1, 2))  # same ids as round 1
     assert store.last_committed_round("run-a") == 1, "the failed commit left nothing behind"
     with pytest.raises(StoreError, match="not committed"):
-        store.mark_trained("run-a", 7, step=1)
+        store.mark_trained("run-a", 7, step=1, trained_version=0)
     with pytest.raises(StoreError, match="not committed"):
         store.store_round(common_pb2.RoundMetrics(run_id="run-a", round=7))
 

@@ -1,29 +1,40 @@
-"""The online round, in sync mode: rollout → labelling → commit → train → publish → evaluate → record.
+"""The online round: rollout → labelling → commit → train → publish → evaluate → record.
 
 Every step talks to a service over gRPC (the typed clients), and what must survive a crash is in the
 `RunStore` before the next step relies on it: the round's pairs are committed before the trainer sees
 them, and the trainer is handed exactly the committed pairs, read back from the store. A round that was
 committed but not finished (the controller died in between) is finished first when the run continues;
 the trainer skips pair ids it has already trained, so nothing is trained twice.
+
+Sync and async mode are one pipeline: a *producer* samples, labels and commits rounds, a *consumer*
+trains, publishes, evaluates and records them in order. Round r may be produced once round
+r − 1 − bound is finished, with bound 0 in sync mode (each round samples the weights the previous round
+published) and `max_staleness` in async mode (rollout of round k+1 overlaps training of round k).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
 
 from mpo.config import RoundsConfig
 from mpo.data.records import PromptRecord
+from mpo.failpoints import failpoint
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.services.controller.store import RunStore
 from mpo.v1 import common_pb2, reward_pb2, trainer_pb2
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _TRANSPORTS = {
     "grpc_stream": trainer_pb2.WEIGHT_TRANSPORT_GRPC_STREAM,
@@ -81,6 +92,47 @@ class ServiceClients:
     trainer: TrainerClient
 
 
+class RunControl:
+    """Pause / resume / stop of a running loop. Checked before a round starts: a round already started
+    always finishes, so stopping never leaves work half done that the next start would have to redo."""
+
+    def __init__(self) -> None:
+        self._running = asyncio.Event()
+        self._running.set()
+        self.stopping = False
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set() and not self.stopping
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._running.set()
+
+    async def may_start(self) -> bool:
+        """Waits while paused; False once a stop was asked for."""
+        await self._running.wait()
+        return not self.stopping
+
+
+#: Called as (round, phase) when a round enters a phase: generate, label, commit, train, publish, eval,
+#: record; and "done" once its record is stored.
+PhaseCallback = Callable[[int, str], None]
+
+
+@dataclass
+class _Produced:
+    partial: common_pb2.RoundMetrics
+    timings: Counter[str]
+    started: float
+
+
 class RoundLoop:
     def __init__(
         self,
@@ -92,23 +144,93 @@ class RoundLoop:
         heldout: Sequence[PromptRecord],
         *,
         on_round: Callable[[common_pb2.RoundMetrics], None] | None = None,
+        on_phase: PhaseCallback | None = None,
+        control: RunControl | None = None,
     ) -> None:
         self.run_id, self.config, self.store, self.clients = run_id, config, store, clients
-        self.on_round = on_round
+        self.on_round, self.on_phase = on_round, on_phase
+        self.control = control or RunControl()
         self.sampler = PromptSampler(train, per_round=config.prompts_per_round, seed=config.seed)
         self.heldout = [to_prompt(r) for r in heldout[: config.eval_prompts]]
 
+    @property
+    def staleness_bound(self) -> int:
+        return self.config.max_staleness if self.config.mode == "async" else 0
+
     async def run(self) -> list[common_pb2.RoundMetrics]:
-        """Finish rounds left unfinished, then run the rest up to `config.rounds`; returns their records."""
+        """Finish rounds left unfinished, then run the rest up to `config.rounds` (or until stopped);
+        returns the records of this call."""
         records = []
+        await self._evaluate_base()
         for partial in self.store.unfinished_rounds(self.run_id):
             log.info("run %s: finishing round %d, committed before the controller stopped", self.run_id, partial.round)
             records.append(await self._finish(partial, Counter(), time.perf_counter()))
-        for round_index in range(self.store.last_committed_round(self.run_id) + 1, self.config.rounds + 1):
-            records.append(await self.run_round(round_index))
+        first = self.store.last_committed_round(self.run_id) + 1
+        finished = first - 1
+        progressed = asyncio.Condition()
+        produced: asyncio.Queue[_Produced | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                for round_index in range(first, self.config.rounds + 1):
+                    needed = round_index - 1 - self.staleness_bound
+                    async with progressed:
+                        await progressed.wait_for(lambda needed=needed: finished >= needed)
+                    if not await self.control.may_start():
+                        break
+                    produced.put_nowait(await self._produce(round_index))
+            finally:
+                produced.put_nowait(None)
+
+        producer = asyncio.create_task(produce(), name=f"{self.run_id}-producer")
+        try:
+            while (item := await produced.get()) is not None:
+                records.append(await self._finish(item.partial, item.timings, item.started))
+                async with progressed:
+                    finished = item.partial.round
+                    progressed.notify_all()
+            await producer  # its error, if it failed
+        finally:
+            producer.cancel()
         return records
 
-    async def run_round(self, round_index: int) -> common_pb2.RoundMetrics:
+    async def _evaluate_base(self) -> None:
+        """The baseline of every later evaluation, once per run, before its first round trains."""
+        run = self.store.get_run(self.run_id)
+        if run is None or not self.config.eval_every or run.base_eval_accuracy:
+            return
+        if self.store.last_committed_round(self.run_id):
+            return  # a run that trained before it was evaluated has no base figure to measure now
+        self._phase(0, "eval")
+        accuracy = await self._retrying("evaluation", self.evaluate)
+        run = self.store.get_run(self.run_id)
+        assert run is not None
+        run.base_eval_accuracy.update(accuracy)
+        self.store.put_run(run)
+        self._phase(0, "done")
+        log.info("run %s: base policy accuracy %s", self.run_id, accuracy)
+
+    def _phase(self, round_index: int, phase: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(round_index, phase)
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, repeated with backoff while the service answers UNAVAILABLE (an actor restarting
+        behind it); the calls repeated this way are idempotent (seeded sampling, labelling, publishing)."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.config.retries:
+                    raise
+                delay = min(2.0 * 2**attempt, 30.0)
+                log.warning("run %s: %s unavailable (%s); retry in %.0f s", self.run_id, what, error.details(), delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _produce(self, round_index: int) -> _Produced:
+        """Sample, label and commit round `round_index`; what the consumer needs to finish it."""
         config, timings = self.config, Counter[str]()
         started = time.perf_counter()
         prompts = [to_prompt(r) for r in self.sampler.round(round_index)]
@@ -119,15 +241,18 @@ class RoundLoop:
             max_tokens=config.max_tokens,
             seed=config.seed * 1_000_003 + round_index,
         )
+        options = reward_pb2.PairOptions(max_pairs_per_prompt=config.max_pairs_per_prompt, seed=round_index)
+        self._phase(round_index, "generate")
         with _timed(timings, "generate"):
-            generated = await self.clients.rollout.generate(prompts, sampling)
+            generated = await self._retrying("rollout", lambda: self.clients.rollout.generate(prompts, sampling))
+        self._phase(round_index, "label")
         with _timed(timings, "label"):
-            labelled = await self.clients.reward.build_pairs(
-                prompts,
-                generated.samples,
-                round=round_index,
-                options=reward_pb2.PairOptions(max_pairs_per_prompt=config.max_pairs_per_prompt, seed=round_index),
+            labelled = await self._retrying(
+                "reward",
+                lambda: self.clients.reward.build_pairs(prompts, generated.samples, round=round_index, options=options),
             )
+        for pair in labelled.pairs:  # unique across the runs one trainer may serve, in ledger and trainer
+            pair.id = f"{self.run_id}/{pair.id}"
         partial = common_pb2.RoundMetrics(
             run_id=self.run_id,
             round=round_index,
@@ -135,9 +260,12 @@ class RoundLoop:
             labels=labelled.stats,
             rollout_tokens_per_second=sum(len(s.token_ids) for s in generated.samples) / max(timings["generate"], 1e-9),
         )
+        failpoint("controller.after_rollout")
+        self._phase(round_index, "commit")
         with _timed(timings, "commit"):
             self.store.commit_pairs(self.run_id, round_index, labelled.pairs, partial)
-        return await self._finish(partial, timings, started)
+        failpoint("controller.after_commit")
+        return _Produced(partial, timings, started)
 
     async def _finish(
         self, partial: common_pb2.RoundMetrics, timings: Counter[str], started: float
@@ -147,23 +275,38 @@ class RoundLoop:
         version with the same weights."""
         record = common_pb2.RoundMetrics()
         record.CopyFrom(partial)
-        pairs = self.store.committed_pairs(self.run_id, record.round)
+        round_index = record.round
+        pairs = self.store.committed_pairs(self.run_id, round_index)
         trainer = self.clients.trainer
+        self._phase(round_index, "train")
         with _timed(timings, "train"):
+            held = (await trainer.status()).policy_version  # the weights that train on these pairs
             if pairs:
-                response = await trainer.train(pairs, round=record.round, epochs=self.config.epochs)
-                record.train.CopyFrom(response.mean)
-                record.train_steps = len(response.steps)
-            await trainer.checkpoint(f"round-{record.round}")
-        self.store.mark_trained(self.run_id, record.round, (await trainer.status()).step)
+                response = await trainer.train(pairs, round=round_index, epochs=self.config.epochs)
+                if response.steps:  # none when a restarted controller repeats a round trained before
+                    record.train.CopyFrom(response.mean)
+                    record.train_steps = len(response.steps)
+            await trainer.checkpoint(f"round-{round_index}")
+        step = (await trainer.status()).step
+        self.store.mark_trained(self.run_id, round_index, step, trained_version=held, partial=record)
+        staleness = list(self.store.pair_staleness(self.run_id, round_index).values())
+        record.staleness_max = max(staleness, default=0)
+        record.staleness_mean = sum(staleness) / len(staleness) if staleness else 0.0
         record.trained_policy_version = (await self.clients.rollout.status()).policy_version
         if pairs:
+            self._phase(round_index, "publish")
             with _timed(timings, "publish"):
                 record.trained_policy_version += 1
-                await trainer.publish_weights(record.trained_policy_version, _TRANSPORTS[self.config.transport])
-        if self.config.eval_every and record.round % self.config.eval_every == 0:
+                transport = _TRANSPORTS[self.config.transport]
+                await self._retrying(
+                    "publish", lambda: trainer.publish_weights(record.trained_policy_version, transport)
+                )
+            failpoint("controller.after_publish")
+        if self.config.eval_every and round_index % self.config.eval_every == 0:
+            self._phase(round_index, "eval")
             with _timed(timings, "eval"):
-                record.eval_accuracy.update(await self.evaluate())
+                record.eval_accuracy.update(await self._retrying("evaluation", self.evaluate))
+        self._phase(round_index, "record")
         total = time.perf_counter() - started
         record.timings.CopyFrom(
             common_pb2.PhaseTimings(**timings, total=total, overhead=max(0.0, total - sum(timings.values())))
@@ -171,9 +314,10 @@ class RoundLoop:
         record.finished_at = time.time()
         self.store.store_round(record)
         self._update_run(record)
+        self._phase(round_index, "done")
         if self.on_round is not None:
             self.on_round(record)
-        log.info("run %s: round %d stored (version %d)", self.run_id, record.round, record.trained_policy_version)
+        log.info("run %s: round %d stored (version %d)", self.run_id, round_index, record.trained_policy_version)
         return record
 
     def _update_run(self, record: common_pb2.RoundMetrics) -> None:

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS pairs (
     pair_id TEXT NOT NULL,
     round INTEGER NOT NULL,
     policy_version INTEGER NOT NULL,           -- of the samples the pair was built from
+    trained_version INTEGER,                   -- of the weights that trained on it; NULL until trained
     PRIMARY KEY (run_id, pair_id)
 );
 """
@@ -221,9 +222,12 @@ class RunStore:
 
     def _committed(self, run_id: str, round_index: int) -> CommittedRound | None:
         with self._connect() as db:
-            row = db.execute(
-                "SELECT pairs, shard FROM rounds WHERE run_id = ? AND round = ?", (run_id, round_index)
-            ).fetchone()
+            return self._committed_in(db, run_id, round_index)
+
+    def _committed_in(self, db: sqlite3.Connection, run_id: str, round_index: int) -> CommittedRound | None:
+        row = db.execute(
+            "SELECT pairs, shard FROM rounds WHERE run_id = ? AND round = ?", (run_id, round_index)
+        ).fetchone()
         if row is None:
             return None
         return CommittedRound(run_id, round_index, row[0], self.root / row[1], newly_committed=False)
@@ -244,13 +248,49 @@ class RunStore:
             pairs.append(pair)
         return pairs
 
-    def mark_trained(self, run_id: str, round_index: int, step: int) -> None:
+    def mark_trained(
+        self,
+        run_id: str,
+        round_index: int,
+        step: int,
+        *,
+        trained_version: int,
+        partial: common_pb2.RoundMetrics | None = None,
+    ) -> None:
+        """Record that the round's pairs were trained by the weights of `trained_version`, with the record
+        so far (its training figures survive a crash before the round is finished). The first call
+        stands: finishing a round again after a crash neither re-dates its pairs nor loses its figures."""
         with self._transaction() as db:
-            updated = db.execute(
-                "UPDATE rounds SET trained_step = ? WHERE run_id = ? AND round = ?", (step, run_id, round_index)
+            if self._committed_in(db, run_id, round_index) is None:
+                raise StoreError(f"round {round_index} of run {run_id!r} is not committed")
+            first = db.execute(
+                "UPDATE rounds SET trained_step = ? WHERE run_id = ? AND round = ? AND trained_step IS NULL",
+                (step, run_id, round_index),
             ).rowcount
-        if not updated:
-            raise StoreError(f"round {round_index} of run {run_id!r} is not committed")
+            if first and partial is not None:
+                db.execute(
+                    "UPDATE rounds SET record = ? WHERE run_id = ? AND round = ?",
+                    (partial.SerializeToString(), run_id, round_index),
+                )
+            db.execute(
+                "UPDATE pairs SET trained_version = ? WHERE run_id = ? AND round = ? AND trained_version IS NULL",
+                (trained_version, run_id, round_index),
+            )
+
+    def pair_staleness(self, run_id: str, round_index: int | None = None) -> dict[str, int]:
+        """Per trained pair (of one round, or all): versions between the samples it was built from and
+        the weights that trained on it."""
+        query = (
+            "SELECT pair_id, trained_version - policy_version FROM pairs "
+            "WHERE run_id = ? AND trained_version IS NOT NULL"
+        )
+        arguments: tuple[object, ...] = (run_id,)
+        if round_index is not None:
+            query += " AND round = ?"
+            arguments += (round_index,)
+        with self._connect() as db:
+            rows = db.execute(query, arguments).fetchall()
+        return {pair_id: int(staleness) for pair_id, staleness in rows}
 
     def unfinished_rounds(self, run_id: str) -> list[common_pb2.RoundMetrics]:
         """Committed rounds whose record was never finished (the controller stopped in between), with

@@ -60,7 +60,10 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
     async def Train(
         self, request: trainer_pb2.TrainRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.TrainResponse:
-        outcome = await self.host.train(request.pairs, request.round, request.epochs)
+        # Shielded: a caller that goes away (a controller killed mid-call) must not cut a call whose steps
+        # the ranks finish anyway; the host then records the pairs as trained, and the caller's retry
+        # finds them trained instead of training them twice.
+        outcome = await asyncio.shield(self.host.train(request.pairs, request.round, request.epochs))
         return trainer_pb2.TrainResponse(
             steps=[step_metrics(s) for s in outcome.steps],
             mean=mean_metrics(outcome.steps),
@@ -71,7 +74,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
     async def Checkpoint(
         self, request: trainer_pb2.CheckpointRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.CheckpointResponse:
-        committed = await self.host.checkpoint(request.tag)
+        committed = await asyncio.shield(self.host.checkpoint(request.tag))
         return trainer_pb2.CheckpointResponse(
             path=str(committed.path), step=committed.meta["step"], round=committed.meta["round"]
         )
