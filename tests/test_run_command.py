@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -30,11 +33,11 @@ def mpo_run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def write_config(tmp_path: Path, policy: Path, **sections: object) -> Path:
+def write_config(tmp_path: Path, policy: Path, run_id: str = "cli-run", **sections: object) -> Path:
     write_prompts_jsonl(sums(24, 100), tmp_path / "train.jsonl")
     write_prompts_jsonl(sums(8, 900), tmp_path / "heldout.jsonl")
     config = {
-        "run_id": "cli-run",
+        "run_id": run_id,
         "model": str(policy),
         "data": {"train": str(tmp_path / "train.jsonl"), "heldout": str(tmp_path / "heldout.jsonl")},
         "store_dir": str(tmp_path / "store"),
@@ -73,6 +76,42 @@ def test_run_then_resume_for_one_more_round(policy: Path, tmp_path: Path) -> Non
     assert [s.name for s in shards] == ["round-000001.parquet", "round-000002.parquet"]
     rows = sum(len(datasets.load_dataset("parquet", data_files=str(s), split="train")) for s in shards)
     assert rows == store.pair_count("cli-run")
+
+
+def test_kill_9_of_mpo_run_mid_round_then_resume_loses_and_repeats_nothing(policy: Path, tmp_path: Path) -> None:
+    """The whole process tree dies (controller, services, Ray); `--resume` starts them again: the trainer
+    from its last checkpoint, the rollout service from its weight ledger, the run from its store."""
+    config = write_config(
+        tmp_path, policy, run_id="killed", rounds={"rounds": 3, "prompts_per_round": 6, "samples_per_prompt": 4,
+                                                    "max_tokens": 24, "eval_every": 0},
+    )  # fmt: skip
+    store = RunStore(tmp_path / "store")
+    process = subprocess.Popen([sys.executable, "-m", "mpo.cli", "run", "--config", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while store.last_committed_round("killed") < 2:  # round 2 committed: it is training now
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert [r.round for r in store.round_records("killed")] == [1]
+
+    resumed = mpo_run("--resume", "killed", "--store-dir", str(tmp_path / "store"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = store.get_run("killed")
+    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED
+    assert [r.round for r in store.round_records("killed")] == [1, 2, 3]
+    pairs = [len(store.committed_pairs("killed", r)) for r in (1, 2, 3)]
+    assert store.pair_count("killed") == sum(pairs) and len(store.pair_staleness("killed")) == sum(pairs)
+    trainer = json.loads(
+        (tmp_path / "checkpoints" / (tmp_path / "checkpoints" / "LATEST").read_text() / "trainer.json").read_text()
+    )
+    assert trainer["step"] == sum(math.ceil(n / 16) for n in pairs), "no pair trained twice, none lost"
+    assert len(trainer["trained_pair_ids"]) == sum(pairs)
+    ledger = json.loads((tmp_path / "ledger" / "current.json").read_text())
+    assert ledger["version"] == run.policy_version, "trainer and rollout end on the same policy version"
 
 
 def test_bad_run_configs_name_the_field(tmp_path: Path) -> None:

@@ -56,11 +56,14 @@ def bind(servicer: Any) -> ServiceBinding:
 class ServiceServer:
     """A started-on-demand `grpc.aio` server wrapping the given services with the shared plumbing."""
 
-    def __init__(self, config: ServerConfig, services: list[ServiceBinding], *, name: str) -> None:
+    def __init__(
+        self, config: ServerConfig, services: list[ServiceBinding], *, name: str, metrics: RpcMetrics | None = None
+    ) -> None:
+        """`metrics`: a registry the service also adds its own metrics to, served on the same endpoint."""
         if not services:
             raise ValueError("a server needs at least one service")
         self.config, self.name, self.services = config, name, services
-        self.metrics = RpcMetrics()
+        self.metrics = metrics or RpcMetrics()
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None

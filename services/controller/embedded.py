@@ -1,28 +1,31 @@
-"""`mpo run` on one machine: a local Ray, the three services started from the run config, the round loop.
+"""`mpo run` on one machine: a local Ray, the three services and the controller, started from the run config.
 
 The services are the real ones (gRPC servers over Ray actors); only their wiring is automatic here:
-the reward and trainer services get the rollout service's address, and with the shared-storage
-transport the trainer's publish directory becomes readable to the rollout service.
+the reward and trainer services get the rollout service's address, the controller actor all three, and
+with the shared-storage transport the trainer's publish directory becomes readable to the rollout
+service. `mpo run` itself is a ControllerService client: it starts the run and follows its rounds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import ray
 import yaml
 
 from mpo.config import RunConfig
 from mpo.data.loader import load_prompts
-from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
+from mpo.services.common.clients import ControllerClient
 from mpo.services.common.hosting import RunningService
-from mpo.services.controller.loop import RoundLoop, ServiceClients
+from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.controller.store import RunStore
 from mpo.services.reward.service import start_reward
 from mpo.services.rollout.server import start_rollout
@@ -57,31 +60,28 @@ def round_line(record: common_pb2.RoundMetrics) -> str:
     )
 
 
+def _absolute_data(config: RunConfig) -> RunConfig:
+    """The controller actor reads the prompt files itself, from its own working directory."""
+    assert config.data is not None
+    data = config.data.model_copy(
+        update={"train": config.data.train.resolve(), "heldout": config.data.heldout.resolve()}
+    )
+    return config.model_copy(update={"data": data, "store_dir": config.store_dir.resolve()})
+
+
 async def run_embedded(
     config: RunConfig, *, on_round: Callable[[common_pb2.RoundMetrics], None] | None = None
 ) -> tuple[str, list[common_pb2.RoundMetrics]]:
     """Run (or resume) `config` on a local Ray; returns the run id and the records of this invocation."""
     train_file, heldout_file = require_runnable(config)
     skip = "skip" if config.data and config.data.skip_bad_rows else "reject"
-    train, heldout = (
-        load_prompts(train_file, on_bad_row=skip).records,
-        load_prompts(heldout_file, on_bad_row=skip).records,
-    )
+    for prompts in (train_file, heldout_file):  # a bad file is reported before anything starts
+        load_prompts(prompts, on_bad_row=skip)
     assert config.rollout is not None and config.trainer is not None  # require_runnable
-    store = RunStore(config.store_dir)
+    config = _absolute_data(config)
     run_id = config.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    run = store.get_run(run_id)
-    if run is None:
-        now = time.time()
-        config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-        run = controller_pb2.Run(
-            run_id=run_id,
-            state=controller_pb2.RUN_STATE_RUNNING,
-            started_at=now,
-            updated_at=now,
-            config_yaml=config_yaml,
-        )
-        store.put_run(run)
+    finished = RunStore(config.store_dir).round_records(run_id)
+    next_round = finished[-1].round + 1 if finished else 1
     rollout_config = config.rollout
     if config.rounds.transport == "shared_storage":
         roots = [*rollout_config.readable_roots, config.trainer.publish_dir]
@@ -98,7 +98,7 @@ async def run_embedded(
             include_dashboard=False,
             log_to_driver=False,
         )
-    services: list[RunningService] = []
+    services: list[RunningService | RunningController] = []
     try:
         rollout = await start_rollout(rollout_config)
         services.append(rollout)
@@ -106,19 +106,25 @@ async def run_embedded(
         services.append(reward)
         trainer = await start_trainer(config.trainer.model_copy(update={"rollout_address": rollout.address}))
         services.append(trainer)
-        async with (
-            RolloutClient(rollout.address, timeout=3600) as rollout_client,
-            RewardClient(reward.address, timeout=3600) as reward_client,
-            TrainerClient(trainer.address, timeout=3600) as trainer_client,
-        ):
-            clients = ServiceClients(rollout_client, reward_client, trainer_client)
-            loop = RoundLoop(run_id, config.rounds, store, clients, train, heldout, on_round=on_round)
-            try:
-                records = await loop.run()
-            except BaseException as error:
-                _set_state(store, run_id, controller_pb2.RUN_STATE_FAILED, error=f"{type(error).__name__}: {error}")
-                raise
-        _set_state(store, run_id, controller_pb2.RUN_STATE_COMPLETED)
+        controller = await start_controller(
+            config.controller,
+            config.store_dir,
+            rollout=rollout.address,
+            reward=reward.address,
+            trainer=trainer.address,
+        )
+        services.append(controller)
+        config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        async with ControllerClient(controller.address, timeout=600) as client:
+            await client.start_run(config_yaml, run_id=run_id)
+            records = []
+            async for record in follow_rounds(client, run_id, from_round=next_round):
+                records.append(record)
+                if on_round is not None:
+                    on_round(record)
+            run = await client.get_run(run_id)
+        if run.state == controller_pb2.RUN_STATE_FAILED:
+            raise RunFailed(f"run {run_id} failed: {run.error}")
         return run_id, records
     finally:
         for service in reversed(services):
@@ -127,9 +133,26 @@ async def run_embedded(
             ray.shutdown()
 
 
-def _set_state(store: RunStore, run_id: str, state: int, *, error: str = "") -> None:
-    run = store.get_run(run_id)
-    if run is None:
-        return
-    run.state, run.error, run.updated_at = state, error, time.time()  # type: ignore[assignment]
-    store.put_run(run)
+class RunFailed(RuntimeError):
+    """The controller ended the run with RUN_STATE_FAILED; the message carries its error."""
+
+
+async def follow_rounds(
+    client: ControllerClient, run_id: str, *, from_round: int = 1
+) -> AsyncIterator[common_pb2.RoundMetrics]:
+    """Each round record from `from_round` until the run ends, across controller restarts (the stream
+    breaks when Ray restarts the controller actor; it is picked up again where it stopped)."""
+    while True:
+        try:
+            async for record in client.watch_rounds(run_id, from_round=from_round):
+                yield record
+                from_round = record.round + 1
+            run = await client.get_run(run_id)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            log.warning("controller unavailable (%s); reconnecting", error.details())
+            await asyncio.sleep(1.0)
+            continue
+        if run.state not in (controller_pb2.RUN_STATE_RUNNING, controller_pb2.RUN_STATE_PAUSED):
+            return

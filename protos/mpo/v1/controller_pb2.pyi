@@ -24,7 +24,14 @@ RUN_STATE_COMPLETED: RunState
 RUN_STATE_FAILED: RunState
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "state", "current_round", "policy_version", "best_eval_accuracy", "best_round", "started_at", "updated_at", "error", "config_yaml")
+    __slots__ = ("run_id", "state", "current_round", "policy_version", "best_eval_accuracy", "best_round", "started_at", "updated_at", "error", "config_yaml", "phase", "phase_round", "base_eval_accuracy")
+    class BaseEvalAccuracyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +42,9 @@ class Run(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_ROUND_FIELD_NUMBER: _ClassVar[int]
+    BASE_EVAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     current_round: int
@@ -45,7 +55,10 @@ class Run(_message.Message):
     updated_at: float
     error: str
     config_yaml: str
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_round: _Optional[int] = ..., policy_version: _Optional[int] = ..., best_eval_accuracy: _Optional[float] = ..., best_round: _Optional[int] = ..., started_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ...) -> None: ...
+    phase: str
+    phase_round: int
+    base_eval_accuracy: _containers.ScalarMap[str, float]
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_round: _Optional[int] = ..., policy_version: _Optional[int] = ..., best_eval_accuracy: _Optional[float] = ..., best_round: _Optional[int] = ..., started_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., phase: _Optional[str] = ..., phase_round: _Optional[int] = ..., base_eval_accuracy: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("config_yaml", "run_id")

@@ -1,0 +1,248 @@
+"""The runs one controller drives: start (or resume), pause, resume, stop, and watching their rounds.
+
+One set of services serves one policy, so a controller drives at most one run at a time. The run's
+state lives in the `RunStore`; a controller that restarts (Ray restarts its actor after a crash) picks
+up the run that was running or paused, and its round loop finishes the committed rounds first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import yaml
+from pydantic import ValidationError
+
+from mpo.config import ControllerConfig, RunConfig, format_validation_error
+from mpo.data.loader import DataError, load_prompts
+from mpo.services.common.validation import InvalidRequest
+from mpo.services.controller.loop import RoundLoop, RunControl, ServiceClients
+from mpo.services.controller.metrics import EventFiles, RoundGauges
+from mpo.services.controller.store import RunStore
+from mpo.v1 import common_pb2, controller_pb2
+
+log = logging.getLogger(__name__)
+
+_LIVE = (controller_pb2.RUN_STATE_RUNNING, controller_pb2.RUN_STATE_PAUSED)
+
+
+def parse_run_config(config_yaml: str) -> RunConfig:
+    """A StartRun config, or INVALID_ARGUMENT naming every offending field under `config_yaml`."""
+    try:
+        raw = yaml.safe_load(config_yaml)
+    except yaml.YAMLError as error:
+        raise InvalidRequest("config_yaml", f"not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise InvalidRequest("config_yaml", "must be a mapping of sections (the schema of `mpo config example`)")
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = format_validation_error(error).replace("\n", ";").replace("  ", " ").strip()
+        raise InvalidRequest("config_yaml", f"invalid run config:{problems}") from error
+    if config.data is None:
+        raise InvalidRequest("config_yaml", "data: required (data.train and data.heldout prompt files)")
+    return config
+
+
+@dataclass
+class ActiveRun:
+    run_id: str
+    control: RunControl
+    task: asyncio.Task[None] | None = None
+    #: Phase of each started, unfinished round (async mode has more than one).
+    phases: dict[int, str] = field(default_factory=dict)
+    events: EventFiles | None = None
+
+
+class RunManager:
+    def __init__(self, store: RunStore, clients: ServiceClients, config: ControllerConfig, gauges: RoundGauges) -> None:
+        self.store, self.clients, self.config, self.gauges = store, clients, config, gauges
+        self.active: ActiveRun | None = None
+        #: Notified whenever any run changes (a round stored, a state change): what WatchRounds waits on.
+        self.changed = asyncio.Condition()
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> controller_pb2.Run:
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise InvalidRequest("run_id", f"no run {run_id!r} in this controller's store", grpc.StatusCode.NOT_FOUND)
+        if self.active is not None and self.active.run_id == run_id and self.active.phases:
+            run.phase_round = min(self.active.phases)
+            run.phase = self.active.phases[run.phase_round]
+        return run
+
+    def list(self) -> list[controller_pb2.Run]:
+        return sorted(self.store.list_runs(), key=lambda run: run.started_at, reverse=True)
+
+    async def start(self, config_yaml: str, run_id: str = "") -> controller_pb2.Run:
+        """Start `run_id` (generated when empty), or resume it when the store has it."""
+        config = parse_run_config(config_yaml)
+        run_id = run_id or config.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        if self.active is not None:
+            if self.active.run_id == run_id:
+                return self.get(run_id)
+            raise InvalidRequest(
+                "run_id",
+                f"run {self.active.run_id!r} is active on this controller; stop it before starting {run_id!r}",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        loop = self._round_loop(run_id, config)  # reads the prompt files: a bad file changes nothing
+        now = time.time()
+        run = self.store.get_run(run_id) or controller_pb2.Run(run_id=run_id, started_at=now)
+        run.state, run.error, run.updated_at = controller_pb2.RUN_STATE_RUNNING, "", now
+        run.config_yaml = config_yaml
+        self.store.put_run(run)
+        self._launch(loop)
+        log.info("run %s: started (round %d done, %d to go)", run_id, run.current_round, config.rounds.rounds)
+        return self.get(run_id)
+
+    def _round_loop(self, run_id: str, config: RunConfig) -> RoundLoop:
+        assert config.data is not None  # parse_run_config
+        skip = "skip" if config.data.skip_bad_rows else "reject"
+        try:
+            train = load_prompts(config.data.train, on_bad_row=skip).records
+            heldout = load_prompts(config.data.heldout, on_bad_row=skip).records
+        except DataError as error:
+            raise InvalidRequest("config_yaml", f"data: {error}") from error
+        if not train:
+            raise InvalidRequest("config_yaml", f"data.train: {config.data.train} has no prompts")
+        return RoundLoop(run_id, config.rounds, self.store, self.clients, train, heldout, control=RunControl())
+
+    def _launch(self, loop: RoundLoop) -> None:
+        active = ActiveRun(loop.run_id, loop.control)
+        loop.on_round = lambda record: self._stored(active, record)
+        loop.on_phase = lambda round_index, phase: self._entered(active, round_index, phase)
+        if self.config.tensorboard:
+            active.events = EventFiles(self.tensorboard_dir(loop.run_id))
+        active.task = asyncio.create_task(self._drive(active, loop), name=f"run-{loop.run_id}")
+        self.active = active
+
+    def tensorboard_dir(self, run_id: str) -> Path:
+        return self.store.root / "runs" / run_id / "tensorboard"
+
+    async def _drive(self, active: ActiveRun, loop: RoundLoop) -> None:
+        """Run the loop to its end and record how it ended. Cancelled (the controller shutting down), the
+        run stays RUNNING or PAUSED, so the next controller continues it."""
+        try:
+            await loop.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("run %s failed", active.run_id)
+            await self._end(active, controller_pb2.RUN_STATE_FAILED, f"{type(error).__name__}: {error}")
+        else:
+            finished = self.store.last_committed_round(active.run_id) >= loop.config.rounds
+            state = controller_pb2.RUN_STATE_COMPLETED if finished else controller_pb2.RUN_STATE_STOPPED
+            await self._end(active, state)
+        finally:
+            if active.events is not None:
+                active.events.close()
+
+    async def _end(self, active: ActiveRun, state: int, error: str = "") -> None:
+        self._set_state(active.run_id, state, error)
+        if self.active is active:
+            self.active = None
+        await self._notify()
+
+    def _set_state(self, run_id: str, state: int, error: str = "") -> controller_pb2.Run:
+        run = self.get(run_id)
+        run.state, run.error, run.updated_at = state, error, time.time()  # type: ignore[assignment]
+        run.ClearField("phase")
+        run.ClearField("phase_round")
+        self.store.put_run(run)
+        return self.get(run_id)
+
+    def _live(self, run_id: str) -> ActiveRun:
+        run = self.get(run_id)
+        if self.active is None or self.active.run_id != run_id:
+            state = controller_pb2.RunState.Name(run.state)
+            raise InvalidRequest(
+                "run_id", f"run {run_id!r} is not active ({state})", grpc.StatusCode.FAILED_PRECONDITION
+            )
+        return self.active
+
+    async def pause(self, run_id: str) -> controller_pb2.Run:
+        """No new round starts until `resume`; rounds already started finish."""
+        self._live(run_id).control.pause()
+        run = self._set_state(run_id, controller_pb2.RUN_STATE_PAUSED)
+        await self._notify()
+        return run
+
+    async def resume(self, run_id: str) -> controller_pb2.Run:
+        self._live(run_id).control.resume()
+        run = self._set_state(run_id, controller_pb2.RUN_STATE_RUNNING)
+        await self._notify()
+        return run
+
+    async def stop(self, run_id: str) -> controller_pb2.Run:
+        """Rounds already started finish, then the run is STOPPED (StartRun with its id resumes it)."""
+        active = self._live(run_id)
+        active.control.stop()
+        if active.task is not None:
+            await asyncio.shield(active.task)
+        return self.get(run_id)
+
+    async def continue_interrupted(self) -> None:
+        """After a restart: continue the run that was running or paused when the controller died."""
+        for run in self.store.list_runs():
+            if run.state not in _LIVE:
+                continue
+            try:
+                config = parse_run_config(run.config_yaml)
+                loop = self._round_loop(run.run_id, config)
+            except InvalidRequest as error:
+                self._set_state(run.run_id, controller_pb2.RUN_STATE_FAILED, f"cannot continue: {error}")
+                continue
+            if run.state == controller_pb2.RUN_STATE_PAUSED:
+                loop.control.pause()
+            log.info("run %s: continuing after a controller restart", run.run_id)
+            self._launch(loop)
+            return
+
+    async def shutdown(self) -> None:
+        if self.active is not None and self.active.task is not None:
+            self.active.task.cancel()
+            await asyncio.gather(self.active.task, return_exceptions=True)
+        self.active = None
+
+    # --- rounds -------------------------------------------------------------------------------------------
+
+    def _entered(self, active: ActiveRun, round_index: int, phase: str) -> None:
+        if phase == "done":
+            active.phases.pop(round_index, None)
+        else:
+            active.phases[round_index] = phase
+
+    def _stored(self, active: ActiveRun, record: common_pb2.RoundMetrics) -> None:
+        self.gauges.observe(record)
+        if active.events is not None:
+            active.events.write(record)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def watch(self, run_id: str, from_round: int = 0) -> AsyncIterator[common_pb2.RoundMetrics]:
+        """Stored rounds from `from_round`, then each new one as it is stored, until the run ends."""
+        self.get(run_id)
+        next_round = max(from_round, 1)
+        while True:
+            async with self.changed:
+                records = self.store.round_records(run_id, from_round=next_round)
+                live = self.active is not None and self.active.run_id == run_id
+                if not records and not live:
+                    return
+                if not records:
+                    await self.changed.wait()
+                    continue
+            for record in records:
+                yield record
+                next_round = record.round + 1

@@ -1,0 +1,174 @@
+"""`ControllerService` over gRPC, hosted by a Ray actor that Ray restarts after a crash.
+
+The actor keeps its port across restarts (picked once, before the first start), so clients reconnect
+to the same address; on every start it continues the run that was running or paused (`RunManager`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import ray
+
+from mpo.config import ControllerConfig
+from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
+from mpo.services.common.server import ServiceServer, bind
+from mpo.services.common.telemetry import RpcMetrics
+from mpo.services.controller.loop import ServiceClients
+from mpo.services.controller.metrics import RoundGauges
+from mpo.services.controller.runs import RunManager
+from mpo.services.controller.store import RunStore
+from mpo.v1 import controller_pb2, controller_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+#: Deadline of the controller's calls into the services: a round's Train or Generate can take long.
+SERVICE_CALL_TIMEOUT_S = 3600.0
+
+
+class ControllerService(controller_pb2_grpc.ControllerServiceServicer):
+    def __init__(self, runs: RunManager) -> None:
+        self.runs = runs
+
+    async def StartRun(
+        self, request: controller_pb2.StartRunRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.StartRunResponse:
+        return controller_pb2.StartRunResponse(run=await self.runs.start(request.config_yaml, request.run_id))
+
+    async def PauseRun(
+        self, request: controller_pb2.PauseRunRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.PauseRunResponse:
+        return controller_pb2.PauseRunResponse(run=await self.runs.pause(request.run_id))
+
+    async def ResumeRun(
+        self, request: controller_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.ResumeRunResponse:
+        return controller_pb2.ResumeRunResponse(run=await self.runs.resume(request.run_id))
+
+    async def StopRun(
+        self, request: controller_pb2.StopRunRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.StopRunResponse:
+        return controller_pb2.StopRunResponse(run=await self.runs.stop(request.run_id))
+
+    async def GetRun(
+        self, request: controller_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.GetRunResponse:
+        return controller_pb2.GetRunResponse(run=self.runs.get(request.run_id))
+
+    async def ListRuns(
+        self, request: controller_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.ListRunsResponse:
+        return controller_pb2.ListRunsResponse(runs=self.runs.list())
+
+    async def ListRounds(
+        self, request: controller_pb2.ListRoundsRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.ListRoundsResponse:
+        self.runs.get(request.run_id)
+        rounds = self.runs.store.round_records(request.run_id, from_round=request.from_round)
+        return controller_pb2.ListRoundsResponse(rounds=rounds[: request.limit] if request.limit else rounds)
+
+    async def WatchRounds(
+        self, request: controller_pb2.WatchRoundsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[controller_pb2.WatchRoundsResponse]:
+        async for record in self.runs.watch(request.run_id, request.from_round):
+            yield controller_pb2.WatchRoundsResponse(round=record)
+
+
+class ControllerActor:
+    """Hosts the controller's gRPC server and its runs in one Ray actor process."""
+
+    def __init__(self, config: ControllerConfig, store_dir: str, addresses: dict[str, str]) -> None:
+        self.config, self.store_dir, self.addresses = config, Path(store_dir), addresses
+        self.server: ServiceServer | None = None
+        self.runs: RunManager | None = None
+        self._clients: list[RolloutClient | RewardClient | TrainerClient] = []
+        # Ray calls __init__ outside the actor's event loop; the server starts on it, and every method
+        # waits for that first (also after Ray restarts the actor).
+        self._started = asyncio.get_event_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        clients = ServiceClients(
+            RolloutClient(self.addresses["rollout"], timeout=SERVICE_CALL_TIMEOUT_S),
+            RewardClient(self.addresses["reward"], timeout=SERVICE_CALL_TIMEOUT_S),
+            TrainerClient(self.addresses["trainer"], timeout=SERVICE_CALL_TIMEOUT_S),
+        )
+        self._clients = [clients.rollout, clients.reward, clients.trainer]
+        metrics = RpcMetrics()
+        self.runs = RunManager(RunStore(self.store_dir), clients, self.config, RoundGauges(metrics.registry))
+        server = ServiceServer(
+            self.config.server, [bind(ControllerService(self.runs))], name="controller", metrics=metrics
+        )
+        await self.runs.continue_interrupted()  # before serving: a reconnecting watcher sees the run live
+        await server.start()
+        self.server = server
+        await server.set_ready(True)
+        log.info("controller serving on %s (store %s)", server.address, self.store_dir)
+
+    async def describe(self) -> dict[str, Any]:
+        """Address, metrics port and process id, once the server is up."""
+        await self._started
+        assert self.server is not None
+        return {"address": self.server.address, "metrics_port": self.server.metrics_port, "pid": os.getpid()}
+
+    async def shutdown(self) -> None:
+        """Stop serving; an active run stays RUNNING (or PAUSED) in the store and continues on the next start."""
+        await self._started
+        assert self.server is not None and self.runs is not None
+        await self.server.stop(0)
+        await self.runs.shutdown()
+        for client in self._clients:
+            await client.close()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningController:
+    actor: Any
+    address: str
+    metrics_port: int | None
+    store_dir: Path
+
+    async def pid(self) -> int:
+        """The actor's current process (it changes when Ray restarts the actor)."""
+        return int((await self.actor.describe.remote())["pid"])
+
+    def ready_event(self) -> dict[str, object]:
+        return {"event": "serving", "service": "controller", "address": self.address, "store": str(self.store_dir)}
+
+    async def stop(self, grace: float | None = None) -> None:
+        try:
+            await self.actor.shutdown.remote()
+        finally:
+            ray.kill(self.actor, no_restart=True)
+
+
+async def start_controller(
+    config: ControllerConfig, store_dir: Path, *, rollout: str, reward: str, trainer: str
+) -> RunningController:
+    """Start the controller actor (restarted by Ray after a crash) on ports fixed for its lifetime."""
+    server = config.server
+    fixed = {"port": server.port or _free_port(server.host)}
+    if server.metrics_port == 0:
+        fixed["metrics_port"] = _free_port(server.host)
+    config = config.model_copy(update={"server": server.model_copy(update=fixed)})
+    store_dir.mkdir(parents=True, exist_ok=True)
+    actor = (
+        ray.remote(ControllerActor)
+        .options(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+        .remote(config, str(store_dir.resolve()), {"rollout": rollout, "reward": reward, "trainer": trainer})
+    )
+    described = await actor.describe.remote()
+    return RunningController(actor, described["address"], described["metrics_port"], store_dir)

@@ -1,0 +1,264 @@
+"""ControllerService over gRPC, in its Ray actor, over the real services (vLLM rollout, reward workers,
+2 DeepSpeed ranks): bad requests, an async run paused, resumed and its controller killed with SIGKILL
+mid-train, metrics on Prometheus and in TensorBoard files."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import datasets
+import grpc
+import pytest
+import pytest_asyncio
+import ray
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mpo import failpoints
+from mpo.config import ControllerConfig, RewardConfig, RolloutConfig, ServerConfig
+from mpo.data.loader import write_prompts_jsonl
+from mpo.services.common.clients import ControllerClient, TrainerClient
+from mpo.services.controller.embedded import follow_rounds
+from mpo.services.controller.service import RunningController, start_controller
+from mpo.services.controller.store import RunStore
+from mpo.services.reward.service import start_reward
+from mpo.services.rollout.server import start_rollout
+from mpo.services.trainer.service import RunningTrainer, start_trainer
+from mpo.v1 import controller_pb2
+from tests.controller_helpers import bootstrapped_policy, sums
+from tests.test_trainer_deepspeed import config_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+GLOBAL_BATCH = 16
+
+
+class Services:
+    def __init__(self, root: Path, controller: RunningController, trainer: RunningTrainer) -> None:
+        self.root, self.controller, self.trainer = root, controller, trainer
+        self.trainer_address = trainer.address
+        self.store = RunStore(controller.store_dir)
+        self.failpoints = root / "failpoints"
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bootstrapped_policy(tmp_path_factory.mktemp("controller-policy"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def services(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
+    root = tmp_path_factory.mktemp("controller")
+    # Ray's processes (the controller actor among them) inherit this: the failpoints file of the tests.
+    os.environ[failpoints.ENV] = str(root / "failpoints")
+    ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-controller-tests", log_to_driver=False)
+    rollout = await start_rollout(
+        RolloutConfig(
+            model=policy, backend="vllm", dtype="float32", enforce_eager=True, max_model_len=256,
+            kv_cache_bytes=16 * 2**20, weights_dir=root / "ledger",
+        )
+    )  # fmt: skip
+    reward = await start_reward(RewardConfig(rollout_address=rollout.address))
+    trainer = await start_trainer(
+        config_for(policy, root, rollout_address=rollout.address, global_batch_pairs=GLOBAL_BATCH, micro_batch_pairs=4)
+    )
+    controller = await start_controller(
+        ControllerConfig(server=ServerConfig(metrics_port=0)),
+        root / "store",
+        rollout=rollout.address,
+        reward=reward.address,
+        trainer=trainer.address,
+    )
+    write_prompts_jsonl(sums(40, 100), root / "train.jsonl")
+    write_prompts_jsonl(sums(12, 900), root / "heldout.jsonl")
+    yield Services(root, controller, trainer)
+    await controller.stop()
+    await trainer.stop(0)
+    await reward.stop(0)
+    await rollout.stop(0)
+    ray.shutdown()
+    del os.environ[failpoints.ENV]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def client(services: Services) -> AsyncIterator[ControllerClient]:
+    async with ControllerClient(services.controller.address, timeout=120) as controller:
+        yield controller
+
+
+def run_yaml(services: Services, **rounds: object) -> str:
+    config = {
+        "data": {"train": str(services.root / "train.jsonl"), "heldout": str(services.root / "heldout.jsonl")},
+        "rounds": {"prompts_per_round": 8, "samples_per_prompt": 4, "max_tokens": 24, "eval_prompts": 12} | rounds,
+    }
+    return yaml.safe_dump(config)
+
+
+async def trainer_step(services: Services) -> int:
+    async with TrainerClient(services.trainer_address) as trainer:
+        return (await trainer.status()).step
+
+
+PHASES = ["generate", "label", "commit", "train", "publish", "eval", "record"]
+
+
+async def wait_for_phase(client: ControllerClient, run_id: str, round_index: int, phase: str) -> None:
+    """Until round `round_index` is at `phase` or beyond ("done": until it is stored), across restarts."""
+    for _ in range(6000):
+        try:
+            run = await client.get_run(run_id)
+        except grpc.aio.AioRpcError as error:  # the controller restarting after a kill
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            await asyncio.sleep(0.5)
+            continue
+        if run.current_round >= round_index or run.phase_round > round_index:
+            return
+        if phase != "done" and run.phase_round == round_index and PHASES.index(run.phase) >= PHASES.index(phase):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"run {run_id} never reached {phase} of round {round_index}")
+
+
+async def test_bad_requests_get_precise_errors_and_change_nothing(services: Services, client: ControllerClient) -> None:
+    async def code_and_detail(call: object) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call  # type: ignore[misc]
+        return caught.value.code(), caught.value.details() or ""
+
+    code, detail = await code_and_detail(client.start_run("rounds: [unclosed"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and detail.startswith("config_yaml: not valid YAML")
+    code, detail = await code_and_detail(client.start_run(run_yaml(services, samples_per_prompt=0, mode="fast")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "rounds.samples_per_prompt" in detail and "rounds.mode" in detail
+    code, detail = await code_and_detail(client.start_run("rounds: {rounds: 1}\n"))
+    assert (code, detail) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "config_yaml: data: required (data.train and data.heldout prompt files)",
+    )
+    missing = run_yaml(services).replace("train.jsonl", "absent.jsonl")
+    code, detail = await code_and_detail(client.start_run(missing))
+    assert (
+        code == grpc.StatusCode.INVALID_ARGUMENT
+        and detail.startswith("config_yaml: data:")
+        and "absent.jsonl" in detail
+    )
+    code, detail = await code_and_detail(client.get_run("nope"))
+    assert code == grpc.StatusCode.NOT_FOUND and detail.startswith("run_id: no run 'nope'")
+    code, detail = await code_and_detail(client.pause_run(""))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and detail.startswith("run_id")
+    assert await client.list_runs() == [], "no bad request created a run"
+
+
+async def test_async_run_paused_resumed_and_its_controller_killed_mid_train(
+    services: Services, client: ControllerClient
+) -> None:
+    steps_before = await trainer_step(services)
+    run = await client.start_run(run_yaml(services, rounds=3, mode="async", max_staleness=1), run_id="async")
+    assert run.state == controller_pb2.RUN_STATE_RUNNING and run.run_id == "async"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # one run at a time per set of services
+        await client.start_run(run_yaml(services), run_id="other")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "'async' is active" in caught.value.details()
+
+    # Pause while round 1 trains: in async mode round 2 (already allowed) may still be produced, but
+    # round 3 may not start until the run resumes.
+    await wait_for_phase(client, "async", 1, "train")
+    assert (await client.pause_run("async")).state == controller_pb2.RUN_STATE_PAUSED
+    await wait_for_phase(client, "async", 2, "done")
+    await asyncio.sleep(3.0)
+    assert services.store.last_committed_round("async") == 2, "a paused run starts no round"
+    assert (await client.get_run("async")).state == controller_pb2.RUN_STATE_PAUSED
+    assert (await client.resume_run("async")).state == controller_pb2.RUN_STATE_RUNNING
+
+    # SIGKILL the controller's process while round 3 trains; Ray restarts the actor, which continues the
+    # run from the store. The watcher reconnects and sees every round exactly once.
+    await wait_for_phase(client, "async", 3, "train")
+    os.kill(await services.controller.pid(), signal.SIGKILL)
+    records = [r async for r in follow_rounds(client, "async", from_round=1)]
+
+    run = await client.get_run("async")
+    assert run.state == controller_pb2.RUN_STATE_COMPLETED and run.current_round == 3
+    assert [r.round for r in records] == [1, 2, 3]
+    pairs = [len(services.store.committed_pairs("async", r.round)) for r in records]
+    assert sum(pairs) > 0 and services.store.pair_count("async") == sum(pairs)
+    shards = [services.store.shard_path("async", r.round) for r in records]
+    assert [len(datasets.load_dataset("parquet", data_files=str(s), split="train")) for s in shards] == pairs
+
+    # Exactly once: the trainer took exactly the steps the committed pairs need, though round 3 was
+    # interrupted mid-Train and sent again.
+    async with TrainerClient(services.trainer_address) as trainer:
+        status = await trainer.status()
+    assert status.step == steps_before + sum(math.ceil(n / GLOBAL_BATCH) for n in pairs)
+    assert status.policy_version == run.policy_version == records[-1].trained_policy_version
+
+    # Staleness: per pair and per round within the bound; round 2 was sampled while round 1 trained.
+    staleness = services.store.pair_staleness("async")
+    assert len(staleness) == sum(pairs) and set(staleness.values()) <= {0, 1}
+    assert all(r.staleness_max <= 1 for r in records)
+    assert records[0].staleness_max == 0 and records[1].rollout_policy_version == 0
+
+    # The same figures on the Prometheus endpoint and in the run's TensorBoard files.
+    metrics_port = services.controller.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    assert 'mpo_run_round{run_id="async"} 3.0' in text
+    events = EventAccumulator(str(services.store.root / "runs" / "async" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+    assert [e.value for e in events.Scalars("eval/arith")] == pytest.approx([r.eval_accuracy["arith"] for r in records])
+
+
+async def test_controller_killed_after_rollout_after_commit_after_publish_and_mid_train(
+    services: Services, client: ControllerClient
+) -> None:
+    """SIGKILL of the controller at each point of a sync round (failpoints: exactly there), and once more
+    while a Train call is in flight; every restart continues the run from the store."""
+    steps_before = await trainer_step(services)
+    cancelled_before = services.trainer.server.metrics.count("/mpo.v1.TrainerService/Train", "CANCELLED")
+    services.failpoints.write_text("controller.after_rollout\ncontroller.after_commit\ncontroller.after_publish\n")
+    await client.start_run(run_yaml(services, rounds=4), run_id="crashes")
+    await wait_for_phase(client, "crashes", 2, "done")  # round 1 got through all three failpoints
+    assert services.failpoints.read_text() == "", "every armed failpoint fired"
+    await wait_for_phase(client, "crashes", 3, "train")
+    os.kill(await services.controller.pid(), signal.SIGKILL)
+    records = [r async for r in follow_rounds(client, "crashes", from_round=1)]
+
+    run = await client.get_run("crashes")
+    assert run.state == controller_pb2.RUN_STATE_COMPLETED
+    assert [r.round for r in records] == [1, 2, 3, 4], "round numbers continue without gaps or repeats"
+    cancelled = services.trainer.server.metrics.count("/mpo.v1.TrainerService/Train", "CANCELLED")
+    assert cancelled == cancelled_before + 1, "the last kill landed while round 3 was training"
+    pairs = [len(services.store.committed_pairs("crashes", r)) for r in range(1, 5)]
+    assert services.store.pair_count("crashes") == sum(pairs) > 0, "no committed pair lost"
+    assert len(services.store.pair_staleness("crashes")) == sum(pairs), "every committed pair trained"
+    assert set(services.store.pair_staleness("crashes").values()) == {0}, "sync mode: never stale"
+    # A kill after training keeps the round's training figures (stored with the trained mark).
+    assert records[0].train_steps == math.ceil(pairs[0] / GLOBAL_BATCH)
+    async with TrainerClient(services.trainer_address) as trainer:
+        status = await trainer.status()
+    assert status.step == steps_before + sum(math.ceil(n / GLOBAL_BATCH) for n in pairs), "no pair trained twice"
+    assert status.policy_version == run.policy_version == records[-1].trained_policy_version
+
+
+async def test_stop_ends_a_run_after_its_round_and_start_continues_it(
+    services: Services, client: ControllerClient
+) -> None:
+    await client.start_run(run_yaml(services, rounds=3, eval_every=0), run_id="stoppable")
+    await wait_for_phase(client, "stoppable", 1, "generate")
+    stopped = await client.stop_run("stoppable")
+    assert stopped.state == controller_pb2.RUN_STATE_STOPPED and stopped.current_round == 1
+    assert [r.round for r in await client.list_rounds("stoppable")] == [1]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.pause_run("stoppable")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    resumed = await client.start_run(run_yaml(services, rounds=2, eval_every=0), run_id="stoppable")
+    assert resumed.state == controller_pb2.RUN_STATE_RUNNING
+    records = [r async for r in follow_rounds(client, "stoppable", from_round=2)]
+    assert [r.round for r in records] == [2]
+    assert (await client.get_run("stoppable")).state == controller_pb2.RUN_STATE_COMPLETED
+    assert [r.run_id for r in await client.list_runs()] == ["stoppable", "crashes", "async"]
