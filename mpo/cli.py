@@ -232,6 +232,54 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import time
+
+    from tqdm import tqdm
+
+    from mpo.demo import elapsed, prepare, write_config
+    from mpo.services.controller.embedded import round_line, run_embedded
+    from mpo.services.controller.store import RunStore
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    prepare(
+        args.workdir,
+        train_prompts=args.train_prompts,
+        heldout_prompts=args.heldout_prompts,
+        bootstrap_steps=args.bootstrap_steps,
+    )
+    path, config = write_config(
+        args.workdir, seed=args.seed, rounds=args.rounds, mode=args.mode, heldout=args.heldout_prompts
+    )
+    print(f"[{elapsed(started)}] online rounds ({config.rounds.mode}) with the config {path}", flush=True)
+    with tqdm(total=args.rounds, desc="rounds", unit="round") as bar:
+
+        def show(record: object) -> None:
+            bar.write(f"[{elapsed(started)}] {round_line(record)}")  # type: ignore[arg-type]
+            bar.update(1)
+
+        run_id, _ = asyncio.run(run_embedded(config, on_round=show))
+    store = RunStore(config.store_dir)
+    run = store.get_run(run_id)
+    evaluated = [r for r in store.round_records(run_id) if r.eval_accuracy]
+    if run is not None and run.base_eval_accuracy and evaluated:
+        base, last = run.base_eval_accuracy, evaluated[-1]
+        for task, accuracy in sorted(last.eval_accuracy.items()):
+            before = base.get(task, 0.0)
+            gain = 100 * (accuracy - before)
+            print(f"held-out {task}: base {before:.1%} -> round {last.round} {accuracy:.1%} ({gain:+.1f} points)")
+    run_dir = config.store_dir / "runs" / run_id
+    print(f"pairs (Parquet, TRL DPO columns): {run_dir / 'pairs'}")
+    print(f"metrics: tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(f"more rounds: mpo run --resume {run_id} --store-dir {config.store_dir} --rounds {args.rounds + 5}")
+    print(f"[{elapsed(started)}] done")
+    return 0
+
+
 #: Proto → JSON for people: field names as in the .proto, zeros printed (index 0, policy_version 0).
 _JSON = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
 
@@ -452,6 +500,21 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--store-dir", type=Path, default=Path("mpo-state/runs"), help="run store of --resume")
     run.add_argument("--rounds", type=int, help="override rounds.rounds (e.g. to extend a resumed run)")
     run.set_defaults(handler=_cmd_run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the embedded online-MPO demo: tiny model, warm start, online rounds (about 20 min on 2 cores)",
+        description="Build (or reuse) the arith prompts, a tiny Qwen2 and its warm-started base policy in "
+        "--workdir, then run online MPO rounds on a local Ray with all services, one table row per round.",
+    )
+    demo.add_argument("--workdir", type=Path, default=Path("mpo-demo"), help="where everything is built and kept")
+    demo.add_argument("--rounds", type=int, default=10, help="online rounds")
+    demo.add_argument("--seed", type=int, default=0, help="seeds the rounds' prompts, sampling and training")
+    demo.add_argument("--mode", choices=("sync", "async"), default="sync", help="round mode (rounds.mode)")
+    demo.add_argument("--train-prompts", type=int, default=5000, help="arith prompts the rounds draw from")
+    demo.add_argument("--heldout-prompts", type=int, default=2000, help="held-out prompts of every evaluation")
+    demo.add_argument("--bootstrap-steps", type=int, default=1200, help="warm-start steps of the base policy")
+    demo.set_defaults(handler=_cmd_demo)
 
     export = commands.add_parser(
         "export",

@@ -1,0 +1,135 @@
+"""The embedded demo as a benchmark: held-out accuracy before and after the online rounds, MPO against
+its parts, where a round's time goes, and async against sync mode. Prints JSON.
+
+Every variant runs the demo's config (`mpo/demo.py`) from the same base policy, seeds and prompts:
+  mpo   the paper's objective (0.8 DPO + 0.2 BCO + 1.0 SFT);
+  sft   only the generation term on the chosen answers (rejection-sampling fine-tuning);
+  dpo   only the preference term;
+  async the MPO variant in async mode (rollout of round k+1 overlaps training of round k).
+Accuracy is greedy on all held-out prompts (2,000), with its standard error; the gain's standard error
+treats base and final accuracy as independent (conservative: they are measured on the same prompts).
+
+    .venv/bin/python bench/online.py [--variants mpo,sft,dpo,async] [--seeds 0,1] [--rounds 10] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from mpo.config import RunConfig
+from mpo.demo import demo_run_config, prepare
+from mpo.services.controller.embedded import run_embedded
+from mpo.services.controller.store import RunStore
+
+_TERMS = {
+    "mpo": {"preference": 0.8, "quality": 0.2, "generation": 1.0},
+    "sft": {"generation": 1.0},
+    "dpo": {"preference": 1.0},
+    "async": {"preference": 0.8, "quality": 0.2, "generation": 1.0},
+}
+_PHASES = ("generate", "label", "commit", "train", "publish", "eval", "overhead")
+
+
+def standard_error(accuracy: float, prompts: int) -> float:
+    return math.sqrt(accuracy * (1 - accuracy) / prompts) if prompts else 0.0
+
+
+def variant_config(workdir: Path, variant: str, seed: int, rounds: int) -> RunConfig:
+    raw = demo_run_config(workdir, seed=seed, rounds=rounds, mode="async" if variant == "async" else "sync")
+    raw["run_id"] = f"bench-{variant}-seed{seed}"
+    raw["objective"] = {"terms": _TERMS[variant]}
+    raw["store_dir"] = str(workdir / "bench-store")
+    for section, key in (("rollout", "weights_dir"), ("trainer", "checkpoint_dir"), ("trainer", "publish_dir")):
+        raw[section][key] = str(workdir / "bench-state" / raw["run_id"] / key)
+    raw["rounds"]["eval_every"] = rounds  # base and final only: every evaluation costs round time
+    return RunConfig.model_validate(raw)
+
+
+def run_variant(workdir: Path, variant: str, seed: int, rounds: int) -> dict[str, Any]:
+    config = variant_config(workdir, variant, seed, rounds)
+    started = time.perf_counter()
+    run_id, records = asyncio.run(run_embedded(config))
+    wall = time.perf_counter() - started
+    run = RunStore(config.store_dir).get_run(run_id)
+    assert run is not None and records, f"{run_id} produced no rounds"
+    prompts = config.rounds.eval_prompts
+    base, final = run.base_eval_accuracy, records[-1].eval_accuracy
+    tasks = {}
+    for task, accuracy in final.items():
+        before = base.get(task, 0.0)
+        error = math.hypot(standard_error(before, prompts), standard_error(accuracy, prompts))
+        gain = 100 * (accuracy - before)
+        tasks[task] = {
+            "base": round(before, 4),
+            "final": round(accuracy, 4),
+            "gain_points": round(gain, 2),
+            "gain_standard_error_points": round(100 * error, 2),
+            "gain_in_standard_errors": round(gain / (100 * error), 2) if error else None,
+        }
+    phases = {phase: sum(getattr(r.timings, phase) for r in records) for phase in _PHASES}
+    rounds_time = sum(r.timings.total for r in records)
+    pairs = sum(r.labels.pairs_correctness + r.labels.pairs_dropout_ntp for r in records)
+    first_start = records[0].finished_at - records[0].timings.total
+    return {
+        "run_id": run_id,
+        "tasks": tasks,
+        "pairs_trained": pairs,
+        "rounds_seconds": round(records[-1].finished_at - first_start, 1),
+        "pairs_per_second": round(pairs / (records[-1].finished_at - first_start), 3),
+        "phase_share": {phase: round(seconds / rounds_time, 4) for phase, seconds in phases.items()},
+        "staleness_max": max(r.staleness_max for r in records),
+        "wall_seconds_with_startup": round(wall, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="mpo,sft,dpo,async")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--workdir", type=Path, default=Path("mpo-demo"))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    prepare(args.workdir, say=lambda line: print(line, flush=True))
+    prepare_seconds = time.perf_counter() - started
+    results: dict[str, dict[str, Any]] = {}
+    for variant in args.variants.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            print(f"running {variant} seed {seed} ...", flush=True)
+            results[f"{variant}/seed{seed}"] = run_variant(args.workdir, variant, seed, args.rounds)
+    summary: dict[str, Any] = {}
+    for variant in args.variants.split(","):
+        runs = [r for key, r in results.items() if key.startswith(f"{variant}/")]
+        gains = [t["gain_points"] for r in runs for t in r["tasks"].values()]
+        summary[variant] = {"mean_gain_points": round(sum(gains) / len(gains), 2) if gains else None}
+    if "mpo" in summary and "async" in summary:
+        sync_rate = [r["pairs_per_second"] for k, r in results.items() if k.startswith("mpo/")]
+        async_rate = [r["pairs_per_second"] for k, r in results.items() if k.startswith("async/")]
+        summary["async_over_sync_pairs_per_second"] = round(
+            (sum(async_rate) / len(async_rate)) / (sum(sync_rate) / len(sync_rate)), 3
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "online",
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "rounds": args.rounds,
+                "prepare_seconds": round(prepare_seconds, 1),
+                "summary": summary,
+                "runs": results,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
