@@ -148,6 +148,10 @@ async def test_bad_requests_get_precise_errors_and_change_nothing(services: Serv
         and detail.startswith("config_yaml: data:")
         and "absent.jsonl" in detail
     )
+    bad_rows = services.root / "bad-rows.jsonl"
+    bad_rows.write_text((services.root / "train.jsonl").read_text() + '{"id": "x", "question": ""}\n')
+    code, detail = await code_and_detail(client.start_run(run_yaml(services).replace("train.jsonl", "bad-rows.jsonl")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "bad-rows.jsonl:41: question: must not be empty" in detail
     code, detail = await code_and_detail(client.get_run("nope"))
     assert code == grpc.StatusCode.NOT_FOUND and detail.startswith("run_id: no run 'nope'")
     code, detail = await code_and_detail(client.pause_run(""))

@@ -56,33 +56,12 @@ def write_config(tmp_path: Path, policy: Path, run_id: str = "cli-run", **sectio
     return path
 
 
-def test_run_then_resume_for_one_more_round(policy: Path, tmp_path: Path) -> None:
-    first = mpo_run("--config", str(write_config(tmp_path, policy)))
-    assert first.returncode == 0, first.stderr[-3000:]
-    lines = first.stdout.strip().splitlines()
-    assert lines[-2].startswith("round   1 | pairs")
-    finished = json.loads(lines[-1])
-    assert finished == {"event": "finished", "run_id": "cli-run", "rounds": 1, "pairs": finished["pairs"]}
-
-    again = mpo_run("--resume", "cli-run", "--store-dir", str(tmp_path / "store"), "--rounds", "2")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.strip().splitlines()[-2].startswith("round   2 | pairs")
-
-    store = RunStore(tmp_path / "store")
-    run = store.get_run("cli-run")
-    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED and run.current_round == 2
-    assert [r.round for r in store.round_records("cli-run")] == [1, 2]
-    shards = sorted(Path(finished["pairs"]).glob("*.parquet"))
-    assert [s.name for s in shards] == ["round-000001.parquet", "round-000002.parquet"]
-    rows = sum(len(datasets.load_dataset("parquet", data_files=str(s), split="train")) for s in shards)
-    assert rows == store.pair_count("cli-run")
-
-
 def test_kill_9_of_mpo_run_mid_round_then_resume_loses_and_repeats_nothing(policy: Path, tmp_path: Path) -> None:
     """The whole process tree dies (controller, services, Ray); `--resume` starts them again: the trainer
-    from its last checkpoint, the rollout service from its weight ledger, the run from its store."""
+    from its last checkpoint, the rollout service from its weight ledger, the run from its store. The
+    resumed run is also extended by one round (`--rounds`)."""
     config = write_config(
-        tmp_path, policy, run_id="killed", rounds={"rounds": 3, "prompts_per_round": 6, "samples_per_prompt": 4,
+        tmp_path, policy, run_id="killed", rounds={"rounds": 2, "prompts_per_round": 6, "samples_per_prompt": 4,
                                                     "max_tokens": 24, "eval_every": 0},
     )  # fmt: skip
     store = RunStore(tmp_path / "store")
@@ -92,22 +71,30 @@ def test_kill_9_of_mpo_run_mid_round_then_resume_loses_and_repeats_nothing(polic
         deadline = time.monotonic() + 600
         while store.last_committed_round("killed") < 2:  # round 2 committed: it is training now
             assert process.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
-            time.sleep(0.2)
+            time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
-    assert [r.round for r in store.round_records("killed")] == [1]
+    killed = store.get_run("killed")
+    assert killed is not None and killed.state == controller_pb2.RUN_STATE_RUNNING and killed.current_round >= 1
 
-    resumed = mpo_run("--resume", "killed", "--store-dir", str(tmp_path / "store"))
+    resumed = mpo_run("--resume", "killed", "--store-dir", str(tmp_path / "store"), "--rounds", "3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = resumed.stdout.strip().splitlines()
+    assert [line[:9] for line in lines[-3:-1]] == ["round   2", "round   3"]
+    finished = json.loads(lines[-1])
+    assert finished == {"event": "finished", "run_id": "killed", "rounds": 2, "pairs": finished["pairs"]}
+
     run = store.get_run("killed")
-    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED
+    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED and run.current_round == 3
     assert [r.round for r in store.round_records("killed")] == [1, 2, 3]
     pairs = [len(store.committed_pairs("killed", r)) for r in (1, 2, 3)]
     assert store.pair_count("killed") == sum(pairs) and len(store.pair_staleness("killed")) == sum(pairs)
-    trainer = json.loads(
-        (tmp_path / "checkpoints" / (tmp_path / "checkpoints" / "LATEST").read_text() / "trainer.json").read_text()
-    )
+    shards = sorted(Path(finished["pairs"]).glob("*.parquet"))
+    assert [s.name for s in shards] == [f"round-00000{r}.parquet" for r in (1, 2, 3)]
+    assert [len(datasets.load_dataset("parquet", data_files=str(s), split="train")) for s in shards] == pairs
+    checkpoints = tmp_path / "checkpoints"
+    trainer = json.loads((checkpoints / (checkpoints / "LATEST").read_text() / "trainer.json").read_text())
     assert trainer["step"] == sum(math.ceil(n / 16) for n in pairs), "no pair trained twice, none lost"
     assert len(trainer["trained_pair_ids"]) == sum(pairs)
     ledger = json.loads((tmp_path / "ledger" / "current.json").read_text())
@@ -125,3 +112,9 @@ def test_bad_run_configs_name_the_field(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "rounds.samples_per_prompt" in result.stderr and "trainer.world_size" in result.stderr
     assert mpo_run("--resume", "nope", "--store-dir", str(tmp_path / "store")).stderr.startswith("error: no run 'nope'")
+    bad_rows = tmp_path / "bad-rows.jsonl"
+    bad_rows.write_text('{"id": "a", "question": "What is 1 + 1?", "answer": "2", "task": "arith"}\n{"id": "b"}\n')
+    config = {"model": str(tmp_path), "data": {"train": str(bad_rows), "heldout": str(bad_rows)}}
+    (tmp_path / "bad-rows.yaml").write_text(yaml.safe_dump(config))
+    result = mpo_run("--config", str(tmp_path / "bad-rows.yaml"))
+    assert result.returncode == 2 and f"{bad_rows}:2: question: missing required field" in result.stderr

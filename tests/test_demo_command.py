@@ -1,0 +1,44 @@
+"""`mpo demo` end to end, at a fraction of its size: prompts, tiny model, warm start, one online round on
+the real services, the closing summary; then the prepared parts are reused instead of rebuilt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mpo.demo import prepare
+from mpo.services.controller.store import RunStore
+from mpo.v1 import controller_pb2
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_from_nothing_and_reuses_what_it_built(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "mpo.cli", "demo", "--workdir", str(workdir), "--rounds", "1",
+         "--train-prompts", "300", "--heldout-prompts", "40", "--bootstrap-steps", "150"],
+        capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "[1/3] arith prompts: 300 train, 40 held out" in out and "[3/3] warm start of the base policy" in out
+    assert "round   1 | pairs" in out
+    summary = next(line for line in out.splitlines() if line.startswith("held-out arith: base"))
+    store = RunStore(workdir / "store")
+    run = store.get_run("demo-seed0")
+    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED
+    final = store.round_records("demo-seed0")[-1].eval_accuracy["arith"]
+    assert f"base {run.base_eval_accuracy['arith']:.1%} -> round 1 {final:.1%}" in summary
+    assert (workdir / "store" / "runs" / "demo-seed0" / "pairs" / "round-000001.parquet").exists()
+    assert any((workdir / "store" / "runs" / "demo-seed0" / "tensorboard").iterdir())
+    config = yaml.safe_load((workdir / "demo-seed0.yaml").read_text())
+    assert config["rounds"]["eval_prompts"] == 40 and config["model"] == str(workdir / "base")
+
+    said: list[str] = []
+    prepare(workdir, train_prompts=300, heldout_prompts=40, bootstrap_steps=150, say=said.append)
+    assert [line.split(" ")[1] for line in said] == ["reusing"] * 3
