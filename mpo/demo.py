@@ -55,8 +55,8 @@ def demo_run_config(
             "mode": mode,
             "prompts_per_round": 64,
             "samples_per_prompt": 8,
-            "max_tokens": 48,
-            "eval_every": max(rounds // 2, 1),
+            "max_tokens": 96,  # as in the warm start's evaluation: longer chains must not be cut off
+            "eval_every": max(rounds // 4, 1),
             "eval_prompts": heldout,
             "seed": seed,
         },

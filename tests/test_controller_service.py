@@ -30,6 +30,7 @@ from mpo.services.controller.store import RunStore
 from mpo.services.reward.service import start_reward
 from mpo.services.rollout.server import start_rollout
 from mpo.services.trainer.service import RunningTrainer, start_trainer
+from mpo.trainer.checkpoints import read_checkpoint
 from mpo.v1 import controller_pb2
 from tests.controller_helpers import bootstrapped_policy, sums
 from tests.test_trainer_deepspeed import config_for
@@ -206,6 +207,12 @@ async def test_async_run_paused_resumed_and_its_controller_killed_mid_train(
     assert all(r.staleness_max <= 1 for r in records)
     assert records[0].staleness_max == 0 and records[1].rollout_policy_version == 0
 
+    # The best evaluated round's checkpoint is marked best on the trainer and named by the run.
+    best = read_checkpoint(Path(run.best_checkpoint))
+    assert best.meta["round"] == run.best_round and best.meta["tag"] == f"round-{run.best_round}"
+    best_round = max(records, key=lambda r: r.eval_accuracy["arith"])
+    assert run.best_eval_accuracy == pytest.approx(best_round.eval_accuracy["arith"])
+
     # The same figures on the Prometheus endpoint and in the run's TensorBoard files.
     metrics_port = services.controller.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
@@ -224,13 +231,25 @@ async def test_controller_killed_after_rollout_after_commit_after_publish_and_mi
     steps_before = await trainer_step(services)
     cancelled_before = services.trainer.server.metrics.count("/mpo.v1.TrainerService/Train", "CANCELLED")
     services.failpoints.write_text("controller.after_rollout\ncontroller.after_commit\ncontroller.after_publish\n")
+    # A spy on the (in-process) trainer host: the last kill lands while it trains round 3.
+    host = services.trainer.service.host
+    training_round_3 = asyncio.Event()
+    real_train = host.train
+
+    async def train_and_tell(pairs: object, round_index: int, epochs: int) -> object:
+        if round_index == 3:
+            training_round_3.set()
+        return await real_train(pairs, round_index, epochs)  # type: ignore[arg-type]
+
+    host.train = train_and_tell  # type: ignore[method-assign]
     await client.start_run(run_yaml(services, rounds=4), run_id="crashes")
     await wait_for_phase(client, "crashes", 2, "done")  # round 1 got through all three failpoints
     assert services.failpoints.read_text() == "", "every armed failpoint fired"
-    await wait_for_phase(client, "crashes", 3, "train")
+    await asyncio.wait_for(training_round_3.wait(), timeout=600)
     os.kill(await services.controller.pid(), signal.SIGKILL)
     records = [r async for r in follow_rounds(client, "crashes", from_round=1)]
 
+    host.train = real_train  # type: ignore[method-assign]
     run = await client.get_run("crashes")
     assert run.state == controller_pb2.RUN_STATE_COMPLETED
     assert [r.round for r in records] == [1, 2, 3, 4], "round numbers continue without gaps or repeats"

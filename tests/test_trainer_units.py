@@ -139,6 +139,29 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
         read_checkpoint(tmp_path)
 
 
+def test_the_best_checkpoint_outlives_pruning_until_another_is_best(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+
+    def commit(step: int) -> None:
+        store.staging(checkpoint_name(step))
+        store.commit(checkpoint_name(step), {"step": step})
+
+    def kept() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir() if (p / "trainer.json").exists())
+
+    commit(1)
+    assert store.mark_best(checkpoint_name(1)).meta == {"step": 1}
+    for step in (2, 3, 4):
+        commit(step)
+    assert kept() == [checkpoint_name(1), checkpoint_name(3), checkpoint_name(4)]
+    best = CheckpointStore(tmp_path, keep=2).best()  # the mark survives a restart
+    assert best is not None and best.name == checkpoint_name(1)
+    store.mark_best(checkpoint_name(4))
+    assert kept() == [checkpoint_name(3), checkpoint_name(4)], "the former best is an old checkpoint now"
+    with pytest.raises(ValueError, match="no committed checkpoint"):
+        store.mark_best(checkpoint_name(9))
+
+
 def test_trainer_config_checks_batch_sizes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="global_batch_pairs"):
         TrainerConfig(model=tmp_path, world_size=2, micro_batch_pairs=4, global_batch_pairs=4)

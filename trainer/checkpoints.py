@@ -6,6 +6,7 @@ Layout under the checkpoint root:
         step-000000042/        DeepSpeed's files (every rank's shards, optimizer and scheduler)
         trainer.json           the host's state: counters, policy version, trained pair ids, model
     LATEST                     the name of the newest committed checkpoint
+    BEST                       the name of the checkpoint marked best (kept however old it gets)
     .staging-step-…/           a write in progress (deleted on start: a crash left it)
 
 A checkpoint is written into a staging directory, fsynced, renamed into place, and only then named by
@@ -25,6 +26,7 @@ from typing import Any
 from mpo.durable import fsync, fsync_tree
 
 _POINTER = "LATEST"
+_BEST = "BEST"
 _STAGING = ".staging-"
 _META = "trainer.json"
 
@@ -76,6 +78,19 @@ class CheckpointStore:
         path.mkdir(parents=True)
         return path
 
+    def best(self) -> Checkpoint | None:
+        pointer = self.root / _BEST
+        return self.find(pointer.read_text().strip()) if pointer.exists() else None
+
+    def mark_best(self, name: str) -> Checkpoint:
+        """Name committed checkpoint `name` the best: pruning spares it until another is marked."""
+        checkpoint = self.find(name)
+        if checkpoint is None:
+            raise ValueError(f"no committed checkpoint {name}")
+        _write_pointer(self.root, _BEST, name)
+        self._prune(keep=name)  # the previous best may be pruned now
+        return checkpoint
+
     def commit(self, name: str, meta: dict[str, Any]) -> Checkpoint:
         current = self.latest()
         if current is not None and current.name == name:
@@ -87,16 +102,26 @@ class CheckpointStore:
         if final.exists():  # an older write of the same step that LATEST no longer names
             shutil.rmtree(final)
         os.replace(staging, final)
-        pointer_tmp = self.root / f"{_POINTER}.tmp"
-        pointer_tmp.write_text(name)
-        fsync(pointer_tmp)
-        os.replace(pointer_tmp, self.root / _POINTER)
-        fsync(self.root)
+        _write_pointer(self.root, _POINTER, name)
         self._prune(keep=name)
         return Checkpoint(final, meta)
 
     def _prune(self, keep: str) -> None:
+        """Delete all but the newest `self.keep` checkpoints, never `keep`, LATEST's or BEST's."""
+        spared = {keep}
+        for pointer in (_POINTER, _BEST):
+            if (self.root / pointer).exists():
+                spared.add((self.root / pointer).read_text().strip())
         committed = sorted(p for p in self.root.iterdir() if p.is_dir() and (p / _META).is_file())
         for old in committed[: max(0, len(committed) - self.keep)]:
-            if old.name != keep:
+            if old.name not in spared:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_pointer(root: Path, pointer: str, name: str) -> None:
+    """Replace the pointer file atomically (temporary file, fsync, rename, fsync the directory)."""
+    temporary = root / f"{pointer}.tmp"
+    temporary.write_text(name)
+    fsync(temporary)
+    os.replace(temporary, root / pointer)
+    fsync(root)

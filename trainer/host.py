@@ -140,29 +140,37 @@ class TrainerHost:
             self.state.reward_shift = outcome.steps[-1]["reward_shift"]
             return outcome
 
-    async def checkpoint(self, tag: str = "") -> Checkpoint:
+    async def checkpoint(self, tag: str = "", *, best: bool = False) -> Checkpoint:
+        """Commit the current state (or return the checkpoint that holds it); `best` also marks it the
+        run's best, which pruning keeps."""
         async with self.lock:
-            name = checkpoint_name(self.state.step)
-            latest = self.store.latest()
-            if latest is not None and latest.name == name and not self.journal:
-                return latest  # nothing trained since: that checkpoint is this state
-            staging = self.store.staging(name)
-            await self._call("save_checkpoint", str(staging), name)
-            meta = {
-                "tag": tag,
-                "model": str(Path(self.config.model).resolve()),
-                "world_size": self.config.world_size,
-                "strategy": self.config.strategy,
-                "step": self.state.step,
-                "round": self.state.round,
-                "policy_version": self.state.policy_version,
-                "reward_shift": self.state.reward_shift,
-                "trained_pair_ids": sorted(self.state.trained),
-                "written_at": time.time(),
-            }
-            committed = await asyncio.to_thread(self.store.commit, name, meta)
-            self.journal.clear()
+            committed = await self._checkpoint(tag)
+            if best:
+                await asyncio.to_thread(self.store.mark_best, committed.name)
             return committed
+
+    async def _checkpoint(self, tag: str) -> Checkpoint:
+        name = checkpoint_name(self.state.step)
+        latest = self.store.latest()
+        if latest is not None and latest.name == name and not self.journal:
+            return latest  # nothing trained since: that checkpoint is this state
+        staging = self.store.staging(name)
+        await self._call("save_checkpoint", str(staging), name)
+        meta = {
+            "tag": tag,
+            "model": str(Path(self.config.model).resolve()),
+            "world_size": self.config.world_size,
+            "strategy": self.config.strategy,
+            "step": self.state.step,
+            "round": self.state.round,
+            "policy_version": self.state.policy_version,
+            "reward_shift": self.state.reward_shift,
+            "trained_pair_ids": sorted(self.state.trained),
+            "written_at": time.time(),
+        }
+        committed = await asyncio.to_thread(self.store.commit, name, meta)
+        self.journal.clear()
+        return committed
 
     async def gather_weights(self, bucket_bytes: int) -> tuple[list[bytes], int, float]:
         """Full weights as safetensors blobs, their tensor count, and the seconds the gather took."""

@@ -179,8 +179,11 @@ class TrainerClient(ServiceClient):
         request = trainer_pb2.TrainRequest(pairs=pairs, round=round, epochs=epochs)
         return await self.stub.Train(request, **self._options(timeout))
 
-    async def checkpoint(self, tag: str = "", *, timeout: float | None = None) -> trainer_pb2.CheckpointResponse:
-        return await self.stub.Checkpoint(trainer_pb2.CheckpointRequest(tag=tag), **self._options(timeout))
+    async def checkpoint(
+        self, tag: str = "", *, best: bool = False, timeout: float | None = None
+    ) -> trainer_pb2.CheckpointResponse:
+        request = trainer_pb2.CheckpointRequest(tag=tag, best=best)
+        return await self.stub.Checkpoint(request, **self._options(timeout))
 
     async def publish_weights(
         self, version: int, transport: trainer_pb2.WeightTransport.ValueType, *, timeout: float | None = None

@@ -313,14 +313,14 @@ class RoundLoop:
         )
         record.finished_at = time.time()
         self.store.store_round(record)
-        self._update_run(record)
+        await self._update_run(record)
         self._phase(round_index, "done")
         if self.on_round is not None:
             self.on_round(record)
         log.info("run %s: round %d stored (version %d)", self.run_id, round_index, record.trained_policy_version)
         return record
 
-    def _update_run(self, record: common_pb2.RoundMetrics) -> None:
+    async def _update_run(self, record: common_pb2.RoundMetrics) -> None:
         run = self.store.get_run(self.run_id)
         if run is None:
             raise ValueError(f"run {self.run_id!r} is not in the store")
@@ -330,7 +330,9 @@ class RoundLoop:
         if record.eval_accuracy:
             accuracy = sum(record.eval_accuracy.values()) / len(record.eval_accuracy)
             if run.best_round == 0 or accuracy > run.best_eval_accuracy:
-                run.best_eval_accuracy, run.best_round = accuracy, record.round
+                # Nothing trained since this round's checkpoint: marking it keeps exactly these weights.
+                best = await self.clients.trainer.checkpoint(f"round-{record.round}", best=True)
+                run.best_eval_accuracy, run.best_round, run.best_checkpoint = accuracy, record.round, best.path
         self.store.put_run(run)
 
     async def evaluate(self) -> dict[str, float]:

@@ -74,7 +74,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
     async def Checkpoint(
         self, request: trainer_pb2.CheckpointRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.CheckpointResponse:
-        committed = await asyncio.shield(self.host.checkpoint(request.tag))
+        committed = await asyncio.shield(self.host.checkpoint(request.tag, best=request.best))
         return trainer_pb2.CheckpointResponse(
             path=str(committed.path), step=committed.meta["step"], round=committed.meta["round"]
         )

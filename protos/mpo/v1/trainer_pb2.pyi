@@ -42,10 +42,12 @@ class TrainResponse(_message.Message):
     def __init__(self, steps: _Optional[_Iterable[_Union[_common_pb2.StepMetrics, _Mapping]]] = ..., mean: _Optional[_Union[_common_pb2.StepMetrics, _Mapping]] = ..., pairs_already_trained: _Optional[int] = ..., pairs_truncated: _Optional[int] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("tag",)
+    __slots__ = ("tag", "best")
     TAG_FIELD_NUMBER: _ClassVar[int]
+    BEST_FIELD_NUMBER: _ClassVar[int]
     tag: str
-    def __init__(self, tag: _Optional[str] = ...) -> None: ...
+    best: bool
+    def __init__(self, tag: _Optional[str] = ..., best: _Optional[bool] = ...) -> None: ...
 
 class CheckpointResponse(_message.Message):
     __slots__ = ("path", "step", "round")
