@@ -28,6 +28,7 @@ from mpo.config import RunConfig
 from mpo.demo import demo_run_config, prepare
 from mpo.services.controller.embedded import run_embedded
 from mpo.services.controller.store import RunStore
+from mpo.v1 import controller_pb2
 
 _TERMS = {
     "mpo": {"preference": 0.8, "quality": 0.2, "generation": 1.0},
@@ -54,11 +55,21 @@ def variant_config(workdir: Path, variant: str, seed: int, rounds: int) -> RunCo
 
 
 def run_variant(workdir: Path, variant: str, seed: int, rounds: int) -> dict[str, Any]:
+    """Run one variant, or read it back when the bench store has it completed (an interrupted bench
+    continues where it stopped instead of repeating finished runs)."""
     config = variant_config(workdir, variant, seed, rounds)
-    started = time.perf_counter()
-    run_id, records = asyncio.run(run_embedded(config))
-    wall = time.perf_counter() - started
-    run = RunStore(config.store_dir).get_run(run_id)
+    store = RunStore(config.store_dir)
+    run_id = config.run_id or ""
+    stored = store.get_run(run_id)
+    wall: float | None = None
+    if stored is not None and stored.state == controller_pb2.RUN_STATE_COMPLETED and stored.current_round == rounds:
+        print(f"  {run_id}: completed earlier, read from the store", flush=True)
+        records = store.round_records(run_id)
+    else:
+        started = time.perf_counter()
+        run_id, records = asyncio.run(run_embedded(config))
+        wall = round(time.perf_counter() - started, 1)
+    run = store.get_run(run_id)
     assert run is not None and records, f"{run_id} produced no rounds"
     prompts = config.rounds.eval_prompts
     base, final = run.base_eval_accuracy, records[-1].eval_accuracy
@@ -86,7 +97,7 @@ def run_variant(workdir: Path, variant: str, seed: int, rounds: int) -> dict[str
         "pairs_per_second": round(pairs / (records[-1].finished_at - first_start), 3),
         "phase_share": {phase: round(seconds / rounds_time, 4) for phase, seconds in phases.items()},
         "staleness_max": max(r.staleness_max for r in records),
-        "wall_seconds_with_startup": round(wall, 1),
+        "wall_seconds_with_startup": wall,
     }
 
 

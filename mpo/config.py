@@ -22,6 +22,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _positive_weights(kind: str, weights: dict[str, float]) -> dict[str, float]:
+    for name, weight in weights.items():
+        if not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"weight of {kind} '{name}' must be a finite number > 0, got {weight}")
+    return weights
+
+
 class ObjectiveConfig(_Strict):
     """The MPO objective: L = Σ weight·term over the selected terms (paper weights by default)."""
 
@@ -40,10 +47,7 @@ class ObjectiveConfig(_Strict):
     def _weights_are_usable(cls, terms: dict[str, float]) -> dict[str, float]:
         if not terms:
             raise ValueError("select at least one of preference, quality, generation")
-        for name, weight in terms.items():
-            if not math.isfinite(weight) or weight <= 0:
-                raise ValueError(f"weight of term '{name}' must be a finite number > 0, got {weight}")
-        return terms
+        return _positive_weights("term", terms)
 
 
 class BootstrapConfig(_Strict):
@@ -267,6 +271,11 @@ class RoundsConfig(_Strict):
         "grpc_stream", description="How the trainer publishes weights to the rollout service."
     )
     seed: int = Field(0, description="Seeds the prompt order, sampling and pair selection of every round.")
+    task_mix: dict[str, float] = Field(
+        default_factory=dict,
+        description="Share of each round's prompts per task, as weights (e.g. {arith: 3, shapes: 1}); each "
+        "task is drawn from its own shuffled epochs. Empty: the prompt set's own proportions.",
+    )
     mode: Literal["sync", "async"] = Field(
         "sync",
         description="sync: each round samples from the weights the previous round published. async: rollout "
@@ -283,6 +292,11 @@ class RoundsConfig(_Strict):
         description="Times a round's service call is repeated when the service is unavailable (an actor "
         "restarting), with backoff (2 s doubling, at most 30 s), before the run fails.",
     )
+
+    @field_validator("task_mix")
+    @classmethod
+    def _mix_weights(cls, mix: dict[str, float]) -> dict[str, float]:
+        return _positive_weights("task", mix)
 
 
 ServiceName = Literal["rollout", "reward", "trainer", "controller"]

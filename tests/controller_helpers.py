@@ -4,13 +4,18 @@ so that its samples at temperature 1 are right on some prompts and wrong on othe
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
-from mpo.config import BootstrapConfig
+from mpo.config import BootstrapConfig, RewardConfig, RolloutConfig
 from mpo.data.records import PromptRecord
 from mpo.models.tiny import build_text_model
+from mpo.services.reward.service import RunningReward, start_reward
+from mpo.services.rollout.server import RunningRollout, start_rollout
+from mpo.services.trainer.service import RunningTrainer, start_trainer
 from mpo.trainer.sft import bootstrap
 from tests.rollout_helpers import CORPUS, SMALL
+from tests.test_trainer_deepspeed import config_for
 
 
 def sums(count: int, offset: int) -> list[PromptRecord]:
@@ -33,3 +38,34 @@ def bootstrapped_policy(root: Path) -> Path:
     )  # fmt: skip
     bootstrap(model, root / "base", sums(200, 0), sums(8, 500), demonstrate, config, progress=False)
     return root / "base"
+
+
+@dataclass
+class RoundServices:
+    """The three services a round needs, started in this process (Ray must be initialised)."""
+
+    rollout: RunningRollout
+    reward: RunningReward
+    trainer: RunningTrainer
+
+    async def stop(self) -> None:
+        await self.trainer.stop(0)
+        await self.reward.stop(0)
+        await self.rollout.stop(0)
+
+
+async def start_round_services(policy: Path, root: Path, *, global_batch_pairs: int) -> RoundServices:
+    """vLLM rollout (weight ledger under `root`), reward, and 2 DeepSpeed ranks publishing to the rollout."""
+    rollout = await start_rollout(
+        RolloutConfig(
+            model=policy, backend="vllm", dtype="float32", enforce_eager=True, max_model_len=256,
+            kv_cache_bytes=16 * 2**20, weights_dir=root / "ledger",
+        )
+    )  # fmt: skip
+    reward = await start_reward(RewardConfig(rollout_address=rollout.address))
+    trainer = await start_trainer(
+        config_for(
+            policy, root, rollout_address=rollout.address, global_batch_pairs=global_batch_pairs, micro_batch_pairs=4
+        )
+    )
+    return RoundServices(rollout, reward, trainer)

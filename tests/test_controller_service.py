@@ -21,19 +21,16 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mpo import failpoints
-from mpo.config import ControllerConfig, RewardConfig, RolloutConfig, ServerConfig
+from mpo.config import ControllerConfig, ServerConfig
 from mpo.data.loader import write_prompts_jsonl
 from mpo.services.common.clients import ControllerClient, TrainerClient
 from mpo.services.controller.embedded import follow_rounds
 from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.controller.store import RunStore
-from mpo.services.reward.service import start_reward
-from mpo.services.rollout.server import start_rollout
-from mpo.services.trainer.service import RunningTrainer, start_trainer
+from mpo.services.trainer.service import RunningTrainer
 from mpo.trainer.checkpoints import read_checkpoint
 from mpo.v1 import controller_pb2
-from tests.controller_helpers import bootstrapped_policy, sums
-from tests.test_trainer_deepspeed import config_for
+from tests.controller_helpers import bootstrapped_policy, start_round_services, sums
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -59,16 +56,8 @@ async def services(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> As
     # Ray's processes (the controller actor among them) inherit this: the failpoints file of the tests.
     os.environ[failpoints.ENV] = str(root / "failpoints")
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-controller-tests", log_to_driver=False)
-    rollout = await start_rollout(
-        RolloutConfig(
-            model=policy, backend="vllm", dtype="float32", enforce_eager=True, max_model_len=256,
-            kv_cache_bytes=16 * 2**20, weights_dir=root / "ledger",
-        )
-    )  # fmt: skip
-    reward = await start_reward(RewardConfig(rollout_address=rollout.address))
-    trainer = await start_trainer(
-        config_for(policy, root, rollout_address=rollout.address, global_batch_pairs=GLOBAL_BATCH, micro_batch_pairs=4)
-    )
+    running = await start_round_services(policy, root, global_batch_pairs=GLOBAL_BATCH)
+    rollout, reward, trainer = running.rollout, running.reward, running.trainer
     controller = await start_controller(
         ControllerConfig(server=ServerConfig(metrics_port=0)),
         root / "store",
@@ -80,9 +69,7 @@ async def services(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> As
     write_prompts_jsonl(sums(12, 900), root / "heldout.jsonl")
     yield Services(root, controller, trainer)
     await controller.stop()
-    await trainer.stop(0)
-    await reward.stop(0)
-    await rollout.stop(0)
+    await running.stop()
     ray.shutdown()
     del os.environ[failpoints.ENV]
 

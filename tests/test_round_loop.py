@@ -14,16 +14,13 @@ import pytest
 import pytest_asyncio
 import ray
 
-from mpo.config import RewardConfig, RolloutConfig, RoundsConfig
+from mpo.config import RoundsConfig
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.services.controller.loop import RoundLoop, ServiceClients
 from mpo.services.controller.store import RunStore
-from mpo.services.reward.service import start_reward
-from mpo.services.rollout.server import RunningRollout, start_rollout
-from mpo.services.trainer.service import start_trainer
+from mpo.services.rollout.server import RunningRollout
 from mpo.v1 import controller_pb2
-from tests.controller_helpers import bootstrapped_policy, sums
-from tests.test_trainer_deepspeed import config_for
+from tests.controller_helpers import bootstrapped_policy, start_round_services, sums
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -39,25 +36,15 @@ async def services(
 ) -> AsyncIterator[tuple[ServiceClients, RunningRollout]]:
     root = tmp_path_factory.mktemp("round-loop")
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-round-loop-tests", log_to_driver=False)
-    rollout = await start_rollout(
-        RolloutConfig(
-            model=policy, backend="vllm", dtype="float32", enforce_eager=True, max_model_len=256,
-            kv_cache_bytes=16 * 2**20, weights_dir=root / "ledger",
-        )
-    )  # fmt: skip
-    reward = await start_reward(RewardConfig(rollout_address=rollout.address))
-    trainer = await start_trainer(
-        config_for(policy, root, rollout_address=rollout.address, global_batch_pairs=16, micro_batch_pairs=4)
-    )
+    running = await start_round_services(policy, root, global_batch_pairs=16)
+    rollout, reward, trainer = running.rollout, running.reward, running.trainer
     async with (
         RolloutClient(rollout.address, timeout=600) as rollout_client,
         RewardClient(reward.address, timeout=600) as reward_client,
         TrainerClient(trainer.address, timeout=600) as trainer_client,
     ):
         yield ServiceClients(rollout_client, reward_client, trainer_client), rollout
-    await trainer.stop(0)
-    await reward.stop(0)
-    await rollout.stop(0)
+    await running.stop()
     ray.shutdown()
 
 

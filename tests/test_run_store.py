@@ -153,3 +153,17 @@ def test_the_prompt_order_is_a_seeded_sequence_of_shuffled_epochs() -> None:
     assert sorted(drawn[10:20]) == sorted(r.id for r in records)
     assert drawn[:10] != drawn[10:20], "each epoch is shuffled anew"
     assert [r.id for r in PromptSampler(records, per_round=4, seed=3).round(4)] == drawn[12:16], "resumable"
+
+
+def test_a_task_mix_fixes_each_rounds_share_per_task() -> None:
+    other = [r.model_copy(update={"id": f"o{i}", "task": "other"}) for i, r in enumerate(sums(7, 50))]
+    sampler = PromptSampler(sums(10, 0) + other, per_round=5, seed=1, mix={"arith": 3, "other": 2})
+    rounds = [sampler.round(k) for k in range(1, 8)]
+    assert all([r.task for r in drawn] == ["arith"] * 3 + ["other"] * 2 for drawn in rounds)
+    others = [r.id for drawn in rounds[:7] for r in drawn if r.task == "other"]
+    assert sorted(others[:7]) == sorted(r.id for r in other), "each task has its own epochs"
+    assert sampler.round(6) == PromptSampler(
+        sums(10, 0) + other, per_round=5, seed=1, mix={"arith": 3, "other": 2}
+    ).round(6)
+    with pytest.raises(ValueError, match="task_mix names tasks without prompts: shapes"):
+        PromptSampler(sums(10, 0), per_round=5, seed=1, mix={"shapes": 1.0})

@@ -12,8 +12,6 @@ import asyncio
 import logging
 import math
 import os
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from mpo.config import RunConfig
 from mpo.data.loader import load_prompts
 from mpo.services.common.clients import ControllerClient
 from mpo.services.common.hosting import RunningService
+from mpo.services.controller.runs import new_run_id
 from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.controller.store import RunStore
 from mpo.services.reward.service import start_reward
@@ -79,7 +78,7 @@ async def run_embedded(
         load_prompts(prompts, on_bad_row=skip)
     assert config.rollout is not None and config.trainer is not None  # require_runnable
     config = _absolute_data(config)
-    run_id = config.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = config.run_id or new_run_id()
     finished = RunStore(config.store_dir).round_records(run_id)
     next_round = finished[-1].round + 1 if finished else 1
     rollout_config = config.rollout

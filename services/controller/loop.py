@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -54,25 +54,53 @@ def to_prompt(record: PromptRecord) -> common_pb2.Prompt:
 
 class PromptSampler:
     """Round k's prompts: the next `per_round` of an endless sequence of seeded shuffles of the set, so a
-    resumed run draws exactly the prompts it would have drawn."""
+    resumed run draws exactly the prompts it would have drawn. With a task `mix`, each round takes a
+    fixed share of prompts per task (largest remainders), each task from its own shuffled epochs."""
 
-    def __init__(self, records: Sequence[PromptRecord], *, per_round: int, seed: int) -> None:
+    def __init__(
+        self, records: Sequence[PromptRecord], *, per_round: int, seed: int, mix: Mapping[str, float] | None = None
+    ) -> None:
         if not records:
             raise ValueError("the prompt set is empty")
-        self.records, self.per_round, self.seed = list(records), per_round, seed
+        self.per_round, self.seed = per_round, seed
+        if not mix:
+            self.pools = {"": list(records)}
+            self.counts = {"": per_round}
+            return
+        by_task: dict[str, list[PromptRecord]] = {}
+        for record in records:
+            by_task.setdefault(record.task, []).append(record)
+        missing = sorted(set(mix) - set(by_task))
+        if missing:
+            raise ValueError(
+                f"task_mix names tasks without prompts: {', '.join(missing)} (have: {', '.join(sorted(by_task))})"
+            )
+        self.pools = {task: by_task[task] for task in mix}
+        self.counts = _apportion(per_round, mix)
 
-    def _epoch(self, index: int) -> list[PromptRecord]:
-        order = list(self.records)
-        random.Random(f"{self.seed}-{index}").shuffle(order)
+    def _epoch(self, pool: str, index: int) -> list[PromptRecord]:
+        order = list(self.pools[pool])
+        random.Random(f"{self.seed}-{pool}-{index}" if pool else f"{self.seed}-{index}").shuffle(order)
         return order
 
     def round(self, round_index: int) -> list[PromptRecord]:
-        start = (round_index - 1) * self.per_round
-        size = len(self.records)
         drawn = []
-        for position in range(start, start + self.per_round):
-            drawn.append(self._epoch(position // size)[position % size])
+        for pool, count in self.counts.items():
+            size = len(self.pools[pool])
+            for position in range((round_index - 1) * count, round_index * count):
+                drawn.append(self._epoch(pool, position // size)[position % size])
         return drawn
+
+
+def _apportion(total: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """`total` split in proportion to `weights`, whole numbers that add up (largest remainders)."""
+    scale = sum(weights.values())
+    exact = {key: total * weight / scale for key, weight in weights.items()}
+    counts = {key: int(share) for key, share in exact.items()}
+    by_remainder = sorted(exact, key=lambda key: exact[key] - counts[key], reverse=True)
+    for key in by_remainder[: total - sum(counts.values())]:
+        counts[key] += 1
+    return counts
 
 
 @contextmanager
@@ -150,7 +178,7 @@ class RoundLoop:
         self.run_id, self.config, self.store, self.clients = run_id, config, store, clients
         self.on_round, self.on_phase = on_round, on_phase
         self.control = control or RunControl()
-        self.sampler = PromptSampler(train, per_round=config.prompts_per_round, seed=config.seed)
+        self.sampler = PromptSampler(train, per_round=config.prompts_per_round, seed=config.seed, mix=config.task_mix)
         self.heldout = [to_prompt(r) for r in heldout[: config.eval_prompts]]
 
     @property

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 _LIVE = (controller_pb2.RUN_STATE_RUNNING, controller_pb2.RUN_STATE_PAUSED)
 
 
+def new_run_id() -> str:
+    """A readable, unique run id: when it started, plus a random suffix."""
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def parse_run_config(config_yaml: str) -> RunConfig:
     """A StartRun config, or INVALID_ARGUMENT naming every offending field under `config_yaml`."""
     try:
@@ -84,7 +89,7 @@ class RunManager:
     async def start(self, config_yaml: str, run_id: str = "") -> controller_pb2.Run:
         """Start `run_id` (generated when empty), or resume it when the store has it."""
         config = parse_run_config(config_yaml)
-        run_id = run_id or config.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run_id = run_id or config.run_id or new_run_id()
         if self.active is not None:
             if self.active.run_id == run_id:
                 return self.get(run_id)
@@ -113,7 +118,10 @@ class RunManager:
             raise InvalidRequest("config_yaml", f"data: {error}") from error
         if not train:
             raise InvalidRequest("config_yaml", f"data.train: {config.data.train} has no prompts")
-        return RoundLoop(run_id, config.rounds, self.store, self.clients, train, heldout, control=RunControl())
+        try:
+            return RoundLoop(run_id, config.rounds, self.store, self.clients, train, heldout, control=RunControl())
+        except ValueError as error:  # a task mix the prompts cannot serve
+            raise InvalidRequest("config_yaml", f"rounds.{error}") from error
 
     def _launch(self, loop: RoundLoop) -> None:
         active = ActiveRun(loop.run_id, loop.control)
