@@ -216,15 +216,16 @@ async def test_controller_killed_after_rollout_after_commit_after_publish_and_mi
     """SIGKILL of the controller at each point of a sync round (failpoints: exactly there), and once more
     while a Train call is in flight; every restart continues the run from the store."""
     steps_before = await trainer_step(services)
-    cancelled_before = services.trainer.server.metrics.count("/mpo.v1.TrainerService/Train", "CANCELLED")
     services.failpoints.write_text("controller.after_rollout\ncontroller.after_commit\ncontroller.after_publish\n")
     # A spy on the (in-process) trainer host: the last kill lands while it trains round 3.
     host = services.trainer.service.host
     training_round_3 = asyncio.Event()
+    round_3_calls: list[int] = []
     real_train = host.train
 
     async def train_and_tell(pairs: object, round_index: int, epochs: int) -> object:
         if round_index == 3:
+            round_3_calls.append(round_index)
             training_round_3.set()
         return await real_train(pairs, round_index, epochs)  # type: ignore[arg-type]
 
@@ -240,8 +241,7 @@ async def test_controller_killed_after_rollout_after_commit_after_publish_and_mi
     run = await client.get_run("crashes")
     assert run.state == controller_pb2.RUN_STATE_COMPLETED
     assert [r.round for r in records] == [1, 2, 3, 4], "round numbers continue without gaps or repeats"
-    cancelled = services.trainer.server.metrics.count("/mpo.v1.TrainerService/Train", "CANCELLED")
-    assert cancelled == cancelled_before + 1, "the last kill landed while round 3 was training"
+    assert len(round_3_calls) == 2, "the controller died before round 3 counted as trained; its successor resent it"
     pairs = [len(services.store.committed_pairs("crashes", r)) for r in range(1, 5)]
     assert services.store.pair_count("crashes") == sum(pairs) > 0, "no committed pair lost"
     assert len(services.store.pair_staleness("crashes")) == sum(pairs), "every committed pair trained"

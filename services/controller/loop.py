@@ -308,7 +308,9 @@ class RoundLoop:
         trainer = self.clients.trainer
         self._phase(round_index, "train")
         with _timed(timings, "train"):
-            held = (await trainer.status()).policy_version  # the weights that train on these pairs
+            # The weights that train on these pairs are the ones serving: the trainer's own counter lags
+            # after a restart from a checkpoint (checkpoints are taken before publishing).
+            held = (await self.clients.rollout.status()).policy_version
             if pairs:
                 response = await trainer.train(pairs, round=round_index, epochs=self.config.epochs)
                 if response.steps:  # none when a restarted controller repeats a round trained before

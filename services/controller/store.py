@@ -281,7 +281,7 @@ class RunStore:
         """Per trained pair (of one round, or all): versions between the samples it was built from and
         the weights that trained on it."""
         query = (
-            "SELECT pair_id, trained_version - policy_version FROM pairs "
+            "SELECT pair_id, MAX(0, trained_version - policy_version) FROM pairs "
             "WHERE run_id = ? AND trained_version IS NOT NULL"
         )
         arguments: tuple[object, ...] = (run_id,)
