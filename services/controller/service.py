@@ -145,9 +145,6 @@ class RunningController:
         """The actor's current process (it changes when Ray restarts the actor)."""
         return int((await self.actor.describe.remote())["pid"])
 
-    def ready_event(self) -> dict[str, object]:
-        return {"event": "serving", "service": "controller", "address": self.address, "store": str(self.store_dir)}
-
     async def stop(self, grace: float | None = None) -> None:
         try:
             await self.actor.shutdown.remote()
