@@ -18,6 +18,13 @@ TermName = Literal["preference", "quality", "generation"]
 TRL_LOSS_TYPE: dict[str, str] = {"preference": "sigmoid", "quality": "bco_pair", "generation": "sft"}
 
 
+def _known_names(kind: str, by_task: dict[str, str], known: list[str]) -> dict[str, str]:
+    for task, name in by_task.items():
+        if name not in known:
+            raise ValueError(f"task '{task}': unknown {kind} '{name}'; known: {', '.join(sorted(known))}")
+    return by_task
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -184,6 +191,12 @@ class RewardConfig(_Strict):
         default_factory=lambda: {"arith": "numeric", "shapes": "auto"},
         description="Verifier per task (see services/reward/verifiers.py); tasks not listed use 'auto'.",
     )
+    task_step_checks: dict[str, str] = Field(
+        default_factory=dict,
+        description="Step check per task (see services/reward/step_checks.py): a sample whose final answer "
+        "matches but whose rationale fails it is labelled wrong (VERDICT_WRONG_STEP). Off by default, as in "
+        "the paper; the demo maps arith to 'arith_steps'.",
+    )
     max_pairs_per_prompt: int = Field(15, ge=1, description="Cap K on correctness pairs per prompt (seeded sample).")
     dropout_prefix_fraction: float = Field(
         0.5, gt=0, lt=1, description="Fraction of the chosen answer's words kept as the DropoutNTP prefix."
@@ -195,6 +208,20 @@ class RewardConfig(_Strict):
     continuation_max_tokens: int = Field(256, ge=1, description="Most tokens of a DropoutNTP continuation.")
     scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
     server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @field_validator("task_verifiers")
+    @classmethod
+    def _known_verifiers(cls, names: dict[str, str]) -> dict[str, str]:
+        from mpo.services.reward.verifiers import AUTO, VERIFIERS
+
+        return _known_names("verifier", names, [*VERIFIERS, AUTO])
+
+    @field_validator("task_step_checks")
+    @classmethod
+    def _known_step_checks(cls, names: dict[str, str]) -> dict[str, str]:
+        from mpo.services.reward.step_checks import STEP_CHECKS
+
+        return _known_names("step check", names, list(STEP_CHECKS))
 
 
 class TrainerConfig(_Strict):

@@ -62,7 +62,9 @@ async def start_round_services(policy: Path, root: Path, *, global_batch_pairs: 
             kv_cache_bytes=16 * 2**20, weights_dir=root / "ledger",
         )
     )  # fmt: skip
-    reward = await start_reward(RewardConfig(rollout_address=rollout.address))
+    reward = await start_reward(
+        RewardConfig(rollout_address=rollout.address, task_step_checks={"arith": "arith_steps"})
+    )
     trainer = await start_trainer(
         config_for(
             policy, root, rollout_address=rollout.address, global_batch_pairs=global_batch_pairs, micro_batch_pairs=4

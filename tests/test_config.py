@@ -41,6 +41,8 @@ def test_yaml_overrides_and_empty_file(tmp_path: Path) -> None:
         ("objective: {terms: {quality: -1}}", "objective.terms", "'quality' must be a finite number > 0"),
         ("objective: {betta: 0.2}", "objective.betta", "Extra inputs are not permitted"),
         ("objectiv: {}", "objectiv", "Extra inputs are not permitted"),
+        ("reward: {task_step_checks: {arith: steps}}", "reward.task_step_checks", "unknown step check 'steps'"),
+        ("reward: {task_verifiers: {arith: numerc}}", "reward.task_verifiers", "unknown verifier 'numerc'"),
     ],
 )
 def test_invalid_values_name_the_field(tmp_path: Path, yaml_text: str, field: str, reason: str) -> None:

@@ -107,6 +107,40 @@ async def test_build_pairs_correctness_cap_seed_and_skips(services) -> None:
     assert (first.stats.prompts_all_correct, first.stats.prompts_all_wrong, first.stats.pairs_correctness) == (1, 1, 4)
 
 
+async def test_step_check_labels_lucky_answers_wrong_and_keeps_them_out_of_pairs(services) -> None:
+    """A second reward service, with the arith step check on: a right final answer reached through a false
+    step is VERDICT_WRONG_STEP, counted as wrong, never chosen (and, as it states the truth, never rejected)."""
+    checked = await start_reward(RewardConfig(task_step_checks={"arith": "arith_steps"}))
+    lucky = "12 + 7 = 18. Final answer: 19"
+    samples = [
+        sample("a", 0, RIGHT),
+        sample("a", 1, lucky),
+        sample("a", 2, WRONG),
+        sample("a", 3, "7 + 12 = 19. Final answer: 19"),
+    ]
+    try:
+        async with RewardClient(checked.address) as client:
+            scores = (await client.score([arith("a")], samples)).scores
+            built = await client.build_pairs([arith("a")], samples, round=1)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.score([common_pb2.Prompt(id="x", question="What is twelve?", task="arith", answer="12")],
+                                   [sample("x", 0, RIGHT)])  # fmt: skip
+    finally:
+        await checked.stop(0)
+    assert [s.verdict for s in scores] == [
+        reward_pb2.VERDICT_CORRECT, reward_pb2.VERDICT_WRONG_STEP, reward_pb2.VERDICT_WRONG, reward_pb2.VERDICT_CORRECT,
+    ]  # fmt: skip
+    assert (built.stats.correct, built.stats.wrong, built.stats.wrong_step) == (2, 2, 1)
+    assert sorted((p.provenance.chosen_sample_index, p.provenance.rejected_sample_index) for p in built.pairs) == [
+        (0, 2), (3, 2),
+    ]  # fmt: skip
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith("prompts[0].question: step check 'arith_steps': no arithmetic")
+    async with RewardClient(services[1].address) as client:  # the service without the check is unchanged
+        unchecked = (await client.score([arith("a")], samples)).scores
+    assert unchecked[1].verdict == reward_pb2.VERDICT_CORRECT
+
+
 async def test_dropout_ntp_continues_the_prefix_without_the_image(services) -> None:
     _, reward = services
     scene = common_pb2.Prompt(

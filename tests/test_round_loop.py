@@ -15,11 +15,14 @@ import pytest_asyncio
 import ray
 
 from mpo.config import RoundsConfig
+from mpo.data.tasks.arith import derivation_holds, question_expression
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
-from mpo.services.controller.loop import RoundLoop, ServiceClients
+from mpo.services.controller.loop import RoundLoop, ServiceClients, to_prompt
 from mpo.services.controller.store import RunStore
+from mpo.services.reward.answers import extract_final_answer
+from mpo.services.reward.verify import answers_match
 from mpo.services.rollout.server import RunningRollout
-from mpo.v1 import controller_pb2
+from mpo.v1 import common_pb2, controller_pb2
 from tests.controller_helpers import bootstrapped_policy, start_round_services, sums
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -77,6 +80,16 @@ async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp
         assert record.labels.samples == 8 * 4
     run = store.get_run("demo")
     assert run is not None and run.current_round == 2 and run.policy_version == versions[-1]
+    # The reward service checks arith steps: every chosen answer is a valid derivation ...
+    for pair in (p for r in records for p in store.committed_pairs("demo", r.round)):
+        rationale = extract_final_answer(pair.chosen).rationale
+        assert derivation_holds(question_expression(pair.prompt.question), rationale), pair.chosen
+    # ... while evaluation stays final-answer accuracy, recomputed here from the same greedy samples.
+    greedy = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=config.max_tokens)
+    samples = (await clients.rollout.generate([to_prompt(r) for r in heldout], greedy)).samples
+    answers = [extract_final_answer(s.text).answer for s in samples]
+    right = sum(a is not None and answers_match(a, r.answer or "", None) for a, r in zip(answers, heldout, strict=True))
+    assert records[-1].eval_accuracy["arith"] == right / len(heldout)
 
     # The controller stops right after committing round 3 (simulated in-process: `_finish` raises; the
     # kill -9 tests of the controller belong with its service). The next run finishes that round from

@@ -15,6 +15,7 @@ from PIL import Image
 
 from mpo.data.records import PromptRecord
 from mpo.data.tasks import TASKS, make_splits
+from mpo.data.tasks.arith import derivation_holds, question_expression, render
 from mpo.data.tasks.scenes import CANVAS, COLOURS, SIZE_RANGE
 from mpo.services.reward.answers import extract_final_answer
 from mpo.services.reward.verify import answers_match
@@ -271,6 +272,38 @@ def test_arith_demonstrations_use_other_orders_than_the_textbook_one() -> None:
         steps = [f"{a} {op} {b} = {c}" for a, op, b, c in re.findall(r"(\d+) ([+\-*]) (\d+) = (\d+)", demo)]
         other_orders += steps != r.meta["steps"]
     assert other_orders >= len(records) // 3
+
+
+LUCKY_ANSWERS = [  # right final answers from the demo's own samples, reached through a wrong derivation
+    ("What is 11 + 4 * 4?", "4 * 4 = 16. Finally, 10 + 17 = 27."),  # operands the expression does not hold
+    ("Compute 2 + 24 + 6.", "24 + 24 = 48. So 28 + 4 = 32."),
+    ("What is 7 * 6 - 4?", "First, 7 * 6 = 48. Finally, 48 - 4 = 38."),  # a false product
+    ("What is 7 * 6 - 4?", "6 * 7 = 42."),  # stops before the last operation
+    ("What is 7 * 6 - 4?", "6 * 7 = 42. 4 - 42 = 38."),  # a difference with its operands swapped
+    ("What is 56 + 7 - 5 - 7?", "56 + 7 = 63. Then 63 - 7 = 51. So 61 - 7 = 51."),
+]
+
+
+def test_arith_derivation_check_accepts_every_demonstration_and_rejects_wrong_ones() -> None:
+    task = TASKS["arith"]
+    for r in task.generate(400, 13, None):
+        expr = question_expression(r.question)
+        assert render(expr) == r.meta["expression"]
+        for seed in range(3):
+            demo = task.demonstration(r, random.Random(seed))
+            assert demo is not None
+            rationale = demo.split("Final answer:")[0]
+            assert derivation_holds(expr, rationale), demo
+            first = re.search(r"= (\d+)", rationale)
+            assert first is not None
+            off_by_one = rationale[: first.start(1)] + str(int(first[1]) + 1) + rationale[first.end(1) :]
+            assert not derivation_holds(expr, off_by_one), off_by_one
+            assert not derivation_holds(expr, rationale.rsplit(" = ", 1)[0]), "the last step is missing"
+    assert derivation_holds(question_expression("What is 7 * 6 - 4?"), "6 * 7 = 42. 42 - 4 = 38.")
+    for question, rationale in LUCKY_ANSWERS:
+        assert not derivation_holds(question_expression(question), rationale), rationale
+    with pytest.raises(ValueError, match="no arithmetic expression"):
+        question_expression("What colour is the square?")
 
 
 def test_describe_has_no_ground_truth(tmp_path: Path) -> None:

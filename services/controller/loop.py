@@ -35,6 +35,8 @@ from mpo.v1 import common_pb2, reward_pb2, trainer_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Verdicts whose final answer matches the ground truth (a failed step check still got the answer).
+_FINAL_ANSWER_RIGHT = (reward_pb2.VERDICT_CORRECT, reward_pb2.VERDICT_WRONG_STEP)
 
 _TRANSPORTS = {
     "grpc_stream": trainer_pb2.WEIGHT_TRANSPORT_GRPC_STREAM,
@@ -366,7 +368,8 @@ class RoundLoop:
         self.store.put_run(run)
 
     async def evaluate(self) -> dict[str, float]:
-        """Greedy held-out accuracy per task, judged by the reward service's verifiers."""
+        """Greedy held-out accuracy per task, judged by the reward service's verifiers: final-answer
+        accuracy, so a step check that makes labelling stricter does not move the yardstick."""
         greedy = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=self.config.max_tokens)
         correct, total = Counter[str](), Counter[str]()
         for start in range(0, len(self.heldout), 64):
@@ -376,5 +379,5 @@ class RoundLoop:
             task_of = {p.id: p.task for p in batch}
             for score in scores:
                 total[task_of[score.prompt_id]] += 1
-                correct[task_of[score.prompt_id]] += score.verdict == reward_pb2.VERDICT_CORRECT
+                correct[task_of[score.prompt_id]] += score.verdict in _FINAL_ANSWER_RIGHT
         return {task: correct[task] / total[task] for task in total}

@@ -25,6 +25,8 @@ class Extraction:
     answer: str | None
     #: Why the response is unparsable; None when `answer` is set.
     problem: str | None = None
+    #: The text before the last "Final answer:" (empty when unparsable).
+    rationale: str = ""
 
     @property
     def parsable(self) -> bool:
@@ -44,7 +46,7 @@ def extract_final_answer(response: str) -> Extraction:
     answer = _unwrap(tail)
     if not answer:
         return Extraction(None, "empty final answer")
-    return Extraction(answer)
+    return Extraction(answer, rationale=rationale)
 
 
 def _unwrap(answer: str) -> str:

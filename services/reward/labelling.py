@@ -21,6 +21,7 @@ from mpo.services.reward.pairs import (
     LabelledSample,
     correctness_pairs,
 )
+from mpo.services.reward.step_checks import STEP_CHECKS, StepCheck
 from mpo.services.reward.verifiers import AUTO, verify_with
 from mpo.v1 import common_pb2, reward_pb2
 
@@ -43,6 +44,7 @@ class Tally:
     correct: int = 0
     wrong: int = 0
     unparsable: int = 0
+    wrong_step: int = 0
     prompts_all_correct: int = 0
     prompts_all_wrong: int = 0
     pairs_correctness: int = 0
@@ -71,6 +73,7 @@ _COUNT_FIELDS = (
     "correct",
     "wrong",
     "unparsable",
+    "wrong_step",
     "prompts_all_correct",
     "prompts_all_wrong",
     "pairs_correctness",
@@ -87,7 +90,7 @@ class LabelledBatch:
 
 
 def _score(
-    prompt: common_pb2.Prompt, field_name: str, sample: common_pb2.Sample, verifier: str
+    prompt: common_pb2.Prompt, field_name: str, sample: common_pb2.Sample, verifier: str, step_check: StepCheck | None
 ) -> tuple[reward_pb2.SampleScore, LabelledSample]:
     extraction = extract_final_answer(sample.text)
     score = reward_pb2.SampleScore(
@@ -103,8 +106,15 @@ def _score(
         correct, used = verify_with(verifier, extraction.answer, prompt.answer, list(prompt.choices) or None)
     except ValueError as exc:  # the ground truth itself is unusable: the client's data, not the sample
         raise InvalidRequest(f"{field_name}.answer", str(exc)) from exc
-    score.verdict = reward_pb2.VERDICT_CORRECT if correct else reward_pb2.VERDICT_WRONG
     score.verifier = used
+    score.verdict = reward_pb2.VERDICT_CORRECT if correct else reward_pb2.VERDICT_WRONG
+    if correct and step_check is not None:
+        try:
+            steps_hold = step_check.check(prompt.question, extraction.rationale)
+        except ValueError as exc:
+            raise InvalidRequest(f"{field_name}.question", f"step check {step_check.name!r}: {exc}") from exc
+        if not steps_hold:
+            score.verdict, correct = reward_pb2.VERDICT_WRONG_STEP, False
     return score, LabelledSample(sample.index, sample.text, extraction.answer, correct)
 
 
@@ -113,6 +123,7 @@ def label_batch(
     samples: Sequence[common_pb2.Sample],
     *,
     task_verifiers: Mapping[str, str],
+    task_step_checks: Mapping[str, str],
     build_pairs: bool,
     max_pairs: int,
     seed: int,
@@ -129,9 +140,11 @@ def label_batch(
     tally = result.tally
     for position, prompt in prompts:
         verifier = task_verifiers.get(prompt.task, AUTO)
+        step_check = STEP_CHECKS[task_step_checks[prompt.task]] if prompt.task in task_step_checks else None
         labelled, versions = [], {}
         for sample in by_prompt[prompt.id]:
-            score, label = _score(prompt, f"prompts[{position}]", sample, verifier)
+            score, label = _score(prompt, f"prompts[{position}]", sample, verifier, step_check)
+            tally.wrong_step += score.verdict == reward_pb2.VERDICT_WRONG_STEP
             result.scores[(sample.prompt_id, sample.index)] = score
             labelled.append(label)
             versions[sample.index] = sample.policy_version

@@ -29,8 +29,8 @@ class LabellingWorker:
     """Deployed with `ray.remote`; returns a client error as a value (it must cross the actor boundary
     intact, with its field and code)."""
 
-    def __init__(self, task_verifiers: dict[str, str]) -> None:
-        self.task_verifiers = task_verifiers
+    def __init__(self, task_verifiers: dict[str, str], task_step_checks: dict[str, str]) -> None:
+        self.task_verifiers, self.task_step_checks = task_verifiers, task_step_checks
 
     def label(
         self,
@@ -39,7 +39,13 @@ class LabellingWorker:
         options: dict[str, Any],
     ) -> LabelledBatch | InvalidRequest:
         try:
-            return label_batch(prompts, samples, task_verifiers=self.task_verifiers, **options)
+            return label_batch(
+                prompts,
+                samples,
+                task_verifiers=self.task_verifiers,
+                task_step_checks=self.task_step_checks,
+                **options,
+            )
         except InvalidRequest as error:
             return error
 
@@ -163,7 +169,7 @@ class RunningReward:
 
 async def start_reward(config: RewardConfig) -> RunningReward:
     remote = ray.remote(LabellingWorker).options(num_cpus=0, max_restarts=-1)
-    workers = [remote.remote(dict(config.task_verifiers)) for _ in range(config.workers)]
+    workers = [remote.remote(dict(config.task_verifiers), dict(config.task_step_checks)) for _ in range(config.workers)]
     rollout = RolloutClient(config.rollout_address, timeout=600) if config.rollout_address else None
     service = RewardService(config, workers, rollout, await asyncio.to_thread(create_scorer, config.scorer))
     server = ServiceServer(config.server, [bind(service)], name="reward")

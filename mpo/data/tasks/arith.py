@@ -11,8 +11,10 @@ parenthesised `Sum` with at least two terms. `meta["tree"]` keeps that structure
 
 from __future__ import annotations
 
+import ast
 import copy
 import random
+import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -307,6 +309,82 @@ def phrase(steps: list[str], answer: str, rng: random.Random) -> str:
             lead = rng.choice(MIDDLE_WORDS)
         parts.append(f"{lead}{step}.")
     return " ".join(parts) + f"\nFinal answer: {answer}"
+
+
+# --- checking a derivation --------------------------------------------------------------------------
+
+#: A step as demonstrations write it: "a op b = c" with plain integers.
+STEP_RE = re.compile(r"(?<![\d.])(\d+) ([-+*]) (\d+) = (\d+)(?![\d.]\d)")
+#: The expression inside a question ("What is 3 + 4 * 2?"): the longest run of digits, operators,
+#: parentheses and spaces that holds an operator.
+_EXPRESSION_RE = re.compile(r"[\d(][\d\s+\-*()]*[\d)]")
+
+
+def _sum_from_ast(node: ast.expr) -> list[Term]:
+    """+ and - associate to the left, so a +/- expression as a right operand was parenthesised."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+        return [
+            *_sum_from_ast(node.left),
+            Term(1 if isinstance(node.op, ast.Add) else -1, _factors_from_ast(node.right)),
+        ]
+    return [Term(1, _factors_from_ast(node))]
+
+
+def _factors_from_ast(node: ast.expr) -> list[int | Sum]:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        return [*_factors_from_ast(node.left), *_factors_from_ast(node.right)]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+        return [Sum(_sum_from_ast(node))]
+    if isinstance(node, ast.Constant) and type(node.value) is int and node.value >= 0:
+        return [node.value]
+    raise ValueError(f"not an arith expression: {ast.unparse(node)!r}")
+
+
+def parse_expression(text: str) -> Sum:
+    """The tree of an expression as `render` writes it (ValueError for anything else)."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"not an arith expression: {text!r}") from exc
+    return Sum(_sum_from_ast(node))
+
+
+def question_expression(question: str) -> Sum:
+    """The expression an arith question asks for (ValueError when it holds none)."""
+    runs = [m[0] for m in _EXPRESSION_RE.finditer(question) if any(op in m[0] for op in "+-*")]
+    if not runs:
+        raise ValueError(f"no arithmetic expression in the question {question!r}")
+    return parse_expression(max(runs, key=len))
+
+
+def _matches(move: _Move, a: int, op: str, b: int, result: int) -> bool:
+    _, got, text = _outcome(move)
+    stated = {f"{a} {op} {b}"} | ({f"{b} {op} {a}"} if op in "+*" else set())
+    return got == result and text in stated
+
+
+def _replays(state: Sum, steps: list[tuple[int, str, int, int]]) -> bool:
+    if not steps:
+        return _done(state)
+    a, op, b, result = steps[0]
+    for k, move in enumerate(_moves(state)):
+        if not _matches(move, a, op, b, result):
+            continue
+        branch = copy.deepcopy(state)
+        _apply(_moves(branch)[k])  # the same move, found again in the copy
+        _collapse(branch)
+        if _replays(branch, steps[1:]):
+            return True
+    return False
+
+
+def derivation_holds(expr: Sum, rationale: str) -> bool:
+    """Whether the rationale's steps, in order, are a complete valid evaluation of `expr`: each combines
+    two numbers the expression holds at that point (as `_moves` allows) and states the right result.
+    A right final answer reached any other way (a false step, an operand that is not there, a skipped
+    operation) does not hold."""
+    steps = [(int(a), op, int(b), int(c)) for a, op, b, c in STEP_RE.findall(rationale)]
+    return _replays(copy.deepcopy(expr), steps)
 
 
 # --- the task ---------------------------------------------------------------------------------------

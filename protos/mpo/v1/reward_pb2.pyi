@@ -15,11 +15,13 @@ class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERDICT_WRONG: _ClassVar[Verdict]
     VERDICT_UNPARSABLE: _ClassVar[Verdict]
     VERDICT_NO_GROUND_TRUTH: _ClassVar[Verdict]
+    VERDICT_WRONG_STEP: _ClassVar[Verdict]
 VERDICT_UNSPECIFIED: Verdict
 VERDICT_CORRECT: Verdict
 VERDICT_WRONG: Verdict
 VERDICT_UNPARSABLE: Verdict
 VERDICT_NO_GROUND_TRUTH: Verdict
+VERDICT_WRONG_STEP: Verdict
 
 class ScoreRequest(_message.Message):
     __slots__ = ("prompts", "samples")
