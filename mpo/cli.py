@@ -186,6 +186,18 @@ def _cmd_serve_trainer(args: argparse.Namespace) -> int:
     return _serve(args, TrainerConfig, overrides, "mpo.services.trainer.service.start_trainer")
 
 
+def _cmd_serve_controller(args: argparse.Namespace) -> int:
+    from mpo.config import ControllerServeConfig
+
+    overrides = {
+        "store_dir": args.store_dir,
+        "rollout_address": args.rollout_address,
+        "reward_address": args.reward_address,
+        "trainer_address": args.trainer_address,
+    }
+    return _serve(args, ControllerServeConfig, overrides, "mpo.services.controller.service.serve_controller")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from mpo.trainer.export import export_checkpoint
 
@@ -482,7 +494,20 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     trainer.add_argument("--checkpoint-dir", type=Path, dest="checkpoint_dir")
     trainer.add_argument("--rollout-address", help="host:port of the rollout service PublishWeights feeds")
     trainer.set_defaults(handler=_cmd_serve_trainer)
-    for parser in (rollout, reward, trainer):
+
+    controller = services.add_parser(
+        "controller",
+        help="the controller: online MPO runs driven over the other three services",
+        description="Start the ControllerService (a Ray actor, restarted after a crash) against running rollout, "
+        "reward and trainer services; continues an interrupted run on start; prints one JSON line with the "
+        "address when ready; SIGTERM stops serving and leaves an active run to continue on the next start.",
+    )
+    controller.add_argument("--store-dir", type=Path, dest="store_dir", help="run store (SQLite and Parquet shards)")
+    controller.add_argument("--rollout-address", help="host:port of the rollout service")
+    controller.add_argument("--reward-address", help="host:port of the reward service")
+    controller.add_argument("--trainer-address", help="host:port of the trainer service")
+    controller.set_defaults(handler=_cmd_serve_controller)
+    for parser in (rollout, reward, trainer, controller):
         parser.add_argument("--config", type=Path, help="YAML with the service's config fields; flags override it")
         parser.add_argument("--host", help="interface to bind (0.0.0.0 in containers)")
         parser.add_argument("--port", type=int, help="gRPC port; 0 picks a free one")

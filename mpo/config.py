@@ -336,6 +336,30 @@ class ControllerConfig(_Strict):
     tensorboard: bool = Field(
         True, description="Write TensorBoard event files under <store_dir>/runs/<run_id>/tensorboard."
     )
+    wandb_project: str | None = Field(
+        None,
+        min_length=1,
+        description="Also log every round to this Weights & Biases project (W&B run id = run id; files under "
+        "<store_dir>/runs/<run_id>/wandb). Needs `pip install onlinempo[wandb]`; WANDB_MODE=offline needs no account.",
+    )
+
+    @field_validator("wandb_project")
+    @classmethod
+    def _wandb_installed(cls, project: str | None) -> str | None:
+        import importlib.util
+
+        if project is not None and importlib.util.find_spec("wandb") is None:
+            raise ValueError("wandb is not installed (pip install 'onlinempo[wandb]'), or leave wandb_project unset")
+        return project
+
+
+class ControllerServeConfig(ControllerConfig):
+    """`mpo serve controller`: the controller alone, pointed at running services (cluster mode)."""
+
+    store_dir: Path = Field(Path("mpo-state/runs"), description="Run store: SQLite database and Parquet pair shards.")
+    rollout_address: str = Field(..., min_length=1, description="host:port of the rollout service.")
+    reward_address: str = Field(..., min_length=1, description="host:port of the reward service.")
+    trainer_address: str = Field(..., min_length=1, description="host:port of the trainer service.")
 
 
 class KubernetesServices(_Strict):

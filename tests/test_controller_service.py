@@ -5,9 +5,12 @@ mid-train, metrics on Prometheus and in TensorBoard files."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,10 +30,10 @@ from mpo.services.common.clients import ControllerClient, TrainerClient
 from mpo.services.controller.embedded import follow_rounds
 from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.controller.store import RunStore
-from mpo.services.trainer.service import RunningTrainer
 from mpo.trainer.checkpoints import read_checkpoint
 from mpo.v1 import controller_pb2
-from tests.controller_helpers import bootstrapped_policy, start_round_services, sums
+from tests.controller_helpers import RoundServices, bootstrapped_policy, start_round_services, sums
+from tests.wandb_helpers import wandb_history
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -38,9 +41,10 @@ GLOBAL_BATCH = 16
 
 
 class Services:
-    def __init__(self, root: Path, controller: RunningController, trainer: RunningTrainer) -> None:
-        self.root, self.controller, self.trainer = root, controller, trainer
-        self.trainer_address = trainer.address
+    def __init__(self, root: Path, controller: RunningController, running: RoundServices) -> None:
+        self.root, self.controller, self.trainer = root, controller, running.trainer
+        self.addresses = {"rollout": running.rollout.address, "reward": running.reward.address}
+        self.trainer_address = running.trainer.address
         self.store = RunStore(controller.store_dir)
         self.failpoints = root / "failpoints"
 
@@ -55,11 +59,12 @@ async def services(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> As
     root = tmp_path_factory.mktemp("controller")
     # Ray's processes (the controller actor among them) inherit this: the failpoints file of the tests.
     os.environ[failpoints.ENV] = str(root / "failpoints")
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")  # W&B without an account or network
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-controller-tests", log_to_driver=False)
     running = await start_round_services(policy, root, global_batch_pairs=GLOBAL_BATCH)
     rollout, reward, trainer = running.rollout, running.reward, running.trainer
     controller = await start_controller(
-        ControllerConfig(server=ServerConfig(metrics_port=0)),
+        ControllerConfig(server=ServerConfig(metrics_port=0), wandb_project="onlinempo-tests"),
         root / "store",
         rollout=rollout.address,
         reward=reward.address,
@@ -67,11 +72,12 @@ async def services(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> As
     )
     write_prompts_jsonl(sums(40, 100), root / "train.jsonl")
     write_prompts_jsonl(sums(12, 900), root / "heldout.jsonl")
-    yield Services(root, controller, trainer)
+    yield Services(root, controller, running)
     await controller.stop()
     await running.stop()
     ray.shutdown()
-    del os.environ[failpoints.ENV]
+    for name in (failpoints.ENV, "WANDB_MODE", "WANDB_SILENT"):
+        del os.environ[name]
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -208,6 +214,13 @@ async def test_async_run_paused_resumed_and_its_controller_killed_mid_train(
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
     assert [e.value for e in events.Scalars("eval/arith")] == pytest.approx([r.eval_accuracy["arith"] for r in records])
+    # ... and in its W&B run (offline: the client's transaction log), the last logged row of each round.
+    logged = {row["_step"]: row for row in wandb_history(services.store.root / "runs" / "async" / "wandb", "async")}
+    assert sorted(logged) == [1, 2, 3]
+    assert [logged[r.round]["eval/arith"] for r in records] == pytest.approx(
+        [r.eval_accuracy["arith"] for r in records]
+    )
+    assert [logged[r.round]["train/loss"] for r in records] == pytest.approx([r.train.loss for r in records])
 
 
 async def test_controller_killed_after_rollout_after_commit_after_publish_and_mid_train(
@@ -272,3 +285,36 @@ async def test_stop_ends_a_run_after_its_round_and_start_continues_it(
     assert [r.round for r in records] == [2]
     assert (await client.get_run("stoppable")).state == controller_pb2.RUN_STATE_COMPLETED
     assert [r.run_id for r in await client.list_runs()] == ["stoppable", "crashes", "async"]
+
+
+async def test_mpo_serve_controller_drives_a_run_over_running_services(services: Services) -> None:
+    """The controller alone as a process (how the Helm chart runs it), pointed at the running services."""
+    store = services.root / "served-store"
+    command = [
+        sys.executable, "-m", "mpo.cli", "serve", "controller", "--port", "0", "--store-dir", str(store),
+        "--rollout-address", services.addresses["rollout"], "--reward-address", services.addresses["reward"],
+        "--trainer-address", services.trainer_address,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        ready = json.loads(await asyncio.to_thread(process.stdout.readline))
+        assert ready["event"] == "serving" and ready["service"] == "controller"
+        async with ControllerClient(ready["address"], timeout=120) as served:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await served.start_run("rounds: {rounds: 0}\n", run_id="bad")
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (caught.value.details() or "").startswith("config_yaml: rounds.rounds")
+            await served.start_run(run_yaml(services, rounds=1, eval_every=0), run_id="served")
+            records = [r async for r in follow_rounds(served, "served", from_round=1)]
+            assert (await served.get_run("served")).state == controller_pb2.RUN_STATE_COMPLETED
+    finally:
+        process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(process.wait, 120)
+    assert exit_code == 0
+    assert [r.round for r in records] == [1]
+    run = RunStore(store).get_run("served")
+    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED
+    assert RunStore(store).pair_count("served") == records[0].labels.pairs_correctness
+    assert RunStore(store).get_run("bad") is None, "a rejected config creates nothing"

@@ -10,17 +10,15 @@ from typing import Any, Protocol
 
 import ray
 
-from mpo.services.common.server import ServiceServer
-
 
 class RunningService(Protocol):
-    server: ServiceServer
-
     def ready_event(self) -> dict[str, Any]:
         """The JSON line printed once the service is ready (address, backend, ...)."""
         ...
 
-    async def stop(self, grace: float | None = None) -> None: ...
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving, letting in-flight calls finish for `grace` seconds (None: the configured grace)."""
+        ...
 
 
 async def host_on_ray(start: Callable[[], Awaitable[RunningService]], *, ray_address: str | None) -> None:
@@ -35,11 +33,12 @@ async def host_on_ray(start: Callable[[], Awaitable[RunningService]], *, ray_add
         loop.add_signal_handler(signum, stop.set)
     try:
         running = await start()
+        drained = False
         try:
             print(json.dumps(running.ready_event()), flush=True)
             await stop.wait()
-            await running.server.stop()
+            drained = True
         finally:
-            await running.stop(0)
+            await running.stop(None if drained else 0)
     finally:
         ray.shutdown()

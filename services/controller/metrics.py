@@ -1,9 +1,11 @@
-"""Round records as metrics: Prometheus gauges on the controller's `/metrics` endpoint and TensorBoard
-event files per run, both fed from the one stored `RoundMetrics` so they never disagree with the store."""
+"""Round records as metrics: Prometheus gauges on the controller's `/metrics` endpoint, TensorBoard event
+files per run and (optionally) a Weights & Biases run, all fed from the one stored `RoundMetrics` so they
+never disagree with the store."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -76,6 +78,14 @@ class RoundGauges:
         self.staleness.labels(run).set(record.staleness_max)
 
 
+class RoundSink(Protocol):
+    """Where a run's stored rounds are also written, one step per round."""
+
+    def write(self, record: common_pb2.RoundMetrics) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class EventFiles:
     """TensorBoard event files of one run (`tensorboard --logdir <store_dir>/runs`), one step per round."""
 
@@ -92,3 +102,26 @@ class EventFiles:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class WandbRun:
+    """A Weights & Biases run per OnlineMPO run (its id is the run id, so a resumed run continues it)."""
+
+    def __init__(self, run_id: str, project: str, directory: Path) -> None:
+        import wandb  # optional dependency: ControllerConfig checks it is installed
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(
+            project=project,
+            id=run_id,
+            name=run_id,
+            dir=str(directory),
+            resume="allow",
+            settings=wandb.Settings(console="off"),  # the actor's output belongs to Ray's logs
+        )
+
+    def write(self, record: common_pb2.RoundMetrics) -> None:
+        self._run.log(scalars(record), step=record.round)
+
+    def close(self) -> None:
+        self._run.finish()

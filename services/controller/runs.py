@@ -23,7 +23,7 @@ from mpo.config import ControllerConfig, RunConfig, format_validation_error
 from mpo.data.loader import DataError, load_prompts
 from mpo.services.common.validation import InvalidRequest
 from mpo.services.controller.loop import RoundLoop, RunControl, ServiceClients
-from mpo.services.controller.metrics import EventFiles, RoundGauges
+from mpo.services.controller.metrics import EventFiles, RoundGauges, RoundSink, WandbRun
 from mpo.services.controller.store import RunStore
 from mpo.v1 import common_pb2, controller_pb2
 
@@ -62,7 +62,7 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     #: Phase of each started, unfinished round (async mode has more than one).
     phases: dict[int, str] = field(default_factory=dict)
-    events: EventFiles | None = None
+    sinks: list[RoundSink] = field(default_factory=list)
 
 
 class RunManager:
@@ -99,12 +99,13 @@ class RunManager:
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
         loop = self._round_loop(run_id, config)  # reads the prompt files: a bad file changes nothing
+        sinks = self._sinks(run_id)
         now = time.time()
         run = self.store.get_run(run_id) or controller_pb2.Run(run_id=run_id, started_at=now)
         run.state, run.error, run.updated_at = controller_pb2.RUN_STATE_RUNNING, "", now
         run.config_yaml = config_yaml
         self.store.put_run(run)
-        self._launch(loop)
+        self._launch(loop, sinks)
         log.info("run %s: started (round %d done, %d to go)", run_id, run.current_round, config.rounds.rounds)
         return self.get(run_id)
 
@@ -123,17 +124,35 @@ class RunManager:
         except ValueError as error:  # a task mix the prompts cannot serve
             raise InvalidRequest("config_yaml", f"rounds.{error}") from error
 
-    def _launch(self, loop: RoundLoop) -> None:
-        active = ActiveRun(loop.run_id, loop.control)
+    def _sinks(self, run_id: str) -> list[RoundSink]:
+        sinks: list[RoundSink] = []
+        if self.config.tensorboard:
+            sinks.append(EventFiles(self.tensorboard_dir(run_id)))
+        if self.config.wandb_project is not None:
+            try:
+                sinks.append(WandbRun(run_id, self.config.wandb_project, self.wandb_dir(run_id)))
+            except Exception as error:  # no API key, no network: say so instead of an internal error
+                for sink in sinks:
+                    sink.close()
+                raise InvalidRequest(
+                    "controller.wandb_project",
+                    f"cannot start the W&B run: {type(error).__name__}: {error}",
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ) from error
+        return sinks
+
+    def _launch(self, loop: RoundLoop, sinks: list[RoundSink]) -> None:
+        active = ActiveRun(loop.run_id, loop.control, sinks=sinks)
         loop.on_round = lambda record: self._stored(active, record)
         loop.on_phase = lambda round_index, phase: self._entered(active, round_index, phase)
-        if self.config.tensorboard:
-            active.events = EventFiles(self.tensorboard_dir(loop.run_id))
         active.task = asyncio.create_task(self._drive(active, loop), name=f"run-{loop.run_id}")
         self.active = active
 
     def tensorboard_dir(self, run_id: str) -> Path:
         return self.store.root / "runs" / run_id / "tensorboard"
+
+    def wandb_dir(self, run_id: str) -> Path:
+        return self.store.root / "runs" / run_id / "wandb"
 
     async def _drive(self, active: ActiveRun, loop: RoundLoop) -> None:
         """Run the loop to its end and record how it ended. Cancelled (the controller shutting down), the
@@ -150,8 +169,8 @@ class RunManager:
             state = controller_pb2.RUN_STATE_COMPLETED if finished else controller_pb2.RUN_STATE_STOPPED
             await self._end(active, state)
         finally:
-            if active.events is not None:
-                active.events.close()
+            for sink in active.sinks:
+                sink.close()
 
     async def _end(self, active: ActiveRun, state: int, error: str = "") -> None:
         self._set_state(active.run_id, state, error)
@@ -205,13 +224,14 @@ class RunManager:
             try:
                 config = parse_run_config(run.config_yaml)
                 loop = self._round_loop(run.run_id, config)
+                sinks = self._sinks(run.run_id)
             except InvalidRequest as error:
                 self._set_state(run.run_id, controller_pb2.RUN_STATE_FAILED, f"cannot continue: {error}")
                 continue
             if run.state == controller_pb2.RUN_STATE_PAUSED:
                 loop.control.pause()
             log.info("run %s: continuing after a controller restart", run.run_id)
-            self._launch(loop)
+            self._launch(loop, sinks)
             return
 
     async def shutdown(self) -> None:
@@ -230,8 +250,8 @@ class RunManager:
 
     def _stored(self, active: ActiveRun, record: common_pb2.RoundMetrics) -> None:
         self.gauges.observe(record)
-        if active.events is not None:
-            active.events.write(record)
+        for sink in active.sinks:
+            sink.write(record)
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import ray
 
-from mpo.config import ControllerConfig
+from mpo.config import ControllerConfig, ControllerServeConfig
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.services.common.server import ServiceServer, bind
 from mpo.services.common.telemetry import RpcMetrics
@@ -118,11 +118,11 @@ class ControllerActor:
         assert self.server is not None
         return {"address": self.server.address, "metrics_port": self.server.metrics_port, "pid": os.getpid()}
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace: float | None = 0) -> None:
         """Stop serving; an active run stays RUNNING (or PAUSED) in the store and continues on the next start."""
         await self._started
         assert self.server is not None and self.runs is not None
-        await self.server.stop(0)
+        await self.server.stop(grace)
         await self.runs.shutdown()
         for client in self._clients:
             await client.close()
@@ -145,9 +145,12 @@ class RunningController:
         """The actor's current process (it changes when Ray restarts the actor)."""
         return int((await self.actor.describe.remote())["pid"])
 
+    def ready_event(self) -> dict[str, object]:
+        return {"event": "serving", "service": "controller", "address": self.address, "metrics_port": self.metrics_port}
+
     async def stop(self, grace: float | None = None) -> None:
         try:
-            await self.actor.shutdown.remote()
+            await self.actor.shutdown.remote(grace)
         finally:
             ray.kill(self.actor, no_restart=True)
 
@@ -169,3 +172,14 @@ async def start_controller(
     )
     described = await actor.describe.remote()
     return RunningController(actor, described["address"], described["metrics_port"], store_dir)
+
+
+async def serve_controller(config: ControllerServeConfig) -> RunningController:
+    """`mpo serve controller`: the controller alone, driving services that already run elsewhere."""
+    return await start_controller(
+        ControllerConfig.model_validate(config.model_dump(include=set(ControllerConfig.model_fields))),
+        config.store_dir,
+        rollout=config.rollout_address,
+        reward=config.reward_address,
+        trainer=config.trainer_address,
+    )
