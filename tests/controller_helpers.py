@@ -54,17 +54,19 @@ class RoundServices:
         await self.rollout.stop(0)
 
 
-async def start_round_services(policy: Path, root: Path, *, global_batch_pairs: int) -> RoundServices:
-    """vLLM rollout (weight ledger under `root`), reward, and 2 DeepSpeed ranks publishing to the rollout."""
+async def start_round_services(
+    policy: Path, root: Path, *, global_batch_pairs: int, step_checks: bool = False
+) -> RoundServices:
+    """vLLM rollout (weight ledger under `root`), reward (with the arith step check when `step_checks`:
+    fewer pairs, so rounds without any become likely), and 2 DeepSpeed ranks publishing to the rollout."""
     rollout = await start_rollout(
         RolloutConfig(
             model=policy, backend="vllm", dtype="float32", enforce_eager=True, max_model_len=256,
             kv_cache_bytes=16 * 2**20, weights_dir=root / "ledger",
         )
     )  # fmt: skip
-    reward = await start_reward(
-        RewardConfig(rollout_address=rollout.address, task_step_checks={"arith": "arith_steps"})
-    )
+    checks = {"arith": "arith_steps"} if step_checks else {}
+    reward = await start_reward(RewardConfig(rollout_address=rollout.address, task_step_checks=checks))
     trainer = await start_trainer(
         config_for(
             policy, root, rollout_address=rollout.address, global_batch_pairs=global_batch_pairs, micro_batch_pairs=4

@@ -39,7 +39,7 @@ async def services(
 ) -> AsyncIterator[tuple[ServiceClients, RunningRollout]]:
     root = tmp_path_factory.mktemp("round-loop")
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-round-loop-tests", log_to_driver=False)
-    running = await start_round_services(policy, root, global_batch_pairs=16)
+    running = await start_round_services(policy, root, global_batch_pairs=16, step_checks=True)
     rollout, reward, trainer = running.rollout, running.reward, running.trainer
     async with (
         RolloutClient(rollout.address, timeout=600) as rollout_client,

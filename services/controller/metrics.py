@@ -105,9 +105,12 @@ class EventFiles:
 
 
 class WandbRun:
-    """A Weights & Biases run per OnlineMPO run (its id is the run id, so a resumed run continues it)."""
+    """A Weights & Biases run per OnlineMPO run (its id is the run id, so a resumed run continues it).
 
-    def __init__(self, run_id: str, project: str, directory: Path) -> None:
+    The W&B client buffers what it writes, so a controller killed with SIGKILL can take its last rounds
+    with it; the store has them, so a starting sink logs the stored rounds W&B has not seen yet."""
+
+    def __init__(self, run_id: str, project: str, directory: Path, stored: list[common_pb2.RoundMetrics]) -> None:
         import wandb  # optional dependency: ControllerConfig checks it is installed
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -119,6 +122,9 @@ class WandbRun:
             resume="allow",
             settings=wandb.Settings(console="off"),  # the actor's output belongs to Ray's logs
         )
+        for record in stored:
+            if record.round >= self._run.step:  # a resumed online run already has the rounds before its step
+                self.write(record)
 
     def write(self, record: common_pb2.RoundMetrics) -> None:
         self._run.log(scalars(record), step=record.round)

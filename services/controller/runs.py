@@ -130,7 +130,8 @@ class RunManager:
             sinks.append(EventFiles(self.tensorboard_dir(run_id)))
         if self.config.wandb_project is not None:
             try:
-                sinks.append(WandbRun(run_id, self.config.wandb_project, self.wandb_dir(run_id)))
+                stored = self.store.round_records(run_id)
+                sinks.append(WandbRun(run_id, self.config.wandb_project, self.wandb_dir(run_id), stored))
             except Exception as error:  # no API key, no network: say so instead of an internal error
                 for sink in sinks:
                     sink.close()

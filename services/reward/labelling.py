@@ -108,13 +108,8 @@ def _score(
         raise InvalidRequest(f"{field_name}.answer", str(exc)) from exc
     score.verifier = used
     score.verdict = reward_pb2.VERDICT_CORRECT if correct else reward_pb2.VERDICT_WRONG
-    if correct and step_check is not None:
-        try:
-            steps_hold = step_check.check(prompt.question, extraction.rationale)
-        except ValueError as exc:
-            raise InvalidRequest(f"{field_name}.question", f"step check {step_check.name!r}: {exc}") from exc
-        if not steps_hold:
-            score.verdict, correct = reward_pb2.VERDICT_WRONG_STEP, False
+    if correct and step_check is not None and not step_check.check(prompt.question, extraction.rationale):
+        score.verdict, correct = reward_pb2.VERDICT_WRONG_STEP, False
     return score, LabelledSample(sample.index, sample.text, extraction.answer, correct)
 
 
@@ -140,7 +135,13 @@ def label_batch(
     tally = result.tally
     for position, prompt in prompts:
         verifier = task_verifiers.get(prompt.task, AUTO)
-        step_check = STEP_CHECKS[task_step_checks[prompt.task]] if prompt.task in task_step_checks else None
+        step_check = None
+        if prompt.task in task_step_checks and prompt.HasField("answer"):
+            step_check = STEP_CHECKS[task_step_checks[prompt.task]]
+            try:  # the question itself must be readable, whatever the samples say
+                step_check.check(prompt.question, "")
+            except ValueError as exc:
+                raise InvalidRequest(f"prompts[{position}].question", f"step check {step_check.name!r}: {exc}") from exc
         labelled, versions = [], {}
         for sample in by_prompt[prompt.id]:
             score, label = _score(prompt, f"prompts[{position}]", sample, verifier, step_check)

@@ -25,7 +25,8 @@ class StepCheck(Protocol):
 
     def check(self, question: str, rationale: str) -> bool:
         """Whether the rationale's steps hold for the question; ValueError when the question is unusable
-        (a data bug must not silently fail every sample)."""
+        (a data bug must not silently fail every sample). Labelling calls it once per prompt with an empty
+        rationale to check the question before judging any sample."""
         ...
 
 
