@@ -153,49 +153,41 @@ def _serve(args: argparse.Namespace, config_class: type, overrides: dict[str, ob
     return 0
 
 
-def _cmd_serve_rollout(args: argparse.Namespace) -> int:
-    from mpo.config import RolloutConfig
-
-    overrides = {
-        "model": args.model,
-        "backend": args.backend,
-        "replicas": args.replicas,
-        "weights_dir": args.weights_dir,
-        "readable_roots": args.readable_root or None,
-    }
-    return _serve(args, RolloutConfig, overrides, "mpo.services.rollout.server.start_rollout")
-
-
-def _cmd_serve_reward(args: argparse.Namespace) -> int:
-    from mpo.config import RewardConfig
-
-    overrides = {"rollout_address": args.rollout_address, "workers": args.workers}
-    return _serve(args, RewardConfig, overrides, "mpo.services.reward.service.start_reward")
-
-
-def _cmd_serve_trainer(args: argparse.Namespace) -> int:
-    from mpo.config import TrainerConfig
-
-    overrides = {
-        "model": args.model,
-        "world_size": args.world_size,
-        "strategy": args.strategy,
-        "checkpoint_dir": args.checkpoint_dir,
-        "rollout_address": args.rollout_address,
-    }
-    return _serve(args, TrainerConfig, overrides, "mpo.services.trainer.service.start_trainer")
+#: `mpo serve SERVICE`: its config model (in mpo.config), the config fields its flags set (field: flag
+#: attribute), and the function that starts it.
+_SERVED = {
+    "rollout": (
+        "RolloutConfig",
+        {"model": "model", "backend": "backend", "replicas": "replicas", "weights_dir": "weights_dir",
+         "readable_roots": "readable_root"},
+        "mpo.services.rollout.server.start_rollout",
+    ),
+    "reward": (
+        "RewardConfig",
+        {"rollout_address": "rollout_address", "workers": "workers"},
+        "mpo.services.reward.service.start_reward",
+    ),
+    "trainer": (
+        "TrainerConfig",
+        {"model": "model", "world_size": "world_size", "strategy": "strategy", "checkpoint_dir": "checkpoint_dir",
+         "rollout_address": "rollout_address"},
+        "mpo.services.trainer.service.start_trainer",
+    ),
+    "controller": (
+        "ControllerServeConfig",
+        {"store_dir": "store_dir", "rollout_address": "rollout_address", "reward_address": "reward_address",
+         "trainer_address": "trainer_address"},
+        "mpo.services.controller.service.serve_controller",
+    ),
+}  # fmt: skip
 
 
-def _cmd_serve_controller(args: argparse.Namespace) -> int:
-    from mpo.config import ControllerServeConfig
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import mpo.config
 
-    overrides = {
-        "store_dir": args.store_dir,
-        "rollout_address": args.rollout_address,
-        "reward_address": args.reward_address,
-        "trainer_address": args.trainer_address,
-    }
-    return _serve(args, ControllerServeConfig, overrides, "mpo.services.controller.service.serve_controller")
+    config_name, flags, start_name = _SERVED[args.service]
+    overrides = {field: getattr(args, flag) for field, flag in flags.items()}
+    return _serve(args, getattr(mpo.config, config_name), overrides, start_name)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -470,7 +462,6 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     rollout.add_argument("--replicas", type=int)
     rollout.add_argument("--weights-dir", type=Path, help="where committed weight updates are kept")
     rollout.add_argument("--readable-root", type=Path, action="append", help="directory requests may read; repeat")
-    rollout.set_defaults(handler=_cmd_serve_rollout)
 
     reward = services.add_parser(
         "reward",
@@ -480,7 +471,6 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     )
     reward.add_argument("--rollout-address", help="host:port of the rollout service (needed for DropoutNTP)")
     reward.add_argument("--workers", type=int, help="labelling worker actors")
-    reward.set_defaults(handler=_cmd_serve_reward)
 
     trainer = services.add_parser(
         "trainer",
@@ -493,7 +483,6 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     trainer.add_argument("--strategy", choices=["zero3", "zero2", "zero1"])
     trainer.add_argument("--checkpoint-dir", type=Path, dest="checkpoint_dir")
     trainer.add_argument("--rollout-address", help="host:port of the rollout service PublishWeights feeds")
-    trainer.set_defaults(handler=_cmd_serve_trainer)
 
     controller = services.add_parser(
         "controller",
@@ -506,8 +495,8 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     controller.add_argument("--rollout-address", help="host:port of the rollout service")
     controller.add_argument("--reward-address", help="host:port of the reward service")
     controller.add_argument("--trainer-address", help="host:port of the trainer service")
-    controller.set_defaults(handler=_cmd_serve_controller)
     for parser in (rollout, reward, trainer, controller):
+        parser.set_defaults(handler=_cmd_serve)
         parser.add_argument("--config", type=Path, help="YAML with the service's config fields; flags override it")
         parser.add_argument("--host", help="interface to bind (0.0.0.0 in containers)")
         parser.add_argument("--port", type=int, help="gRPC port; 0 picks a free one")
