@@ -11,7 +11,8 @@ venv="${VENV:-.venv}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
-# The dev extra also brings the npm-packaged tools (buf, for protos/check.sh): check npm before the long pip install.
+# The dev extra also brings the npm packages (buf for protos/check.sh, uPlot checked against the dashboard's
+# copy) and Debian's chromium: check npm before the long pip install.
 if [[ ",$extras," == *",dev,"* ]] && ! command -v npm >/dev/null; then
   echo "[install] error: the dev extra needs npm (Node.js) to install buf from package-lock.json; install Node.js and rerun" >&2
   exit 1
@@ -35,8 +36,19 @@ if [[ ",$extras," == *",cpu,"* ]]; then
 fi
 
 if [[ ",$extras," == *",dev,"* ]]; then
-  echo "[install] installing the npm dev tools (buf) into $root/node_modules"
+  echo "[install] installing the npm dev packages (buf, uPlot) into $root/node_modules"
   (cd "$root" && npm ci --no-audit --no-fund --silent)
+  # The dashboard's browser tests drive Debian's Chromium through Playwright (no browser download).
+  if [[ ! -x /usr/bin/chromium ]]; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+      echo "[install] installing Debian's chromium for the dashboard's browser tests"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+    else
+      echo "[install] error: the dev extra's browser tests need /usr/bin/chromium: run 'sudo apt-get install chromium'" >&2
+      exit 1
+    fi
+  fi
 fi
 
 "$venv/bin/mpo" info --require vllm,deepspeed,ray

@@ -190,6 +190,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return _serve(args, getattr(mpo.config, config_name), overrides, start_name)
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from pydantic import ValidationError
+
+    from mpo.config import DashboardConfig, format_validation_error
+    from mpo.services.dashboard.server import start_dashboard
+    from mpo.services.dashboard.sources import StoreSource
+
+    try:
+        config = DashboardConfig(host=args.host, port=args.port)
+        source = StoreSource(args.store_dir)
+    except ValidationError as exc:
+        print(f"error: invalid dashboard options\n{format_validation_error(exc)}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: --store-dir: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        server = await start_dashboard(source, config)
+        print(json.dumps({"event": "serving", "service": "dashboard", "url": server.url}), flush=True)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from mpo.trainer.export import export_checkpoint
 
@@ -224,7 +257,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             config = load_config(args.config)
         if args.rounds is not None:
             config = config.model_copy(update={"rounds": config.rounds.model_copy(update={"rounds": args.rounds})})
-        run_id, records = asyncio.run(run_embedded(config, on_round=lambda r: print(round_line(r), flush=True)))
+        run_id, records = asyncio.run(
+            run_embedded(
+                config,
+                on_round=lambda r: print(round_line(r), flush=True),
+                on_dashboard=lambda url: print(f"dashboard: {url}", flush=True),
+            )
+        )
     except (ConfigError, RunConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -266,7 +305,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             bar.write(f"[{elapsed(started)}] {round_line(record)}")  # type: ignore[arg-type]
             bar.update(1)
 
-        run_id, _ = asyncio.run(run_embedded(config, on_round=show))
+        def dashboard(url: str) -> None:
+            bar.write(f"[{elapsed(started)}] dashboard (live while the rounds run): {url}#/runs/{config.run_id}")
+
+        run_id, _ = asyncio.run(run_embedded(config, on_round=show, on_dashboard=dashboard))
     store = RunStore(config.store_dir)
     run = store.get_run(run_id)
     evaluated = [r for r in store.round_records(run_id) if r.eval_accuracy]
@@ -279,6 +321,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run_dir = config.store_dir / "runs" / run_id
     print(f"pairs (Parquet, TRL DPO columns): {run_dir / 'pairs'}")
     print(f"metrics: tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(f"dashboard: mpo dashboard --store-dir {config.store_dir} (then open http://127.0.0.1:8265/#/runs/{run_id})")
     print(f"more rounds: mpo run --resume {run_id} --store-dir {config.store_dir} --rounds {args.rounds + 5}")
     print(f"[{elapsed(started)}] done")
     return 0
@@ -514,6 +557,20 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--store-dir", type=Path, default=Path("mpo-state/runs"), help="run store of --resume")
     run.add_argument("--rounds", type=int, help="override rounds.rounds (e.g. to extend a resumed run)")
     run.set_defaults(handler=_cmd_run)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the web dashboard over a run store (e.g. after `mpo demo`)",
+        description="Serve the read-only dashboard over a run store on disk, without a controller: runs, "
+        "rounds, pairs; rounds of a run that is still active elsewhere appear as they are stored. "
+        "Set MPO_DASHBOARD_TOKEN to require a token.",
+    )
+    dashboard.add_argument(
+        "--store-dir", type=Path, default=Path("mpo-demo/store"), help="the run store (mpo demo's by default)"
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to reach it from outside)")
+    dashboard.add_argument("--port", type=int, default=8265, help="HTTP port (0 picks a free one)")
+    dashboard.set_defaults(handler=_cmd_dashboard)
 
     demo = commands.add_parser(
         "demo",

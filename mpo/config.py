@@ -329,10 +329,23 @@ class RoundsConfig(_Strict):
 ServiceName = Literal["rollout", "reward", "trainer", "controller"]
 
 
+class DashboardConfig(_Strict):
+    """The web dashboard the controller serves (read-only): runs, rounds, pairs and services, live."""
+
+    enabled: bool = Field(True, description="Serve the dashboard beside the controller's gRPC endpoint.")
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside containers.")
+    port: int = Field(0, ge=0, le=65535, description="HTTP port; 0 picks a free one (embedded mode).")
+    auth_token_env: str = Field(
+        "MPO_DASHBOARD_TOKEN",
+        description="Environment variable holding the token (bearer, or basic auth password); auth is off when unset.",
+    )
+
+
 class ControllerConfig(_Strict):
-    """The controller: its gRPC endpoint (ControllerService, Prometheus) and per-run event files."""
+    """The controller: its gRPC endpoint (ControllerService, Prometheus), dashboard and per-run event files."""
 
     server: ServerConfig = Field(default_factory=ServerConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     tensorboard: bool = Field(
         True, description="Write TensorBoard event files under <store_dir>/runs/<run_id>/tensorboard."
     )

@@ -1,6 +1,7 @@
 """ControllerService over gRPC, in its Ray actor, over the real services (vLLM rollout, reward workers,
 2 DeepSpeed ranks): bad requests, an async run paused, resumed and its controller killed with SIGKILL
-mid-train, metrics on Prometheus and in TensorBoard files."""
+mid-train, metrics on Prometheus and in TensorBoard files, and the dashboard it serves, watched live
+in headless Chromium."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import datasets
 import grpc
+import httpx
 import pyarrow.parquet as pq
 import pytest
 import pytest_asyncio
 import ray
 import yaml
+from playwright.async_api import expect
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mpo import failpoints
@@ -33,6 +36,7 @@ from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.controller.store import RunStore
 from mpo.trainer.checkpoints import read_checkpoint
 from mpo.v1 import controller_pb2
+from tests.browser_helpers import chromium, screenshot
 from tests.controller_helpers import RoundServices, bootstrapped_policy, start_round_services, sums
 from tests.wandb_helpers import wandb_history
 
@@ -179,6 +183,10 @@ async def test_async_run_paused_resumed_and_its_controller_killed_mid_train(
     await wait_for_phase(client, "async", 3, "train")
     os.kill(await services.controller.pid(), signal.SIGKILL)
     records = [r async for r in follow_rounds(client, "async", from_round=1)]
+    # The restarted actor serves the dashboard again on the same port.
+    async with httpx.AsyncClient(base_url=services.controller.dashboard_url or "", timeout=30) as dashboard:
+        shown = (await dashboard.get("/api/runs/async/rounds")).json()["rounds"]
+    assert [row["round"] for row in shown] == [1, 2, 3]
 
     run = await client.get_run("async")
     assert run.state == controller_pb2.RUN_STATE_COMPLETED and run.current_round == 3
@@ -307,6 +315,8 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
         assert process.stdout is not None
         ready = json.loads(await asyncio.to_thread(process.stdout.readline))
         assert ready["event"] == "serving" and ready["service"] == "controller"
+        async with httpx.AsyncClient(base_url=ready["dashboard_url"], timeout=30) as dashboard:
+            assert (await dashboard.get("/api/runs")).json() == {"runs": []}
         async with ControllerClient(ready["address"], timeout=120) as served:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await served.start_run("rounds: {rounds: 0}\n", run_id="bad")
@@ -325,3 +335,41 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
     assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED
     assert RunStore(store).pair_count("served") == records[0].labels.pairs_correctness
     assert RunStore(store).get_run("bad") is None, "a rejected config creates nothing"
+
+
+async def test_dashboard_follows_a_live_run_and_shows_the_services(
+    services: Services, client: ControllerClient
+) -> None:
+    """The dashboard as `mpo demo` shows it: served by the controller, updated by its watch stream."""
+    url = services.controller.dashboard_url
+    assert url is not None
+    await client.start_run(run_yaml(services, rounds=3, eval_every=1), run_id="watched")
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        await page.goto(url + "#/runs/watched")
+        await expect(page.locator("#run-facts")).to_be_visible()
+        await page.evaluate("() => { window.notReloaded = true; }")
+        assert await page.locator("#rounds tbody tr").count() < 3, "the page opened before the run finished"
+        await expect(page.locator("#rounds tbody tr")).to_have_count(3, timeout=600_000)
+        await expect(page.locator("#run-facts .state")).to_have_text("completed", timeout=60_000)
+        assert await page.evaluate("() => window.notReloaded === true"), "rounds arrived without a reload"
+        records = services.store.round_records("watched")
+        shown = await page.evaluate("() => window.mpoDashboard.rounds.map((row) => row['train.loss'])")
+        assert shown == pytest.approx([r.train.loss for r in records])
+        accuracy = await page.evaluate("() => window.mpoDashboard.charts.accuracy.data[1]")
+        base = (await client.get_run("watched")).base_eval_accuracy["arith"]
+        assert accuracy == pytest.approx([base] + [r.eval_accuracy["arith"] for r in records])
+        await screenshot(page, "live-run")
+
+        await page.goto(url + "#/services")
+        await expect(page.locator("#services tbody tr")).to_have_count(3)
+        for name in ("rollout", "reward", "trainer"):
+            await expect(page.locator(f'tr[data-service="{name}"] td.ok')).to_have_text("serving")
+        version = str((await client.get_run("watched")).policy_version)
+        for name in ("rollout", "trainer"):
+            await expect(page.locator(f'tr[data-service="{name}"] td[data-key="policy_version"]')).to_have_text(version)
+        await screenshot(page, "services")
+
+        await page.goto(url + "#/runs/watched/pairs?round=1")
+        committed = len(services.store.committed_pairs("watched", 1))
+        await expect(page.locator(".pair")).to_have_count(min(committed, 20))

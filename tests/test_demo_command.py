@@ -3,6 +3,7 @@ the real services, the closing summary; then the prepared parts are reused inste
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ def test_demo_runs_from_nothing_and_reuses_what_it_built(tmp_path: Path) -> None
     out = result.stdout
     assert "[1/3] arith prompts: 300 train, 40 held out" in out and "[3/3] warm start of the base policy" in out
     assert "round   1 | pairs" in out
+    assert re.search(r"dashboard \(live while the rounds run\): http://127\.0\.0\.1:\d+/#/runs/demo-seed0", out)
+    assert f"dashboard: mpo dashboard --store-dir {workdir / 'store'}" in out
     summary = next(line for line in out.splitlines() if line.startswith("held-out arith: base"))
     store = RunStore(workdir / "store")
     run = store.get_run("demo-seed0")

@@ -69,9 +69,13 @@ def _absolute_data(config: RunConfig) -> RunConfig:
 
 
 async def run_embedded(
-    config: RunConfig, *, on_round: Callable[[common_pb2.RoundMetrics], None] | None = None
+    config: RunConfig,
+    *,
+    on_round: Callable[[common_pb2.RoundMetrics], None] | None = None,
+    on_dashboard: Callable[[str], None] | None = None,
 ) -> tuple[str, list[common_pb2.RoundMetrics]]:
-    """Run (or resume) `config` on a local Ray; returns the run id and the records of this invocation."""
+    """Run (or resume) `config` on a local Ray; returns the run id and the records of this invocation.
+    `on_dashboard` gets the dashboard's URL once the controller serves it (before the first round)."""
     train_file, heldout_file = require_runnable(config)
     skip = "skip" if config.data and config.data.skip_bad_rows else "reject"
     for prompts in (train_file, heldout_file):  # a bad file is reported before anything starts
@@ -113,6 +117,8 @@ async def run_embedded(
             trainer=trainer.address,
         )
         services.append(controller)
+        if on_dashboard is not None and controller.dashboard_url:
+            on_dashboard(controller.dashboard_url)
         config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
         async with ControllerClient(controller.address, timeout=600) as client:
             await client.start_run(config_yaml, run_id=run_id)

@@ -26,6 +26,8 @@ from mpo.services.controller.loop import ServiceClients
 from mpo.services.controller.metrics import RoundGauges
 from mpo.services.controller.runs import RunManager
 from mpo.services.controller.store import RunStore
+from mpo.services.dashboard.server import DashboardServer, start_dashboard
+from mpo.services.dashboard.sources import ControllerSource
 from mpo.v1 import controller_pb2, controller_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class ControllerActor:
         self.config, self.store_dir, self.addresses = config, Path(store_dir), addresses
         self.server: ServiceServer | None = None
         self.runs: RunManager | None = None
+        self.dashboard: DashboardServer | None = None
         self._clients: list[RolloutClient | RewardClient | TrainerClient] = []
         # Ray calls __init__ outside the actor's event loop; the server starts on it, and every method
         # waits for that first (also after Ray restarts the actor).
@@ -109,6 +112,8 @@ class ControllerActor:
         await self.runs.continue_interrupted()  # before serving: a reconnecting watcher sees the run live
         await server.start()
         self.server = server
+        if self.config.dashboard.enabled:
+            self.dashboard = await start_dashboard(ControllerSource(self.runs, clients), self.config.dashboard)
         await server.set_ready(True)
         log.info("controller serving on %s (store %s)", server.address, self.store_dir)
 
@@ -116,12 +121,19 @@ class ControllerActor:
         """Address, metrics port and process id, once the server is up."""
         await self._started
         assert self.server is not None
-        return {"address": self.server.address, "metrics_port": self.server.metrics_port, "pid": os.getpid()}
+        return {
+            "address": self.server.address,
+            "metrics_port": self.server.metrics_port,
+            "dashboard_url": self.dashboard.url if self.dashboard else None,
+            "pid": os.getpid(),
+        }
 
     async def shutdown(self, grace: float | None = 0) -> None:
         """Stop serving; an active run stays RUNNING (or PAUSED) in the store and continues on the next start."""
         await self._started
         assert self.server is not None and self.runs is not None
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self.server.stop(grace)
         await self.runs.shutdown()
         for client in self._clients:
@@ -139,6 +151,7 @@ class RunningController:
     actor: Any
     address: str
     metrics_port: int | None
+    dashboard_url: str | None
     store_dir: Path
 
     async def pid(self) -> int:
@@ -146,7 +159,13 @@ class RunningController:
         return int((await self.actor.describe.remote())["pid"])
 
     def ready_event(self) -> dict[str, object]:
-        return {"event": "serving", "service": "controller", "address": self.address, "metrics_port": self.metrics_port}
+        return {
+            "event": "serving",
+            "service": "controller",
+            "address": self.address,
+            "metrics_port": self.metrics_port,
+            "dashboard_url": self.dashboard_url,
+        }
 
     async def stop(self, grace: float | None = None) -> None:
         try:
@@ -158,12 +177,16 @@ class RunningController:
 async def start_controller(
     config: ControllerConfig, store_dir: Path, *, rollout: str, reward: str, trainer: str
 ) -> RunningController:
-    """Start the controller actor (restarted by Ray after a crash) on ports fixed for its lifetime."""
+    """Start the controller actor (restarted by Ray after a crash) on ports fixed for its lifetime (gRPC,
+    metrics, dashboard)."""
     server = config.server
     fixed = {"port": server.port or _free_port(server.host)}
     if server.metrics_port == 0:
         fixed["metrics_port"] = _free_port(server.host)
-    config = config.model_copy(update={"server": server.model_copy(update=fixed)})
+    dashboard = config.dashboard
+    if dashboard.enabled and dashboard.port == 0:
+        dashboard = dashboard.model_copy(update={"port": _free_port(dashboard.host)})
+    config = config.model_copy(update={"server": server.model_copy(update=fixed), "dashboard": dashboard})
     store_dir.mkdir(parents=True, exist_ok=True)
     actor = (
         ray.remote(ControllerActor)
@@ -171,7 +194,9 @@ async def start_controller(
         .remote(config, str(store_dir.resolve()), {"rollout": rollout, "reward": reward, "trainer": trainer})
     )
     described = await actor.describe.remote()
-    return RunningController(actor, described["address"], described["metrics_port"], store_dir)
+    return RunningController(
+        actor, described["address"], described["metrics_port"], described["dashboard_url"], store_dir
+    )
 
 
 async def serve_controller(config: ControllerServeConfig) -> RunningController:

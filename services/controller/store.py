@@ -306,6 +306,17 @@ class RunStore:
             row = db.execute("SELECT MAX(round) FROM rounds WHERE run_id = ?", (run_id,)).fetchone()
         return int(row[0] or 0)
 
+    def committed_rounds(self, run_id: str) -> list[int]:
+        with self._connect() as db:
+            rows = db.execute("SELECT round FROM rounds WHERE run_id = ? ORDER BY round", (run_id,)).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def pair_round(self, run_id: str, pair_id: str) -> int | None:
+        """The round that committed `pair_id` (None: no such pair in the run)."""
+        with self._connect() as db:
+            row = db.execute("SELECT round FROM pairs WHERE run_id = ? AND pair_id = ?", (run_id, pair_id)).fetchone()
+        return int(row[0]) if row else None
+
     def pair_count(self, run_id: str) -> int:
         with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM pairs WHERE run_id = ?", (run_id,)).fetchone()[0])
