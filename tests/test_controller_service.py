@@ -43,6 +43,7 @@ from tests.wandb_helpers import wandb_history
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 GLOBAL_BATCH = 16
+TOKEN = "cluster-token"
 
 
 class Services:
@@ -65,6 +66,8 @@ async def services(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> As
     # Ray's processes (the controller actor among them) inherit this: the failpoints file of the tests.
     os.environ[failpoints.ENV] = str(root / "failpoints")
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")  # W&B without an account or network
+    # Cluster mode's one token: every server requires it, and every service presents it to the others.
+    os.environ["MPO_AUTH_TOKEN"] = TOKEN
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-controller-tests", log_to_driver=False)
     running = await start_round_services(policy, root, global_batch_pairs=GLOBAL_BATCH)
     rollout, reward, trainer = running.rollout, running.reward, running.trainer
@@ -81,13 +84,13 @@ async def services(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> As
     await controller.stop()
     await running.stop()
     ray.shutdown()
-    for name in (failpoints.ENV, "WANDB_MODE", "WANDB_SILENT"):
+    for name in (failpoints.ENV, "WANDB_MODE", "WANDB_SILENT", "MPO_AUTH_TOKEN"):
         del os.environ[name]
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def client(services: Services) -> AsyncIterator[ControllerClient]:
-    async with ControllerClient(services.controller.address, timeout=120) as controller:
+    async with ControllerClient(services.controller.address, token=TOKEN, timeout=120) as controller:
         yield controller
 
 
@@ -100,7 +103,7 @@ def run_yaml(services: Services, **rounds: object) -> str:
 
 
 async def trainer_step(services: Services) -> int:
-    async with TrainerClient(services.trainer_address) as trainer:
+    async with TrainerClient(services.trainer_address, token=TOKEN) as trainer:
         return (await trainer.status()).step
 
 
@@ -130,6 +133,9 @@ async def test_bad_requests_get_precise_errors_and_change_nothing(services: Serv
             await call  # type: ignore[misc]
         return caught.value.code(), caught.value.details() or ""
 
+    async with ControllerClient(services.controller.address, timeout=30) as anonymous:
+        code, detail = await code_and_detail(anonymous.list_runs())
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in detail
     code, detail = await code_and_detail(client.start_run("rounds: [unclosed"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and detail.startswith("config_yaml: not valid YAML")
     code, detail = await code_and_detail(client.start_run(run_yaml(services, samples_per_prompt=0, mode="fast")))
@@ -199,7 +205,7 @@ async def test_async_run_paused_resumed_and_its_controller_killed_mid_train(
 
     # Exactly once: the trainer took exactly the steps the committed pairs need, though round 3 was
     # interrupted mid-Train and sent again.
-    async with TrainerClient(services.trainer_address) as trainer:
+    async with TrainerClient(services.trainer_address, token=TOKEN) as trainer:
         status = await trainer.status()
     assert status.step == steps_before + sum(math.ceil(n / GLOBAL_BATCH) for n in pairs)
     assert status.policy_version == run.policy_version == records[-1].trained_policy_version
@@ -275,7 +281,7 @@ async def test_controller_killed_after_rollout_after_commit_after_publish_and_mi
     assert set(services.store.pair_staleness("crashes").values()) == {0}, "sync mode: never stale"
     # A kill after training keeps the round's training figures (stored with the trained mark).
     assert records[0].train_steps == math.ceil(pairs[0] / GLOBAL_BATCH)
-    async with TrainerClient(services.trainer_address) as trainer:
+    async with TrainerClient(services.trainer_address, token=TOKEN) as trainer:
         status = await trainer.status()
     assert status.step == steps_before + sum(math.ceil(n / GLOBAL_BATCH) for n in pairs), "no pair trained twice"
     assert status.policy_version == run.policy_version == records[-1].trained_policy_version
@@ -317,7 +323,7 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
         assert ready["event"] == "serving" and ready["service"] == "controller"
         async with httpx.AsyncClient(base_url=ready["dashboard_url"], timeout=30) as dashboard:
             assert (await dashboard.get("/api/runs")).json() == {"runs": []}
-        async with ControllerClient(ready["address"], timeout=120) as served:
+        async with ControllerClient(ready["address"], token=TOKEN, timeout=120) as served:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await served.start_run("rounds: {rounds: 0}\n", run_id="bad")
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -343,13 +349,16 @@ async def test_dashboard_follows_a_live_run_and_shows_the_services(
     """The dashboard as `mpo demo` shows it: served by the controller, updated by its watch stream."""
     url = services.controller.dashboard_url
     assert url is not None
+    # Paused right after the start (at most round 1 runs on), so the page surely opens mid-run.
     await client.start_run(run_yaml(services, rounds=3, eval_every=1), run_id="watched")
+    await client.pause_run("watched")
     async with chromium() as browser:
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
         await page.goto(url + "#/runs/watched")
-        await expect(page.locator("#run-facts")).to_be_visible()
+        await expect(page.locator("#run-facts .state")).to_have_text("paused")
         await page.evaluate("() => { window.notReloaded = true; }")
-        assert await page.locator("#rounds tbody tr").count() < 3, "the page opened before the run finished"
+        assert await page.locator("#rounds tbody tr").count() <= 1
+        await client.resume_run("watched")
         await expect(page.locator("#rounds tbody tr")).to_have_count(3, timeout=600_000)
         await expect(page.locator("#run-facts .state")).to_have_text("completed", timeout=60_000)
         assert await page.evaluate("() => window.notReloaded === true"), "rounds arrived without a reload"

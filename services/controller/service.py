@@ -19,6 +19,7 @@ import grpc
 import ray
 
 from mpo.config import ControllerConfig, ControllerServeConfig
+from mpo.services.common.auth import token_from_env
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.services.common.server import ServiceServer, bind
 from mpo.services.common.telemetry import RpcMetrics
@@ -98,10 +99,12 @@ class ControllerActor:
         self._started = asyncio.get_event_loop().create_task(self._start())
 
     async def _start(self) -> None:
+        # One token per cluster: the controller presents its own server's token to the services it drives.
+        token = token_from_env(self.config.server.auth_token_env)
         clients = ServiceClients(
-            RolloutClient(self.addresses["rollout"], timeout=SERVICE_CALL_TIMEOUT_S),
-            RewardClient(self.addresses["reward"], timeout=SERVICE_CALL_TIMEOUT_S),
-            TrainerClient(self.addresses["trainer"], timeout=SERVICE_CALL_TIMEOUT_S),
+            RolloutClient(self.addresses["rollout"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),
+            RewardClient(self.addresses["reward"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),
+            TrainerClient(self.addresses["trainer"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),
         )
         self._clients = [clients.rollout, clients.reward, clients.trainer]
         metrics = RpcMetrics()

@@ -16,6 +16,7 @@ import grpc
 import ray
 
 from mpo.config import RewardConfig
+from mpo.services.common.auth import token_from_env
 from mpo.services.common.clients import RolloutClient
 from mpo.services.common.server import ServiceServer, bind
 from mpo.services.common.validation import InvalidRequest
@@ -170,7 +171,9 @@ class RunningReward:
 async def start_reward(config: RewardConfig) -> RunningReward:
     remote = ray.remote(LabellingWorker).options(num_cpus=0, max_restarts=-1)
     workers = [remote.remote(dict(config.task_verifiers), dict(config.task_step_checks)) for _ in range(config.workers)]
-    rollout = RolloutClient(config.rollout_address, timeout=600) if config.rollout_address else None
+    # One token per cluster: the reward service presents its own server's token to the rollout service.
+    token = token_from_env(config.server.auth_token_env)
+    rollout = RolloutClient(config.rollout_address, token=token, timeout=600) if config.rollout_address else None
     service = RewardService(config, workers, rollout, await asyncio.to_thread(create_scorer, config.scorer))
     server = ServiceServer(config.server, [bind(service)], name="reward")
     await server.start()
