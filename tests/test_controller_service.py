@@ -308,10 +308,15 @@ async def test_stop_ends_a_run_after_its_round_and_start_continues_it(
 
 
 async def test_mpo_serve_controller_drives_a_run_over_running_services(services: Services) -> None:
-    """The controller alone as a process (how the Helm chart runs it), pointed at the running services."""
+    """The controller alone as a process, as the Helm chart runs it: its section of the run config file,
+    the run of that file started once it serves (`--start-run`), the services at the given addresses."""
     store = services.root / "served-store"
+    run_config = yaml.safe_load(run_yaml(services, rounds=1, eval_every=0))
+    run_config.update(run_id="served", store_dir=str(store))
+    (services.root / "served.yaml").write_text(yaml.safe_dump(run_config))
     command = [
-        sys.executable, "-m", "mpo.cli", "serve", "controller", "--port", "0", "--store-dir", str(store),
+        sys.executable, "-m", "mpo.cli", "serve", "controller", "--port", "0", "--start-run",
+        "--run-config", str(services.root / "served.yaml"),
         "--rollout-address", services.addresses["rollout"], "--reward-address", services.addresses["reward"],
         "--trainer-address", services.trainer_address,
     ]  # fmt: skip
@@ -319,17 +324,18 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         assert process.stdout is not None
+        started = json.loads(await asyncio.to_thread(process.stdout.readline))
+        assert started == {"event": "run", "run_id": "served", "round": 0}
         ready = json.loads(await asyncio.to_thread(process.stdout.readline))
         assert ready["event"] == "serving" and ready["service"] == "controller"
         async with httpx.AsyncClient(base_url=ready["dashboard_url"], timeout=30) as dashboard:
-            assert (await dashboard.get("/api/runs")).json() == {"runs": []}
+            assert [run["run_id"] for run in (await dashboard.get("/api/runs")).json()["runs"]] == ["served"]
         async with ControllerClient(ready["address"], token=TOKEN, timeout=120) as served:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await served.start_run("rounds: {rounds: 0}\n", run_id="bad")
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             details = caught.value.details() or ""
             assert details.startswith("config_yaml: ") and "rounds.rounds: Input should be greater than" in details
-            await served.start_run(run_yaml(services, rounds=1, eval_every=0), run_id="served")
             records = [r async for r in follow_rounds(served, "served", from_round=1)]
             assert (await served.get_run("served")).state == controller_pb2.RUN_STATE_COMPLETED
     finally:
@@ -341,6 +347,22 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
     assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED
     assert RunStore(store).pair_count("served") == records[0].labels.pairs_correctness
     assert RunStore(store).get_run("bad") is None, "a rejected config creates nothing"
+
+    # The pod restarts (a resubmitted RayJob): the same command continues the stored run, repeating nothing.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        restarted = json.loads(await asyncio.to_thread(process.stdout.readline))
+        assert restarted == {"event": "run", "run_id": "served", "round": 1}
+        ready = json.loads(await asyncio.to_thread(process.stdout.readline))
+        async with ControllerClient(ready["address"], token=TOKEN, timeout=120) as served:
+            assert [r.round async for r in follow_rounds(served, "served", from_round=1)] == [1]
+            assert (await served.get_run("served")).state == controller_pb2.RUN_STATE_COMPLETED
+    finally:
+        process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(process.wait, 120)
+    assert exit_code == 0
+    assert RunStore(store).pair_count("served") == records[0].labels.pairs_correctness
 
 
 async def test_dashboard_follows_a_live_run_and_shows_the_services(

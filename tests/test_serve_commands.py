@@ -78,10 +78,12 @@ asyncio.run(main())
 
 
 def test_serve_trainer_command(tmp_path: Path) -> None:
+    """From its section of a run config file (`--run-config`, how the Helm chart starts every service)."""
     model = build_text_model(tmp_path / "text", CORPUS, SMALL, seed=0)
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text(f"model: {model}\ntrainer: {{world_size: 1, checkpoint_dir: {tmp_path / 'ckpt'}}}\n")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mpo.cli", "serve", "trainer", "--model", str(model), "--world-size", "1",
-         "--port", "0", "--checkpoint-dir", str(tmp_path / "ckpt")],
+        [sys.executable, "-m", "mpo.cli", "serve", "trainer", "--run-config", str(run_config), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
@@ -90,6 +92,27 @@ def test_serve_trainer_command(tmp_path: Path) -> None:
         assert (ready["event"], ready["service"], ready["world_size"], ready["strategy"]) == (
             "serving", "trainer", 1, "zero3"
         )  # fmt: skip
+        assert (tmp_path / "ckpt").is_dir(), "the run config's checkpoint_dir is used"
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=120) == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["rollout", "--run-config", "missing.yaml"], "missing.yaml: cannot read config"),
+        (["rollout", "--run-config", "{empty}"], "rollout: missing (set `model`, or the `rollout` section)"),
+        (["controller", "--start-run", "--rollout-address", "a:1", "--reward-address", "b:2",
+          "--trainer-address", "c:3"], "--start-run: needs --run-config"),
+        (["controller", "--start-run", "--run-config", "{empty}", "--rollout-address", "a:1",
+          "--reward-address", "b:2", "--trainer-address", "c:3"], "run_id: required to start"),
+    ],
+    ids=["unreadable", "no-section", "start-without-config", "start-without-run-id"],
+)  # fmt: skip
+def test_serve_run_config_errors_name_the_problem(tmp_path: Path, arguments: list[str], message: str) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("rounds: {rounds: 2}\n")
+    command = [sys.executable, "-m", "mpo.cli", "serve", *(a.replace("{empty}", str(empty)) for a in arguments)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

