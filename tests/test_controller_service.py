@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import datasets
@@ -307,6 +308,22 @@ async def test_stop_ends_a_run_after_its_round_and_start_continues_it(
     assert [r.run_id for r in await client.list_runs()] == ["stoppable", "crashes", "async"]
 
 
+@asynccontextmanager
+async def serving(command: list[str]) -> AsyncIterator[tuple[dict[str, object], dict[str, object]]]:
+    """`mpo serve controller --start-run` as a process: its run line and its ready line; SIGTERM ends it
+    cleanly (exit code 0) when the block is done."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        started = json.loads(await asyncio.to_thread(process.stdout.readline))
+        yield started, json.loads(await asyncio.to_thread(process.stdout.readline))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(process.wait, 120)
+    assert exit_code == 0
+
+
 async def test_mpo_serve_controller_drives_a_run_over_running_services(services: Services) -> None:
     """The controller alone as a process, as the Helm chart runs it: its section of the run config file,
     the run of that file started once it serves (`--start-run`), the services at the given addresses."""
@@ -320,13 +337,8 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
         "--rollout-address", services.addresses["rollout"], "--reward-address", services.addresses["reward"],
         "--trainer-address", services.trainer_address,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    try:
-        assert process.stdout is not None
-        started = json.loads(await asyncio.to_thread(process.stdout.readline))
+    async with serving(command) as (started, ready):
         assert started == {"event": "run", "run_id": "served", "round": 0}
-        ready = json.loads(await asyncio.to_thread(process.stdout.readline))
         assert ready["event"] == "serving" and ready["service"] == "controller"
         async with httpx.AsyncClient(base_url=ready["dashboard_url"], timeout=30) as dashboard:
             assert [run["run_id"] for run in (await dashboard.get("/api/runs")).json()["runs"]] == ["served"]
@@ -338,10 +350,6 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
             assert details.startswith("config_yaml: ") and "rounds.rounds: Input should be greater than" in details
             records = [r async for r in follow_rounds(served, "served", from_round=1)]
             assert (await served.get_run("served")).state == controller_pb2.RUN_STATE_COMPLETED
-    finally:
-        process.send_signal(signal.SIGTERM)
-        exit_code = await asyncio.to_thread(process.wait, 120)
-    assert exit_code == 0
     assert [r.round for r in records] == [1]
     run = RunStore(store).get_run("served")
     assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED
@@ -349,19 +357,11 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
     assert RunStore(store).get_run("bad") is None, "a rejected config creates nothing"
 
     # The pod restarts (a resubmitted RayJob): the same command continues the stored run, repeating nothing.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    try:
-        assert process.stdout is not None
-        restarted = json.loads(await asyncio.to_thread(process.stdout.readline))
+    async with serving(command) as (restarted, ready):
         assert restarted == {"event": "run", "run_id": "served", "round": 1}
-        ready = json.loads(await asyncio.to_thread(process.stdout.readline))
         async with ControllerClient(ready["address"], token=TOKEN, timeout=120) as served:
             assert [r.round async for r in follow_rounds(served, "served", from_round=1)] == [1]
             assert (await served.get_run("served")).state == controller_pb2.RUN_STATE_COMPLETED
-    finally:
-        process.send_signal(signal.SIGTERM)
-        exit_code = await asyncio.to_thread(process.wait, 120)
-    assert exit_code == 0
     assert RunStore(store).pair_count("served") == records[0].labels.pairs_correctness
 
 
