@@ -249,11 +249,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     from pydantic import ValidationError
 
     from mpo.config import DashboardConfig, format_validation_error
+    from mpo.services.common.hosting import serve_until_signal
     from mpo.services.dashboard.server import start_dashboard
     from mpo.services.dashboard.sources import StoreSource
 
@@ -267,16 +267,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         print(f"error: --store-dir: {exc}", file=sys.stderr)
         return 2
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        server = await start_dashboard(source, config)
-        print(json.dumps({"event": "serving", "service": "dashboard", "url": server.url}), flush=True)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(serve())
+    asyncio.run(serve_until_signal(lambda: start_dashboard(source, config)))
     return 0
 
 

@@ -32,7 +32,11 @@ class DashboardServer:
     task: asyncio.Task[None]
     url: str
 
-    async def stop(self) -> None:
+    def ready_event(self) -> dict[str, object]:
+        return {"event": "serving", "service": "dashboard", "url": self.url}
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving; open event streams get uvicorn's graceful-shutdown timeout (`grace` is unused)."""
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self.task

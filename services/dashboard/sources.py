@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mpo.services.common.validation import InvalidRequest
 from mpo.services.controller.loop import ServiceClients
 from mpo.services.controller.runs import RunManager
 from mpo.services.controller.store import RunStore
@@ -81,12 +82,18 @@ class ControllerSource:
         self.store = runs.store
 
     def runs(self) -> list[controller_pb2.Run]:
-        return [self.run(run.run_id) for run in self._runs.list()]
+        runs = self._runs.list()
+        active = self._runs.active
+        # Only the active run has a phase in progress, which the stored records do not hold.
+        return [self._runs.get(run.run_id) if active and run.run_id == active.run_id else run for run in runs]
 
     def run(self, run_id: str) -> controller_pb2.Run:
-        if self._runs.store.get_run(run_id) is None:
-            raise UnknownRun(run_id)
-        return self._runs.get(run_id)
+        try:
+            return self._runs.get(run_id)
+        except InvalidRequest as error:
+            if error.code == grpc.StatusCode.NOT_FOUND:
+                raise UnknownRun(run_id) from error
+            raise
 
     def watch(self, run_id: str, from_round: int) -> AsyncIterator[common_pb2.RoundMetrics]:
         self.run(run_id)
