@@ -184,12 +184,15 @@ def _starting_the_run(
     start: Callable[[object], Awaitable[Any]], run_config: Path
 ) -> Callable[[object], Awaitable[Any]]:
     """`mpo serve controller --start-run`: once serving, start the run of the run config, or continue it
-    when the store has it (a restarted pod); a run that cannot start stops the controller with its error."""
+    when the store has it (a restarted pod), under that config; another run left running (the deployment
+    named a new run) is stopped first. A run that cannot start stops the controller with its error."""
     import grpc
 
     from mpo.config import load_config
     from mpo.services.common.auth import token_from_env
     from mpo.services.common.clients import ControllerClient
+    from mpo.services.controller.runs import LIVE_STATES
+    from mpo.services.controller.service import SERVICE_CALL_TIMEOUT_S
 
     run_id = load_config(run_config).run_id
     if run_id is None:
@@ -200,6 +203,10 @@ def _starting_the_run(
         token = token_from_env(config.server.auth_token_env)
         try:
             async with ControllerClient(running.address, token=token, timeout=120) as client:
+                for other in await client.list_runs():
+                    if other.run_id != run_id and other.state in LIVE_STATES:
+                        print(f"stopping run {other.run_id!r}: this deployment now drives {run_id!r}", file=sys.stderr)
+                        await client.stop_run(other.run_id, timeout=SERVICE_CALL_TIMEOUT_S)  # its round ends first
                 run = await client.start_run(run_config.read_text(), run_id=run_id)
         except grpc.aio.AioRpcError as error:
             await running.stop(0)

@@ -288,7 +288,7 @@ async def test_controller_killed_after_rollout_after_commit_after_publish_and_mi
     assert status.policy_version == run.policy_version == records[-1].trained_policy_version
 
 
-async def test_stop_ends_a_run_after_its_round_and_start_continues_it(
+async def test_stop_ends_a_run_after_its_round_and_start_continues_it_under_a_new_config(
     services: Services, client: ControllerClient
 ) -> None:
     await client.start_run(run_yaml(services, rounds=3, eval_every=0), run_id="stoppable")
@@ -302,9 +302,29 @@ async def test_stop_ends_a_run_after_its_round_and_start_continues_it(
 
     resumed = await client.start_run(run_yaml(services, rounds=2, eval_every=0), run_id="stoppable")
     assert resumed.state == controller_pb2.RUN_STATE_RUNNING
+    await wait_for_phase(client, "stoppable", 2, "generate")
+    assert (await client.pause_run("stoppable")).state == controller_pb2.RUN_STATE_PAUSED
+
+    # Started again while active: the same config changes nothing, a bad one is refused and changes
+    # nothing, a new one (one more round) takes over once round 2 (started before) is done, still paused.
+    assert (await client.start_run(resumed.config_yaml, run_id="stoppable")).config_yaml == resumed.config_yaml
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.start_run(run_yaml(services, rounds=3, samples_per_prompt=0), run_id="stoppable")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "rounds.samples_per_prompt" in (caught.value.details() or "")
+    assert (await client.get_run("stoppable")).config_yaml == resumed.config_yaml
+    more = await client.start_run(run_yaml(services, rounds=3, eval_every=0), run_id="stoppable")
+    assert more.state == controller_pb2.RUN_STATE_PAUSED and yaml.safe_load(more.config_yaml)["rounds"]["rounds"] == 3
+    while [r.round for r in await client.list_rounds("stoppable")] != [1, 2]:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.0)  # round 2's loop has ended by now: without the hand-over, the run would be COMPLETED
+    paused = await client.get_run("stoppable")
+    assert (paused.state, paused.current_round) == (controller_pb2.RUN_STATE_PAUSED, 2), "a paused run starts no round"
+    assert (await client.resume_run("stoppable")).state == controller_pb2.RUN_STATE_RUNNING
     records = [r async for r in follow_rounds(client, "stoppable", from_round=2)]
-    assert [r.round for r in records] == [2]
-    assert (await client.get_run("stoppable")).state == controller_pb2.RUN_STATE_COMPLETED
+    assert [r.round for r in records] == [2, 3]
+    done = await client.get_run("stoppable")
+    assert (done.state, done.current_round) == (controller_pb2.RUN_STATE_COMPLETED, 3)
     assert [r.run_id for r in await client.list_runs()] == ["stoppable", "crashes", "async"]
 
 
@@ -326,17 +346,22 @@ async def serving(command: list[str]) -> AsyncIterator[tuple[dict[str, object], 
 
 async def test_mpo_serve_controller_drives_a_run_over_running_services(services: Services) -> None:
     """The controller alone as a process, as the Helm chart runs it: its section of the run config file,
-    the run of that file started once it serves (`--start-run`), the services at the given addresses."""
+    the run of that file started once it serves (`--start-run`), the services at the given addresses.
+    Its pod stops mid-run; a deployment naming another run stops the first; the first command continues it."""
     store = services.root / "served-store"
-    run_config = yaml.safe_load(run_yaml(services, rounds=1, eval_every=0))
-    run_config.update(run_id="served", store_dir=str(store))
-    (services.root / "served.yaml").write_text(yaml.safe_dump(run_config))
-    command = [
-        sys.executable, "-m", "mpo.cli", "serve", "controller", "--port", "0", "--start-run",
-        "--run-config", str(services.root / "served.yaml"),
-        "--rollout-address", services.addresses["rollout"], "--reward-address", services.addresses["reward"],
-        "--trainer-address", services.trainer_address,
-    ]  # fmt: skip
+
+    def serve_command(run_id: str, rounds: int) -> list[str]:
+        run_config = yaml.safe_load(run_yaml(services, rounds=rounds, eval_every=0))
+        run_config.update(run_id=run_id, store_dir=str(store))
+        (services.root / f"{run_id}.yaml").write_text(yaml.safe_dump(run_config))
+        return [
+            sys.executable, "-m", "mpo.cli", "serve", "controller", "--port", "0", "--start-run",
+            "--run-config", str(services.root / f"{run_id}.yaml"),
+            "--rollout-address", services.addresses["rollout"], "--reward-address", services.addresses["reward"],
+            "--trainer-address", services.trainer_address,
+        ]  # fmt: skip
+
+    command = serve_command("served", rounds=2)
     async with serving(command) as (started, ready):
         assert started == {"event": "run", "run_id": "served", "round": 0}
         assert ready["event"] == "serving" and ready["service"] == "controller"
@@ -348,21 +373,27 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             details = caught.value.details() or ""
             assert details.startswith("config_yaml: ") and "rounds.rounds: Input should be greater than" in details
-            records = [r async for r in follow_rounds(served, "served", from_round=1)]
-            assert (await served.get_run("served")).state == controller_pb2.RUN_STATE_COMPLETED
-    assert [r.round for r in records] == [1]
-    run = RunStore(store).get_run("served")
-    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED
-    assert RunStore(store).pair_count("served") == records[0].labels.pairs_correctness
+            await wait_for_phase(served, "served", 1, "generate")
+    interrupted = RunStore(store).get_run("served")  # SIGTERM mid-round: the run is left to the next controller
+    assert interrupted is not None and interrupted.state == controller_pb2.RUN_STATE_RUNNING
     assert RunStore(store).get_run("bad") is None, "a rejected config creates nothing"
 
-    # The pod restarts (a resubmitted RayJob): the same command continues the stored run, repeating nothing.
-    async with serving(command) as (restarted, ready):
-        assert restarted == {"event": "run", "run_id": "served", "round": 1}
+    # An upgrade names a new run: the interrupted one is stopped (kept in the store), the new one runs.
+    async with serving(serve_command("served-next", rounds=1)) as (started, ready):
+        assert started == {"event": "run", "run_id": "served-next", "round": 0}
+        assert RunStore(store).get_run("served").state == controller_pb2.RUN_STATE_STOPPED  # type: ignore[union-attr]
         async with ControllerClient(ready["address"], token=TOKEN, timeout=120) as served:
-            assert [r.round async for r in follow_rounds(served, "served", from_round=1)] == [1]
+            assert [r.round async for r in follow_rounds(served, "served-next", from_round=1)] == [1]
+    assert RunStore(store).get_run("served-next").state == controller_pb2.RUN_STATE_COMPLETED  # type: ignore[union-attr]
+
+    # The first deployment again (e.g. a rollback): the same command continues its run, repeating nothing.
+    async with serving(command) as (restarted, ready):
+        assert restarted["run_id"] == "served" and restarted["round"] <= 1
+        async with ControllerClient(ready["address"], token=TOKEN, timeout=120) as served:
+            records = [r async for r in follow_rounds(served, "served", from_round=1)]
             assert (await served.get_run("served")).state == controller_pb2.RUN_STATE_COMPLETED
-    assert RunStore(store).pair_count("served") == records[0].labels.pairs_correctness
+    assert [r.round for r in records] == [1, 2]
+    assert RunStore(store).pair_count("served") == sum(r.labels.pairs_correctness for r in records)
 
 
 async def test_dashboard_follows_a_live_run_and_shows_the_services(

@@ -29,7 +29,8 @@ from mpo.v1 import common_pb2, controller_pb2
 
 log = logging.getLogger(__name__)
 
-_LIVE = (controller_pb2.RUN_STATE_RUNNING, controller_pb2.RUN_STATE_PAUSED)
+#: A run in these states has a round loop (on a controller, or continued by the next one to start).
+LIVE_STATES = (controller_pb2.RUN_STATE_RUNNING, controller_pb2.RUN_STATE_PAUSED)
 
 
 def new_run_id() -> str:
@@ -63,6 +64,8 @@ class ActiveRun:
     #: Phase of each started, unfinished round (async mode has more than one).
     phases: dict[int, str] = field(default_factory=dict)
     sinks: list[RoundSink] = field(default_factory=list)
+    #: The loop that continues the run under a new config once this one reaches a round boundary.
+    successor: RoundLoop | None = None
 
 
 class RunManager:
@@ -87,12 +90,14 @@ class RunManager:
         return sorted(self.store.list_runs(), key=lambda run: run.started_at, reverse=True)
 
     async def start(self, config_yaml: str, run_id: str = "") -> controller_pb2.Run:
-        """Start `run_id` (generated when empty), or resume it when the store has it."""
+        """Start `run_id` (generated when empty), or resume it when the store has it. Started again while
+        active with another config (e.g. more rounds), the run goes on under the new config from its next
+        round: a restarted controller continues the stored run before its caller's StartRun arrives."""
         config = parse_run_config(config_yaml)
         run_id = run_id or config.run_id or new_run_id()
         if self.active is not None:
             if self.active.run_id == run_id:
-                return self.get(run_id)
+                return self._reconfigure(self.active, config_yaml, config)
             raise InvalidRequest(
                 "run_id",
                 f"run {self.active.run_id!r} is active on this controller; stop it before starting {run_id!r}",
@@ -109,7 +114,19 @@ class RunManager:
         log.info("run %s: started (round %d done, %d to go)", run_id, run.current_round, config.rounds.rounds)
         return self.get(run_id)
 
-    def _round_loop(self, run_id: str, config: RunConfig) -> RoundLoop:
+    def _reconfigure(self, active: ActiveRun, config_yaml: str, config: RunConfig) -> controller_pb2.Run:
+        run = self.get(active.run_id)
+        if parse_run_config(run.config_yaml) == config:
+            return run  # the same StartRun again: nothing to change
+        successor = self._round_loop(active.run_id, config, active.control)  # a bad config changes nothing
+        run.config_yaml, run.updated_at = config_yaml, time.time()
+        self.store.put_run(run)  # a controller that dies before the hand-over continues with the new config
+        active.successor = successor
+        active.control.hand_over()
+        log.info("run %s: new config; it takes over after the rounds already started", active.run_id)
+        return self.get(active.run_id)
+
+    def _round_loop(self, run_id: str, config: RunConfig, control: RunControl | None = None) -> RoundLoop:
         assert config.data is not None  # parse_run_config
         skip = "skip" if config.data.skip_bad_rows else "reject"
         try:
@@ -120,7 +137,9 @@ class RunManager:
         if not train:
             raise InvalidRequest("config_yaml", f"data.train: {config.data.train} has no prompts")
         try:
-            return RoundLoop(run_id, config.rounds, self.store, self.clients, train, heldout, control=RunControl())
+            return RoundLoop(
+                run_id, config.rounds, self.store, self.clients, train, heldout, control=control or RunControl()
+            )
         except ValueError as error:  # a task mix the prompts cannot serve
             raise InvalidRequest("config_yaml", f"rounds.{error}") from error
 
@@ -156,8 +175,10 @@ class RunManager:
         return self.store.root / "runs" / run_id / "wandb"
 
     async def _drive(self, active: ActiveRun, loop: RoundLoop) -> None:
-        """Run the loop to its end and record how it ended. Cancelled (the controller shutting down), the
-        run stays RUNNING or PAUSED, so the next controller continues it."""
+        """Run the loop to its end and record how it ended, or hand the run to its successor loop.
+        Cancelled (the controller shutting down), the run stays RUNNING or PAUSED, so the next controller
+        continues it."""
+        handed_over = False
         try:
             await loop.run()
         except asyncio.CancelledError:
@@ -166,12 +187,19 @@ class RunManager:
             log.exception("run %s failed", active.run_id)
             await self._end(active, controller_pb2.RUN_STATE_FAILED, f"{type(error).__name__}: {error}")
         else:
+            if active.successor is not None and not active.control.stopping:
+                # No await from here to the successor's start: watchers never see the run inactive.
+                active.control.take_over()
+                self._launch(active.successor, active.sinks)
+                handed_over = True
+                return
             finished = self.store.last_committed_round(active.run_id) >= loop.config.rounds
             state = controller_pb2.RUN_STATE_COMPLETED if finished else controller_pb2.RUN_STATE_STOPPED
             await self._end(active, state)
         finally:
-            for sink in active.sinks:
-                sink.close()
+            if not handed_over:
+                for sink in active.sinks:
+                    sink.close()
 
     async def _end(self, active: ActiveRun, state: int, error: str = "") -> None:
         self._set_state(active.run_id, state, error)
@@ -220,7 +248,7 @@ class RunManager:
     async def continue_interrupted(self) -> None:
         """After a restart: continue the run that was running or paused when the controller died."""
         for run in self.store.list_runs():
-            if run.state not in _LIVE:
+            if run.state not in LIVE_STATES:
                 continue
             try:
                 config = parse_run_config(run.config_yaml)
