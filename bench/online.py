@@ -8,14 +8,18 @@ Every variant runs the demo's config (`mpo/demo.py`) from the same base policy, 
   async the MPO variant in async mode (rollout of round k+1 overlaps training of round k).
 Accuracy is greedy on all held-out prompts (2,000), with its standard error; the gain's standard error
 treats base and final accuracy as independent (conservative: they are measured on the same prompts).
+`paired` re-evaluates the base and the run's last checkpoint on those prompts (transformers, greedy) and
+gives the gain with its paired standard error, from the per-prompt differences (`--no-paired` skips it).
 
     .venv/bin/python bench/online.py [--variants mpo,sft,dpo,async] [--seeds 0,1] [--rounds 10] [--workdir DIR]
+                                     [--no-paired]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -25,9 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from mpo.config import RunConfig
+from mpo.data.loader import load_prompts
 from mpo.demo import demo_run_config, prepare
+from mpo.evaluation import EvalResult, evaluate, paired_gain
+from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.services.controller.embedded import run_embedded
 from mpo.services.controller.store import RunStore
+from mpo.trainer.export import export_checkpoint
 from mpo.v1 import controller_pb2
 
 _TERMS = {
@@ -54,7 +62,35 @@ def variant_config(workdir: Path, variant: str, seed: int, rounds: int) -> RunCo
     return RunConfig.model_validate(raw)
 
 
-def run_variant(workdir: Path, variant: str, seed: int, rounds: int) -> dict[str, Any]:
+@functools.cache
+def greedy_evaluation(model_dir: Path, heldout: Path, prompts: int, max_tokens: int) -> EvalResult:
+    records = load_prompts(heldout).records[:prompts]  # the prompts the controller evaluates on
+    return evaluate(TransformersGenerator(model_dir), records, Sampling(n=1, max_new_tokens=max_tokens))
+
+
+def paired_comparison(config: RunConfig) -> dict[str, Any]:
+    """Base against the run's last checkpoint (exported once) on the same held-out prompts."""
+    assert config.data is not None and config.trainer is not None
+    checkpoints = config.trainer.checkpoint_dir
+    final_model = checkpoints.parent / "final-model"
+    if not (final_model / "config.json").exists():
+        export_checkpoint(checkpoints / (checkpoints / "LATEST").read_text().strip(), final_model)
+    evaluation = functools.partial(
+        greedy_evaluation, heldout=config.data.heldout, prompts=config.rounds.eval_prompts,
+        max_tokens=config.rounds.max_tokens,
+    )  # fmt: skip
+    base, final = evaluation(config.model), evaluation(final_model)
+    gain, error = paired_gain(base, final)
+    return {
+        "base": round(base.accuracy, 4),
+        "final": round(final.accuracy, 4),
+        "gain_points": round(100 * gain, 2),
+        "gain_standard_error_points": round(100 * error, 2),
+        "gain_in_standard_errors": round(gain / error, 2) if error else None,
+    }
+
+
+def run_variant(workdir: Path, variant: str, seed: int, rounds: int, *, paired: bool) -> dict[str, Any]:
     """Run one variant, or read it back when the bench store has it completed (an interrupted bench
     continues where it stopped instead of repeating finished runs)."""
     config = variant_config(workdir, variant, seed, rounds)
@@ -98,6 +134,7 @@ def run_variant(workdir: Path, variant: str, seed: int, rounds: int) -> dict[str
         "phase_share": {phase: round(seconds / rounds_time, 4) for phase, seconds in phases.items()},
         "staleness_max": max(r.staleness_max for r in records),
         "wall_seconds_with_startup": wall,
+        "paired": paired_comparison(config) if paired else None,
     }
 
 
@@ -107,6 +144,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=Path("mpo-demo"))
+    parser.add_argument("--no-paired", dest="paired", action="store_false", help="skip the paired re-evaluation")
     args = parser.parse_args()
     started = time.perf_counter()
     prepare(args.workdir, say=lambda line: print(line, flush=True))
@@ -115,12 +153,17 @@ def main() -> None:
     for variant in args.variants.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             print(f"running {variant} seed {seed} ...", flush=True)
-            results[f"{variant}/seed{seed}"] = run_variant(args.workdir, variant, seed, args.rounds)
+            results[f"{variant}/seed{seed}"] = run_variant(args.workdir, variant, seed, args.rounds, paired=args.paired)
     summary: dict[str, Any] = {}
     for variant in args.variants.split(","):
         runs = [r for key, r in results.items() if key.startswith(f"{variant}/")]
         gains = [t["gain_points"] for r in runs for t in r["tasks"].values()]
         summary[variant] = {"mean_gain_points": round(sum(gains) / len(gains), 2) if gains else None}
+        paired = [r["paired"] for r in runs if r["paired"]]
+        if paired:  # seeds are independent: the mean's error is the root of the summed variances over n
+            errors = [p["gain_standard_error_points"] for p in paired]
+            summary[variant]["paired_mean_gain_points"] = round(sum(p["gain_points"] for p in paired) / len(paired), 2)
+            summary[variant]["paired_mean_standard_error_points"] = round(math.hypot(*errors) / len(paired), 2)
     if "mpo" in summary and "async" in summary:
         sync_rate = [r["pairs_per_second"] for k, r in results.items() if k.startswith("mpo/")]
         async_rate = [r["pairs_per_second"] for k, r in results.items() if k.startswith("async/")]

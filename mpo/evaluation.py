@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ class EvalResult:
     pass_at_k: float
     unparsable: float
     per_task: dict[str, float] = field(default_factory=dict)
+    #: Fraction of correct samples per graded prompt, in the order of the records: what pairs two
+    #: evaluations of the same prompts (`paired_gain`).
+    per_prompt: tuple[float, ...] = ()
 
     @property
     def standard_error(self) -> float:
@@ -58,6 +62,7 @@ def evaluate(generator: TransformersGenerator, records: Sequence[PromptRecord], 
     responses = generator.generate(graded, sampling)
     correct_by_task: dict[str, list[float]] = defaultdict(list)
     any_correct, unparsable, correct_total = 0, 0, 0.0
+    per_prompt: list[float] = []
     for record, samples in zip(graded, responses, strict=True):
         extractions = [extract_final_answer(text) for text in samples]  # once per sample
         verdicts = [_matches(extraction, record) for extraction in extractions]
@@ -66,6 +71,7 @@ def evaluate(generator: TransformersGenerator, records: Sequence[PromptRecord], 
         correct_total += fraction
         any_correct += any(verdicts)
         correct_by_task[record.task].append(fraction)
+        per_prompt.append(fraction)
     return EvalResult(
         prompts=len(graded),
         samples_per_prompt=sampling.n,
@@ -73,4 +79,21 @@ def evaluate(generator: TransformersGenerator, records: Sequence[PromptRecord], 
         pass_at_k=any_correct / len(graded),
         unparsable=unparsable / (len(graded) * sampling.n),
         per_task={task: sum(v) / len(v) for task, v in sorted(correct_by_task.items())},
+        per_prompt=tuple(per_prompt),
     )
+
+
+def paired_gain(before: EvalResult, after: EvalResult) -> tuple[float, float]:
+    """Accuracy gain from `before` to `after` (two evaluations of the same prompts, in the same order) and
+    its standard error from the per-prompt differences: each prompt's own difficulty cancels, so the
+    error is what the policy change leaves, not the spread of two independent accuracies."""
+    if len(before.per_prompt) != len(after.per_prompt) or not before.per_prompt:
+        raise ValueError(
+            f"paired gain needs two evaluations of the same prompts: {len(before.per_prompt)} vs "
+            f"{len(after.per_prompt)} prompts"
+        )
+    differences = [b - a for a, b in zip(before.per_prompt, after.per_prompt, strict=True)]
+    n = len(differences)
+    mean = sum(differences) / n
+    variance = sum((d - mean) ** 2 for d in differences) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(variance / n)
