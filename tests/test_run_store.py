@@ -148,11 +148,30 @@ def test_what_was_committed_survives_kill_9(tmp_path: Path) -> None:
 def test_the_prompt_order_is_a_seeded_sequence_of_shuffled_epochs() -> None:
     records = sums(10, 0)
     sampler = PromptSampler(records, per_round=4, seed=3)
-    drawn = [r.id for k in (1, 2, 3, 4, 5) for r in sampler.round(k)]
-    assert sorted(drawn[:10]) == sorted(r.id for r in records), "the first epoch covers every prompt once"
-    assert sorted(drawn[10:20]) == sorted(r.id for r in records)
-    assert drawn[:10] != drawn[10:20], "each epoch is shuffled anew"
-    assert [r.id for r in PromptSampler(records, per_round=4, seed=3).round(4)] == drawn[12:16], "resumable"
+    drawn = [[r.id for r in sampler.round(k)] for k in range(1, 31)]
+    # Two rounds per shuffle of the 10 prompts: 8 distinct prompts, the 2 left over change each time.
+    epochs = [drawn[k] + drawn[k + 1] for k in range(0, 30, 2)]
+    assert all(len(set(epoch)) == 8 for epoch in epochs)
+    assert epochs[0] != epochs[1], "each epoch is shuffled anew"
+    assert set().union(*epochs) == {r.id for r in records}, "no prompt is left out for good"
+    assert [r.id for r in PromptSampler(records, per_round=4, seed=3).round(4)] == drawn[3], "resumable"
+
+
+@pytest.mark.parametrize(("size", "per_round"), [(10, 4), (10, 10), (5000, 128), (5000, 256), (7, 3)])
+def test_no_round_draws_a_prompt_twice(size: int, per_round: int) -> None:
+    """A round across the end of a shuffle once drew a prompt twice (Generate refuses duplicate ids)."""
+    sampler = PromptSampler(sums(size, 0), per_round=per_round, seed=0)
+    for k in range(1, 3 * size // per_round + 2):
+        ids = [r.id for r in sampler.round(k)]
+        assert len(ids) == per_round == len(set(ids)), f"round {k}"
+
+
+def test_a_round_larger_than_the_prompt_set_is_refused() -> None:
+    with pytest.raises(ValueError, match="prompts_per_round: 11, but the prompt set has 10 prompts"):
+        PromptSampler(sums(10, 0), per_round=11, seed=0)
+    other = [r.model_copy(update={"id": f"o{i}", "task": "other"}) for i, r in enumerate(sums(2, 50))]
+    with pytest.raises(ValueError, match="task_mix: 3 other prompts per round, but the prompt set has 2"):
+        PromptSampler(sums(10, 0) + other, per_round=6, seed=0, mix={"arith": 1, "other": 1})
 
 
 def test_a_task_mix_fixes_each_rounds_share_per_task() -> None:
@@ -160,8 +179,9 @@ def test_a_task_mix_fixes_each_rounds_share_per_task() -> None:
     sampler = PromptSampler(sums(10, 0) + other, per_round=5, seed=1, mix={"arith": 3, "other": 2})
     rounds = [sampler.round(k) for k in range(1, 8)]
     assert all([r.task for r in drawn] == ["arith"] * 3 + ["other"] * 2 for drawn in rounds)
-    others = [r.id for drawn in rounds[:7] for r in drawn if r.task == "other"]
-    assert sorted(others[:7]) == sorted(r.id for r in other), "each task has its own epochs"
+    others = [r.id for drawn in rounds for r in drawn if r.task == "other"]
+    arith = [r.id for drawn in rounds for r in drawn if r.task == "arith"]
+    assert len(set(others[:6])) == 6 and len(set(arith[:9])) == 9, "each task has its own epochs"
     assert sampler.round(6) == PromptSampler(
         sums(10, 0) + other, per_round=5, seed=1, mix={"arith": 3, "other": 2}
     ).round(6)

@@ -57,7 +57,10 @@ def to_prompt(record: PromptRecord) -> common_pb2.Prompt:
 class PromptSampler:
     """Round k's prompts: the next `per_round` of an endless sequence of seeded shuffles of the set, so a
     resumed run draws exactly the prompts it would have drawn. With a task `mix`, each round takes a
-    fixed share of prompts per task (largest remainders), each task from its own shuffled epochs."""
+    fixed share of prompts per task (largest remainders), each task from its own shuffled epochs.
+
+    A round never spans two shuffles (the last `size % per_round` prompts of each shuffle are left for
+    the next ones): a round that did could draw one prompt twice, which Generate refuses."""
 
     def __init__(
         self, records: Sequence[PromptRecord], *, per_round: int, seed: int, mix: Mapping[str, float] | None = None
@@ -66,6 +69,8 @@ class PromptSampler:
             raise ValueError("the prompt set is empty")
         self.per_round, self.seed = per_round, seed
         if not mix:
+            if per_round > len(records):
+                raise ValueError(f"prompts_per_round: {per_round}, but the prompt set has {len(records)} prompts")
             self.pools = {"": list(records)}
             self.counts = {"": per_round}
             return
@@ -79,6 +84,11 @@ class PromptSampler:
             )
         self.pools = {task: by_task[task] for task in mix}
         self.counts = _apportion(per_round, mix)
+        for task, count in self.counts.items():
+            if count > len(self.pools[task]):
+                raise ValueError(
+                    f"task_mix: {count} {task} prompts per round, but the prompt set has {len(self.pools[task])}"
+                )
 
     def _epoch(self, pool: str, index: int) -> list[PromptRecord]:
         order = list(self.pools[pool])
@@ -88,9 +98,11 @@ class PromptSampler:
     def round(self, round_index: int) -> list[PromptRecord]:
         drawn = []
         for pool, count in self.counts.items():
-            size = len(self.pools[pool])
-            for position in range((round_index - 1) * count, round_index * count):
-                drawn.append(self._epoch(pool, position // size)[position % size])
+            if not count:
+                continue
+            rounds_per_epoch = len(self.pools[pool]) // count
+            epoch, within = divmod(round_index - 1, rounds_per_epoch)
+            drawn.extend(self._epoch(pool, epoch)[within * count : (within + 1) * count])
         return drawn
 
 
