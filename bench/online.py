@@ -69,12 +69,13 @@ def greedy_evaluation(model_dir: Path, heldout: Path, prompts: int, max_tokens: 
 
 
 def paired_comparison(config: RunConfig) -> dict[str, Any]:
-    """Base against the run's last checkpoint (exported once) on the same held-out prompts."""
+    """Base against the run's last checkpoint (exported once per checkpoint) on the same held-out prompts."""
     assert config.data is not None and config.trainer is not None
     checkpoints = config.trainer.checkpoint_dir
-    final_model = checkpoints.parent / "final-model"
+    latest = (checkpoints / "LATEST").read_text().strip()
+    final_model = checkpoints.parent / f"exported-{latest}"  # a run extended later exports its new last one
     if not (final_model / "config.json").exists():
-        export_checkpoint(checkpoints / (checkpoints / "LATEST").read_text().strip(), final_model)
+        export_checkpoint(checkpoints / latest, final_model)
     evaluation = functools.partial(
         greedy_evaluation, heldout=config.data.heldout, prompts=config.rounds.eval_prompts,
         max_tokens=config.rounds.max_tokens,
