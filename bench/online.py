@@ -10,9 +10,11 @@ Accuracy is greedy on all held-out prompts (2,000), with its standard error; the
 treats base and final accuracy as independent (conservative: they are measured on the same prompts).
 `paired` re-evaluates the base and the run's last checkpoint on those prompts (transformers, greedy) and
 gives the gain with its paired standard error, from the per-prompt differences (`--no-paired` skips it).
+`--set KEY=VALUE` (repeatable; a dotted path into the run config, a YAML value) probes a change of the
+recipe; such runs get their own run ids, so a probe never reads back a run of another config.
 
     .venv/bin/python bench/online.py [--variants mpo,sft,dpo,async] [--seeds 0,1] [--rounds 10] [--workdir DIR]
-                                     [--no-paired]
+                                     [--set rounds.prompts_per_round=256 ...] [--no-paired]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
 import json
 import math
 import os
@@ -27,6 +30,8 @@ import platform
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from mpo.config import RunConfig
 from mpo.data.loader import load_prompts
@@ -51,14 +56,35 @@ def standard_error(accuracy: float, prompts: int) -> float:
     return math.sqrt(accuracy * (1 - accuracy) / prompts) if prompts else 0.0
 
 
-def variant_config(workdir: Path, variant: str, seed: int, rounds: int) -> RunConfig:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings as {dotted key: YAML-parsed value}."""
+    overrides = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. rounds.prompts_per_round=256")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def variant_config(
+    workdir: Path, variant: str, seed: int, rounds: int, overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    overrides = overrides or {}
+    probe = "-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8] if overrides else ""
     raw = demo_run_config(workdir, seed=seed, rounds=rounds, mode="async" if variant == "async" else "sync")
-    raw["run_id"] = f"bench-{variant}-seed{seed}"
+    raw["run_id"] = f"bench-{variant}{probe}-seed{seed}"
     raw["objective"] = {"terms": _TERMS[variant]}
     raw["store_dir"] = str(workdir / "bench-store")
     for section, key in (("rollout", "weights_dir"), ("trainer", "checkpoint_dir"), ("trainer", "publish_dir")):
         raw[section][key] = str(workdir / "bench-state" / raw["run_id"] / key)
     raw["rounds"]["eval_every"] = rounds  # base and final only: every evaluation costs round time
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        section = raw
+        for name in parents:
+            section = section.setdefault(name, {})
+        section[leaf] = value
     return RunConfig.model_validate(raw)
 
 
@@ -91,10 +117,12 @@ def paired_comparison(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def run_variant(workdir: Path, variant: str, seed: int, rounds: int, *, paired: bool) -> dict[str, Any]:
+def run_variant(
+    workdir: Path, variant: str, seed: int, rounds: int, *, paired: bool, overrides: dict[str, Any]
+) -> dict[str, Any]:
     """Run one variant, or read it back when the bench store has it completed (an interrupted bench
     continues where it stopped instead of repeating finished runs)."""
-    config = variant_config(workdir, variant, seed, rounds)
+    config = variant_config(workdir, variant, seed, rounds, overrides)
     store = RunStore(config.store_dir)
     run_id = config.run_id or ""
     stored = store.get_run(run_id)
@@ -146,7 +174,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=Path("mpo-demo"))
     parser.add_argument("--no-paired", dest="paired", action="store_false", help="skip the paired re-evaluation")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the run config (dotted key, YAML value); repeatable")  # fmt: skip
     args = parser.parse_args()
+    overrides = parse_overrides(args.overrides)
     started = time.perf_counter()
     prepare(args.workdir, say=lambda line: print(line, flush=True))
     prepare_seconds = time.perf_counter() - started
@@ -154,7 +185,9 @@ def main() -> None:
     for variant in args.variants.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             print(f"running {variant} seed {seed} ...", flush=True)
-            results[f"{variant}/seed{seed}"] = run_variant(args.workdir, variant, seed, args.rounds, paired=args.paired)
+            results[f"{variant}/seed{seed}"] = run_variant(
+                args.workdir, variant, seed, args.rounds, paired=args.paired, overrides=overrides
+            )
     summary: dict[str, Any] = {}
     for variant in args.variants.split(","):
         runs = [r for key, r in results.items() if key.startswith(f"{variant}/")]
@@ -177,6 +210,7 @@ def main() -> None:
                 "benchmark": "online",
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 "rounds": args.rounds,
+                "overrides": overrides,
                 "prepare_seconds": round(prepare_seconds, 1),
                 "summary": summary,
                 "runs": results,

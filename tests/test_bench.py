@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -76,3 +77,32 @@ def test_trainer_benchmark_prints_its_ratios() -> None:
     two, one = result_["memory_per_rank_bytes"]["2_ranks"], result_["memory_per_rank_bytes"]["1_rank"]
     assert one["parameters"] == 4 * result_["parameters"], "fp32: 4 bytes per parameter on one rank"
     assert two["parameters"] < one["parameters"] and two["optimizer_state"] < one["optimizer_state"]
+
+
+def _bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_online_benchmark_probes_a_recipe_change_under_its_own_run_id(tmp_path: Path) -> None:
+    online = _bench_module("online")
+    overrides = online.parse_overrides(
+        ["rounds.prompts_per_round=256", "rounds.max_pairs_per_prompt=2", "objective.terms={preference: 1.0}"]
+    )
+    assert overrides["rounds.prompts_per_round"] == 256 and overrides["objective.terms"] == {"preference": 1.0}
+    recipe = online.variant_config(tmp_path, "mpo", 0, 40)
+    probe = online.variant_config(tmp_path, "mpo", 0, 40, overrides)
+    assert (probe.rounds.prompts_per_round, probe.rounds.max_pairs_per_prompt) == (256, 2)
+    assert probe.objective.terms == {"preference": 1.0}
+    assert recipe.rounds.prompts_per_round == 128 and recipe.run_id == "bench-mpo-seed0"
+    # A probe never reads back (or resumes) the stored run of another config, and finds its own again.
+    again = online.variant_config(tmp_path, "mpo", 0, 40, overrides)
+    assert probe.run_id != recipe.run_id and probe.run_id == again.run_id
+    assert probe.trainer.checkpoint_dir != recipe.trainer.checkpoint_dir
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        online.parse_overrides(["rounds.prompts_per_round"])
+    with pytest.raises(ValueError, match="prompt_per_round"):  # a misspelt key is refused by the config
+        online.variant_config(tmp_path, "mpo", 0, 40, {"rounds.prompt_per_round": 256})
