@@ -259,7 +259,10 @@ class TrainerConfig(_Strict):
     resume: bool = Field(True, description="Start from the newest checkpoint in checkpoint_dir when there is one.")
     publish_dir: Path = Field(
         Path("mpo-state/trainer-publish"),
-        description="Where SHARED_STORAGE publishing writes weight shards; the rollout service must read it.",
+        description=(
+            "Where SHARED_STORAGE publishing writes weight shards; the rollout service must read it. Only the "
+            "newest published version is kept."
+        ),
     )
     rollout_address: str | None = Field(None, description="host:port of the rollout service that PublishWeights feeds.")
     readable_roots: list[Path] = Field(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -54,3 +56,12 @@ def tiny_llava() -> LlavaForConditionalGeneration:
         image_seq_length=IMAGE_TOKENS,
     )
     return LlavaForConditionalGeneration(config).eval()
+
+
+@pytest.fixture(scope="session")
+def sums_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny policy bootstrapped on one-step sums (tests/controller_helpers.py), built once: the round
+    loop, controller and `mpo run` tests only read it."""
+    from tests.controller_helpers import bootstrapped_policy  # imports DeepSpeed: only where it is used
+
+    return bootstrapped_policy(tmp_path_factory.mktemp("sums-policy"))

@@ -38,7 +38,7 @@ from mpo.services.controller.store import RunStore
 from mpo.trainer.checkpoints import read_checkpoint
 from mpo.v1 import controller_pb2
 from tests.browser_helpers import chromium, screenshot
-from tests.controller_helpers import RoundServices, bootstrapped_policy, start_round_services, sums
+from tests.controller_helpers import RoundServices, start_round_services, sums
 from tests.wandb_helpers import wandb_history
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -56,13 +56,8 @@ class Services:
         self.failpoints = root / "failpoints"
 
 
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bootstrapped_policy(tmp_path_factory.mktemp("controller-policy"))
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def services(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
+async def services(sums_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
     root = tmp_path_factory.mktemp("controller")
     # Ray's processes (the controller actor among them) inherit this: the failpoints file of the tests.
     os.environ[failpoints.ENV] = str(root / "failpoints")
@@ -70,7 +65,7 @@ async def services(policy: Path, tmp_path_factory: pytest.TempPathFactory) -> As
     # Cluster mode's one token: every server requires it, and every service presents it to the others.
     os.environ["MPO_AUTH_TOKEN"] = TOKEN
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-controller-tests", log_to_driver=False)
-    running = await start_round_services(policy, root, global_batch_pairs=GLOBAL_BATCH)
+    running = await start_round_services(sums_policy, root, global_batch_pairs=GLOBAL_BATCH)
     rollout, reward, trainer = running.rollout, running.reward, running.trainer
     controller = await start_controller(
         ControllerConfig(server=ServerConfig(metrics_port=0), wandb_project="onlinempo-tests"),

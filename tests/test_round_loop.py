@@ -23,23 +23,18 @@ from mpo.services.reward.answers import extract_final_answer
 from mpo.services.reward.verify import answers_match
 from mpo.services.rollout.server import RunningRollout
 from mpo.v1 import common_pb2, controller_pb2
-from tests.controller_helpers import bootstrapped_policy, start_round_services, sums
+from tests.controller_helpers import start_round_services, sums
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bootstrapped_policy(tmp_path_factory.mktemp("round-loop-policy"))
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def services(
-    policy: Path, tmp_path_factory: pytest.TempPathFactory
+    sums_policy: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[ServiceClients, RunningRollout]]:
     root = tmp_path_factory.mktemp("round-loop")
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-round-loop-tests", log_to_driver=False)
-    running = await start_round_services(policy, root, global_batch_pairs=16, step_checks=True)
+    running = await start_round_services(sums_policy, root, global_batch_pairs=16, step_checks=True)
     rollout, reward, trainer = running.rollout, running.reward, running.trainer
     async with (
         RolloutClient(rollout.address, timeout=600) as rollout_client,

@@ -18,14 +18,9 @@ import yaml
 from mpo.data.loader import write_prompts_jsonl
 from mpo.services.controller.store import RunStore
 from mpo.v1 import controller_pb2
-from tests.controller_helpers import bootstrapped_policy, sums
+from tests.controller_helpers import sums
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bootstrapped_policy(tmp_path_factory.mktemp("run-command-policy"))
 
 
 def mpo_run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,12 +52,12 @@ def write_config(tmp_path: Path, policy: Path, run_id: str = "cli-run", **sectio
     return path
 
 
-def test_kill_9_of_mpo_run_mid_round_then_resume_loses_and_repeats_nothing(policy: Path, tmp_path: Path) -> None:
+def test_kill_9_of_mpo_run_mid_round_then_resume_loses_and_repeats_nothing(sums_policy: Path, tmp_path: Path) -> None:
     """The whole process tree dies (controller, services, Ray); `--resume` starts them again: the trainer
     from its last checkpoint, the rollout service from its weight ledger, the run from its store. The
     resumed run is also extended by one round (`--rounds`)."""
     config = write_config(
-        tmp_path, policy, run_id="killed", rounds={"rounds": 2, "prompts_per_round": 6, "samples_per_prompt": 4,
+        tmp_path, sums_policy, run_id="killed", rounds={"rounds": 2, "prompts_per_round": 6, "samples_per_prompt": 4,
                                                     "max_tokens": 24, "eval_every": 0},
     )  # fmt: skip
     store = RunStore(tmp_path / "store")

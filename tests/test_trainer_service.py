@@ -117,19 +117,22 @@ async def test_train_publish_and_export_give_the_same_greedy_output(
         for version, transport in (
             (1, trainer_pb2.WEIGHT_TRANSPORT_GRPC_STREAM),
             (2, trainer_pb2.WEIGHT_TRANSPORT_SHARED_STORAGE),
+            (3, trainer_pb2.WEIGHT_TRANSPORT_SHARED_STORAGE),
         ):
             published = await client.publish_weights(version, transport)
             assert published.policy_version == version and published.replicas_loaded == 1 and published.bytes > 0
             sample = (await sampler.generate([arith_prompt(QUESTION)], GREEDY)).samples[0]
             assert sample.policy_version == version
+        # The rollout's ledger holds what it serves: the trainer keeps only the newest published copy.
+        assert [p.name for p in (root / "publish").iterdir()] == ["v000000003"]
         await expect(
-            client.publish_weights(2, trainer_pb2.WEIGHT_TRANSPORT_GRPC_STREAM),
+            client.publish_weights(3, trainer_pb2.WEIGHT_TRANSPORT_GRPC_STREAM),
             grpc.StatusCode.FAILED_PRECONDITION,
             "version",
         )
         checkpoint = await client.checkpoint("after-round-1")
         status = await client.status()
-    assert (checkpoint.step, checkpoint.round, status.policy_version) == (2, 1, 2)
+    assert (checkpoint.step, checkpoint.round, status.policy_version) == (2, 1, 3)
     exported = root / "exported"
     result = subprocess.run(
         [sys.executable, "-m", "mpo.cli", "export", "--checkpoint", checkpoint.path, "--out", str(exported)],

@@ -96,6 +96,15 @@ def write_shards(blobs: Iterable[bytes], directory: Path) -> list[Path]:
     return paths
 
 
+def prune_published(publish_dir: Path, keep: Path) -> None:
+    """Delete the version folders `write_shards` left in `publish_dir`, all but `keep`: once the rollout
+    service committed a version into its own ledger (hard links or copies) the trainer's copy is not
+    read again, and a full set of weights per round would otherwise fill the shared volume."""
+    for path in publish_dir.glob("v[0-9]*"):
+        if path.is_dir() and path != keep and path.name[1:].isdigit():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def shard_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.endswith(SHARD_SUFFIX))
 

@@ -19,7 +19,7 @@ from mpo.services.common.auth import token_from_env
 from mpo.services.common.clients import RolloutClient
 from mpo.services.common.server import ServiceServer, bind
 from mpo.services.common.validation import InvalidRequest
-from mpo.services.rollout.weights import DEFAULT_BUCKET_BYTES, manifest_for, write_shards
+from mpo.services.rollout.weights import DEFAULT_BUCKET_BYTES, manifest_for, prune_published, write_shards
 from mpo.trainer.host import TrainerHost
 from mpo.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -103,6 +103,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
                 directory = self.config.publish_dir / f"v{request.version:09d}"
                 await asyncio.to_thread(write_shards, blobs, directory)
                 loaded = await self.rollout.load_weights_from_storage(manifest, str(directory.resolve()))
+                await asyncio.to_thread(prune_published, self.config.publish_dir, directory)
             else:
                 loaded = await self.rollout.load_weights(manifest, blobs)
         except grpc.aio.AioRpcError as error:  # e.g. a version the rollout service already serves
