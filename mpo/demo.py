@@ -41,7 +41,7 @@ def demo_run_config(
     """The demo's run config (a plain mapping: it is also written to `demo.yaml`).
 
     The recipe, and why (docs/results.md has the measurements): many prompts per round and few pairs
-    per prompt (128 prompts × 8 samples, at most 4 pairs each) spread each optimizer step over ~30
+    per prompt (128 prompts × 8 samples, at most 4 pairs each) spread each optimizer step over ~19
     prompts instead of ~8; with sampling at temperature 0.7, which keeps the pairs near what greedy
     decoding writes, that took seed 0 from +1.7 to +2.85 points; the arith step check keeps right answers reached
     through a wrong derivation out of the chosen side (15–25% of them: otherwise the SFT term teaches
