@@ -96,12 +96,17 @@ def write_shards(blobs: Iterable[bytes], directory: Path) -> list[Path]:
     return paths
 
 
+def published_dir(publish_dir: Path, version: int) -> Path:
+    """Where SHARED_STORAGE publishing writes `version`'s shards (`prune_published` relies on the name)."""
+    return publish_dir / f"v{version:09d}"
+
+
 def prune_published(publish_dir: Path, keep: Path) -> None:
-    """Delete the version folders `write_shards` left in `publish_dir`, all but `keep`: once the rollout
-    service committed a version into its own ledger (hard links or copies) the trainer's copy is not
-    read again, and a full set of weights per round would otherwise fill the shared volume."""
-    for path in publish_dir.glob("v[0-9]*"):
-        if path.is_dir() and path != keep and path.name[1:].isdigit():
+    """Delete the version folders of `publish_dir`, all but `keep`: once the rollout service committed a
+    version into its own ledger (hard links or copies) the trainer's copy is not read again, and a full
+    set of weights per round would otherwise fill the shared volume."""
+    for path in publish_dir.glob("v*"):
+        if path != keep and path.name[1:].isdigit() and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
 
 

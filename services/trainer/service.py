@@ -19,7 +19,13 @@ from mpo.services.common.auth import token_from_env
 from mpo.services.common.clients import RolloutClient
 from mpo.services.common.server import ServiceServer, bind
 from mpo.services.common.validation import InvalidRequest
-from mpo.services.rollout.weights import DEFAULT_BUCKET_BYTES, manifest_for, prune_published, write_shards
+from mpo.services.rollout.weights import (
+    DEFAULT_BUCKET_BYTES,
+    manifest_for,
+    prune_published,
+    published_dir,
+    write_shards,
+)
 from mpo.trainer.host import TrainerHost
 from mpo.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -100,7 +106,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
         started = time.perf_counter()
         try:
             if request.transport == trainer_pb2.WEIGHT_TRANSPORT_SHARED_STORAGE:
-                directory = self.config.publish_dir / f"v{request.version:09d}"
+                directory = published_dir(self.config.publish_dir, request.version)
                 await asyncio.to_thread(write_shards, blobs, directory)
                 loaded = await self.rollout.load_weights_from_storage(manifest, str(directory.resolve()))
                 await asyncio.to_thread(prune_published, self.config.publish_dir, directory)
