@@ -36,7 +36,7 @@ BASE_BOOTSTRAP = BootstrapConfig(eval_every=10_000, eval_prompts=500, pass_k=1, 
 
 
 def demo_run_config(
-    workdir: Path, *, seed: int, rounds: int, mode: str, heldout: int = HELDOUT_PROMPTS
+    workdir: Path, *, seed: int, rounds: int, mode: str, heldout: int = HELDOUT_PROMPTS, train: int = TRAIN_PROMPTS
 ) -> dict[str, Any]:
     """The demo's run config (a plain mapping: it is also written to `demo.yaml`).
 
@@ -54,10 +54,11 @@ def demo_run_config(
         "model": str(workdir / "base"),
         "data": {"train": str(workdir / "data" / "train.jsonl"), "heldout": str(workdir / "data" / "heldout.jsonl")},
         "store_dir": str(workdir / "store"),
+        "objective": {"terms": {"preference": 0.8, "quality": 0.2, "generation": 1.0}},  # the paper's weights
         "rounds": {
             "rounds": rounds,
             "mode": mode,
-            "prompts_per_round": 128,
+            "prompts_per_round": min(128, train),  # a smaller prompt set (--train-prompts) caps it
             "samples_per_prompt": 8,
             "temperature": 0.7,
             "max_pairs_per_prompt": 4,
@@ -129,7 +130,8 @@ def prepare(
 
 
 def write_config(workdir: Path, *, seed: int, rounds: int, mode: str, heldout: int) -> tuple[Path, RunConfig]:
-    raw = demo_run_config(workdir, seed=seed, rounds=rounds, mode=mode, heldout=heldout)
+    train = len(load_prompts(workdir / "data" / "train.jsonl").records)
+    raw = demo_run_config(workdir, seed=seed, rounds=rounds, mode=mode, heldout=heldout, train=train)
     path = workdir / f"demo-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path, RunConfig.model_validate(raw)

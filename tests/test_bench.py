@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mpo.demo import demo_run_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,14 +92,18 @@ def _bench_module(name: str):
 def test_online_benchmark_probes_a_recipe_change_under_its_own_run_id(tmp_path: Path) -> None:
     online = _bench_module("online")
     overrides = online.parse_overrides(
-        ["rounds.prompts_per_round=256", "rounds.max_pairs_per_prompt=2", "objective.terms={preference: 1.0}"]
+        ["rounds.prompts_per_round=192", "rounds.max_pairs_per_prompt=3", "objective.terms={preference: 1.0}"]
     )
-    assert overrides["rounds.prompts_per_round"] == 256 and overrides["objective.terms"] == {"preference": 1.0}
+    assert overrides["rounds.prompts_per_round"] == 192 and overrides["objective.terms"] == {"preference": 1.0}
     recipe = online.variant_config(tmp_path, "mpo", 0, 40)
     probe = online.variant_config(tmp_path, "mpo", 0, 40, overrides)
-    assert (probe.rounds.prompts_per_round, probe.rounds.max_pairs_per_prompt) == (256, 2)
+    assert (probe.rounds.prompts_per_round, probe.rounds.max_pairs_per_prompt) == (192, 3)
     assert probe.objective.terms == {"preference": 1.0}
-    assert recipe.rounds.prompts_per_round == 128 and recipe.run_id == "bench-mpo-seed0"
+    demo = demo_run_config(tmp_path, seed=0, rounds=40, mode="sync")
+    assert recipe.rounds.prompts_per_round == demo["rounds"]["prompts_per_round"] and recipe.run_id == "bench-mpo-seed0"
+    # The MPO variant runs the demo's objective (trainer included); the ablations keep one part of it.
+    assert recipe.objective.terms == demo["objective"]["terms"] == recipe.trainer.objective.terms
+    assert online.variant_config(tmp_path, "dpo", 0, 40).trainer.objective.terms == {"preference": 1.0}
     # A probe never reads back (or resumes) the stored run of another config, and finds its own again.
     again = online.variant_config(tmp_path, "mpo", 0, 40, overrides)
     assert probe.run_id != recipe.run_id and probe.run_id == again.run_id

@@ -22,12 +22,12 @@ def test_demo_runs_from_nothing_and_reuses_what_it_built(tmp_path: Path) -> None
     workdir = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "mpo.cli", "demo", "--workdir", str(workdir), "--rounds", "1",
-         "--train-prompts", "300", "--heldout-prompts", "40", "--bootstrap-steps", "150"],
+         "--train-prompts", "120", "--heldout-prompts", "40", "--bootstrap-steps", "150"],
         capture_output=True, text=True, timeout=1200, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "[1/3] arith prompts: 300 train, 40 held out" in out and "[3/3] warm start of the base policy" in out
+    assert "[1/3] arith prompts: 120 train, 40 held out" in out and "[3/3] warm start of the base policy" in out
     assert "round   1 | pairs" in out
     assert re.search(r"dashboard \(live while the rounds run\): http://127\.0\.0\.1:\d+/#/runs/demo-seed0", out)
     assert f"dashboard: mpo dashboard --store-dir {workdir / 'store'}" in out
@@ -41,7 +41,8 @@ def test_demo_runs_from_nothing_and_reuses_what_it_built(tmp_path: Path) -> None
     assert any((workdir / "store" / "runs" / "demo-seed0" / "tensorboard").iterdir())
     config = yaml.safe_load((workdir / "demo-seed0.yaml").read_text())
     assert config["rounds"]["eval_prompts"] == 40 and config["model"] == str(workdir / "base")
+    assert config["rounds"]["prompts_per_round"] == 120, "a prompt set smaller than the recipe's round caps it"
 
     said: list[str] = []
-    prepare(workdir, train_prompts=300, heldout_prompts=40, bootstrap_steps=150, say=said.append)
+    prepare(workdir, train_prompts=120, heldout_prompts=40, bootstrap_steps=150, say=said.append)
     assert [line.split(" ")[1] for line in said] == ["reusing"] * 3
