@@ -203,7 +203,7 @@ class RewardConfig(_Strict):
     )
     workers: int = Field(1, ge=1, description="Labelling worker actors a batch is spread over.")
     rollout_address: str | None = Field(
-        None, description="host:port of the rollout service (DropoutNTP continuations); else resolved by the registry."
+        None, description="host:port of the rollout service (DropoutNTP continuations; refused without it)."
     )
     continuation_max_tokens: int = Field(256, ge=1, description="Most tokens of a DropoutNTP continuation.")
     scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
@@ -376,34 +376,6 @@ class ControllerServeConfig(ControllerConfig):
     rollout_address: str = Field(..., min_length=1, description="host:port of the rollout service.")
     reward_address: str = Field(..., min_length=1, description="host:port of the reward service.")
     trainer_address: str = Field(..., min_length=1, description="host:port of the trainer service.")
-
-
-class KubernetesServices(_Strict):
-    """Cluster mode: each service is reached through its Kubernetes Service `<release>-<name>`."""
-
-    release: str = Field(..., min_length=1, description="Helm release name (prefix of the Service names).")
-    namespace: str = Field("default", min_length=1, description="Namespace the chart is installed in.")
-    port: int = Field(50051, ge=1, le=65535, description="gRPC port every service listens on.")
-
-
-class RegistryConfig(_Strict):
-    """How services find each other: a local Ray (embedded), fixed addresses, or Kubernetes DNS."""
-
-    mode: Literal["ray", "static", "kubernetes"] = Field(
-        "ray", description="ray: services register in a named Ray actor; static: `addresses`; kubernetes: DNS."
-    )
-    addresses: dict[ServiceName, str] = Field(
-        default_factory=dict, description="host:port per service (static mode; overrides in other modes)."
-    )
-    kubernetes: KubernetesServices | None = Field(None, description="Required in kubernetes mode.")
-
-    @model_validator(mode="after")
-    def _mode_has_what_it_needs(self) -> RegistryConfig:
-        if self.mode == "kubernetes" and self.kubernetes is None:
-            raise ValueError("mode 'kubernetes' needs the kubernetes section (release, namespace, port)")
-        if self.mode == "static" and not self.addresses:
-            raise ValueError("mode 'static' needs addresses for the services")
-        return self
 
 
 class DataConfig(_Strict):

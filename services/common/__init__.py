@@ -1,1 +1,1 @@
-"""Plumbing shared by every gRPC service: server bootstrap, validation, auth, clients, registry."""
+"""Plumbing shared by every gRPC service: server bootstrap, validation, auth, clients."""
