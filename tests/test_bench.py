@@ -112,3 +112,22 @@ def test_online_benchmark_probes_a_recipe_change_under_its_own_run_id(tmp_path: 
         online.parse_overrides(["rounds.prompts_per_round"])
     with pytest.raises(ValueError, match="prompt_per_round"):  # a misspelt key is refused by the config
         online.variant_config(tmp_path, "mpo", 0, 40, {"rounds.prompt_per_round": 256})
+
+
+def test_online_benchmark_reports_the_seeds_spread_beside_the_paired_error() -> None:
+    online = _bench_module("online")
+
+    def run(gain: float, error: float) -> dict:
+        return {
+            "tasks": {"arith": {"gain_points": gain}},
+            "paired": {"gain_points": gain, "gain_standard_error_points": error},
+        }
+
+    # Probe H's three seeds (docs/results.md): the seeds disagree by more than each run's paired error.
+    summary = online.summarize_seeds([run(4.45, 0.76), run(2.4, 0.76), run(2.8, 0.8)])
+    assert summary["paired_mean_gain_points"] == summary["mean_gain_points"] == 3.22
+    assert summary["paired_mean_standard_error_points"] == 0.45
+    assert summary["seed_spread_standard_error_points"] == 0.63
+    single = online.summarize_seeds([run(4.45, 0.76)])
+    assert "seed_spread_standard_error_points" not in single, "one seed has no spread"
+    assert single["paired_mean_standard_error_points"] == 0.76
