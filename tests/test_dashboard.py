@@ -33,6 +33,7 @@ from mpo.services.controller.loop import ServiceClients
 from mpo.services.controller.metrics import RoundGauges
 from mpo.services.controller.runs import RunManager
 from mpo.services.controller.store import RunStore
+from mpo.services.dashboard import views
 from mpo.services.dashboard.server import DashboardServer, start_dashboard
 from mpo.services.dashboard.sources import ControllerSource, StoreSource, UnknownRun
 from mpo.v1 import controller_pb2
@@ -126,6 +127,31 @@ async def test_pairs_filter_page_and_serve_their_images(api: httpx.AsyncClient) 
     image = await api.get(f"/api/runs/finished-run/pairs/{dropout['pairs'][0]['id']}/images/0")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.content == png((200, 0, 0))
+
+
+async def test_a_page_of_pairs_reads_texts_and_images_only_from_its_own_shards(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real Parquet reader, watched: which columns each request reads from which round's shard."""
+    reads: list[tuple[str, frozenset[str]]] = []
+    real_read_table = views.pq.read_table
+
+    def watched(source: Path, *, columns: list[str], **kwargs: object) -> object:
+        reads.append((Path(source).name, frozenset(columns)))
+        return real_read_table(source, columns=columns, **kwargs)
+
+    monkeypatch.setattr(views.pq, "read_table", watched)
+    first = (await api.get("/api/runs/finished-run/pairs", params={"limit": 2})).json()
+    assert first["total"] == 9 and [pair["round"] for pair in first["pairs"]] == [1, 1]
+    heavy = {name for name, columns in reads if "images" in columns}
+    assert heavy == {"round-000001.parquet"}, "the page lies in round 1: no other shard's images are read"
+    assert {name for name, _ in reads} == {f"round-00000{i}.parquet" for i in (1, 2, 3)}, "all are counted"
+    reads.clear()
+    across = (await api.get("/api/runs/finished-run/pairs", params={"offset": 2, "limit": 2})).json()
+    assert [pair["round"] for pair in across["pairs"]] == [1, 2]
+    assert {name for name, columns in reads if "images" in columns} == {"round-000001.parquet", "round-000002.parquet"}
+    everything = (await api.get("/api/runs/finished-run/pairs", params={"limit": 200})).json()["pairs"]
+    assert [pair["id"] for pair in everything[2:4]] == [pair["id"] for pair in across["pairs"]], "same order"
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from PIL import Image
 from sse_starlette import EventSourceResponse
 
 from mpo.services.dashboard.sources import DashboardSource, UnknownRun
-from mpo.services.dashboard.views import pair_image, pair_rows, round_row, rounds_csv, run_row
+from mpo.services.dashboard.views import pair_image, pair_page, round_row, rounds_csv, run_row
 from mpo.v1 import common_pb2
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -130,10 +130,10 @@ def create_app(source: DashboardSource, *, token: str | None = None) -> FastAPI:
             raise BadParameter(f"source: unknown pair source {source_name!r}; one of {', '.join(PAIR_SOURCES)}")
         committed = source.store.committed_rounds(run_id)
         shards = [source.store.shard_path(run_id, index) for index in committed if round is None or index == round]
-        matching = list(pair_rows(shards, task=task, source=source_name))
+        page, total = pair_page(shards, task=task, source=source_name, offset=offset, limit=limit)
         return {
-            "pairs": matching[offset : offset + limit],
-            "total": len(matching),
+            "pairs": page,
+            "total": total,
             "rounds": committed,
             "sources": PAIR_SOURCES,
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,32 +68,52 @@ def _text(turns: list[dict[str, Any]]) -> str:
     return "\n".join(part["text"] for turn in turns for part in turn["content"] if part["type"] == "text")
 
 
-def pair_rows(
-    shards: Iterable[Path], *, task: str | None = None, source: str | None = None
-) -> Iterable[dict[str, Any]]:
-    """Committed pairs as the pair browser shows them (images by index: served by their own endpoint)."""
-    columns = ["id", "round", "task", "source", "policy_version", "chosen", "rejected", "images", "pair"]
+#: What the pair browser filters on: small columns, read from every shard of the run per request.
+_INDEX_COLUMNS = ["id", "task", "source"]
+#: What it shows: read only from the shards that hold the requested page (texts, images, the pair record).
+_PAGE_COLUMNS = ["id", "round", "task", "source", "policy_version", "chosen", "rejected", "images", "pair"]
+
+
+def pair_page(
+    shards: Sequence[Path], *, task: str | None = None, source: str | None = None, offset: int = 0, limit: int = 20
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of committed pairs as the pair browser shows them, and how many match in all.
+
+    Matching is done on the small index columns of every shard; texts and images (the bulk of a
+    multimodal shard) are read only for the page's pairs, so a request costs the page, not the run."""
+    filters = [(column, "=", value) for column, value in (("task", task), ("source", source)) if value]
+    matching: list[tuple[Path, str]] = []
     for shard in shards:
-        for row in pq.read_table(shard, columns=columns).to_pylist():
-            if (task and row["task"] != task) or (source and row["source"] != source):
-                continue
-            pair = common_pb2.PreferencePair.FromString(row["pair"])
-            provenance = pair.provenance
-            yield {
-                "id": row["id"],
-                "round": row["round"],
-                "task": row["task"],
-                "source": row["source"],
-                "policy_version": row["policy_version"],
-                "question": pair.prompt.question,
-                "ground_truth": pair.prompt.answer if pair.prompt.HasField("answer") else None,
-                "chosen": _text(row["chosen"]),
-                "rejected": _text(row["rejected"]),
-                "images": len(row["images"]),
-                "verifier": provenance.verifier,
-                "chosen_answer": provenance.chosen_answer,
-                "rejected_answer": provenance.rejected_answer,
-            }
+        ids = pq.read_table(shard, columns=_INDEX_COLUMNS, filters=filters or None).column("id").to_pylist()
+        matching.extend((shard, pair_id) for pair_id in ids)
+    page = matching[offset : offset + limit]
+    rows: list[dict[str, Any]] = []
+    for shard in dict.fromkeys(shard for shard, _ in page):
+        wanted = [pair_id for page_shard, pair_id in page if page_shard == shard]
+        table = pq.read_table(shard, columns=_PAGE_COLUMNS, filters=[("id", "in", wanted)])
+        rows.extend(_pair_row(row) for row in table.to_pylist())
+    return rows, len(matching)
+
+
+def _pair_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A pair as the browser shows it (images by index: served by their own endpoint)."""
+    pair = common_pb2.PreferencePair.FromString(row["pair"])
+    provenance = pair.provenance
+    return {
+        "id": row["id"],
+        "round": row["round"],
+        "task": row["task"],
+        "source": row["source"],
+        "policy_version": row["policy_version"],
+        "question": pair.prompt.question,
+        "ground_truth": pair.prompt.answer if pair.prompt.HasField("answer") else None,
+        "chosen": _text(row["chosen"]),
+        "rejected": _text(row["rejected"]),
+        "images": len(row["images"]),
+        "verifier": provenance.verifier,
+        "chosen_answer": provenance.chosen_answer,
+        "rejected_answer": provenance.rejected_answer,
+    }
 
 
 def pair_image(shard: Path, pair_id: str, index: int) -> bytes | None:
