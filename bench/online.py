@@ -172,7 +172,7 @@ def summarize_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     over √n) also counts how differently the same recipe trains from seed to seed, which on these runs
     is the larger of the two, so a recipe's mean is compared on that one."""
     gains = [t["gain_points"] for r in runs for t in r["tasks"].values()]
-    summary: dict[str, Any] = {"mean_gain_points": round(sum(gains) / len(gains), 2) if gains else None}
+    summary: dict[str, Any] = {"mean_gain_points": round(statistics.fmean(gains), 2) if gains else None}
     paired = [r["paired"] for r in runs if r["paired"]]
     if paired:
         paired_gains = [p["gain_points"] for p in paired]

@@ -68,9 +68,7 @@ def _text(turns: list[dict[str, Any]]) -> str:
     return "\n".join(part["text"] for turn in turns for part in turn["content"] if part["type"] == "text")
 
 
-#: What the pair browser filters on: small columns, read from every shard of the run per request.
-_INDEX_COLUMNS = ["id", "task", "source"]
-#: What it shows: read only from the shards that hold the requested page (texts, images, the pair record).
+#: What the pair browser shows: read only from the shards that hold the requested page (texts, images, the pair record).
 _PAGE_COLUMNS = ["id", "round", "task", "source", "policy_version", "chosen", "rejected", "images", "pair"]
 
 
@@ -79,12 +77,13 @@ def pair_page(
 ) -> tuple[list[dict[str, Any]], int]:
     """One page of committed pairs as the pair browser shows them, and how many match in all.
 
-    Matching is done on the small index columns of every shard; texts and images (the bulk of a
+    Matching reads only ids (and the filtered columns) of every shard; texts and images (the bulk of a
     multimodal shard) are read only for the page's pairs, so a request costs the page, not the run."""
     filters = [(column, "=", value) for column, value in (("task", task), ("source", source)) if value]
     matching: list[tuple[Path, str]] = []
     for shard in shards:
-        ids = pq.read_table(shard, columns=_INDEX_COLUMNS, filters=filters or None).column("id").to_pylist()
+        # Only the ids, plus whichever small columns the filters name (Parquet reads those itself).
+        ids = pq.read_table(shard, columns=["id"], filters=filters or None).column("id").to_pylist()
         matching.extend((shard, pair_id) for pair_id in ids)
     page = matching[offset : offset + limit]
     rows: list[dict[str, Any]] = []
