@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 #: The MPO loss terms (DESIGN §3) and their names in TRL's DPOTrainer ``loss_type`` list.
 TermName = Literal["preference", "quality", "generation"]
@@ -23,6 +23,16 @@ def _known_names(kind: str, by_task: dict[str, str], known: list[str]) -> dict[s
         if name not in known:
             raise ValueError(f"task '{task}': unknown {kind} '{name}'; known: {', '.join(sorted(known))}")
     return by_task
+
+
+def _distinct_cores(cores: list[int]) -> list[int]:
+    if len(set(cores)) != len(cores):
+        raise ValueError(f"each core at most once, got {cores}")
+    return cores
+
+
+#: CPU core ids a service's processes are pinned to (Linux `sched_setaffinity`).
+CpuCores = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), AfterValidator(_distinct_cores)]
 
 
 class _Strict(BaseModel):
@@ -152,6 +162,11 @@ class RolloutConfig(_Strict):
     replicas: int = Field(1, ge=1, description="Engine replicas (Ray actors); LoadWeights reaches all of them.")
     num_cpus_per_replica: float = Field(1.0, ge=0, description="Ray CPU request of each replica.")
     num_gpus_per_replica: float = Field(0.0, ge=0, description="Ray GPU request; > 0 runs the engine on CUDA.")
+    cpu_affinity: CpuCores | None = Field(
+        None,
+        description="CPU cores every replica's processes (vLLM's engine and worker included) run on; unset: any. "
+        "On a CPU-only host, disjoint cores for rollout and trainer keep async mode's overlap from contending.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism inside one replica.")
     dtype: str = Field("auto", description="Engine dtype ('auto', 'float32', 'bfloat16', ...).")
     max_model_len: int = Field(2048, ge=16, description="Prompt + answer tokens; capped by the model's context.")
@@ -231,6 +246,9 @@ class TrainerConfig(_Strict):
     world_size: int = Field(1, ge=1, description="Data-parallel ranks (Ray actors): one per GPU, or processes on CPU.")
     strategy: Literal["zero3", "zero2", "zero1"] = Field("zero3", description="DeepSpeed ZeRO stage.")
     num_cpus_per_rank: float = Field(1.0, ge=0, description="Ray CPU request of each rank.")
+    cpu_affinity: CpuCores | None = Field(
+        None, description="CPU cores every rank's threads run on (CPU training); unset: any (see rollout's)."
+    )
     num_gpus_per_rank: float = Field(
         0.0, ge=0, description="Ray GPU request of each rank; > 0 trains on CUDA in bf16 (NCCL), else CPU fp32 (gloo)."
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from pathlib import Path
 
 import grpc
@@ -21,11 +22,14 @@ from mpo.services.common.clients import RolloutClient
 from mpo.services.rollout.server import RunningRollout, start_rollout
 from mpo.services.rollout.weights import pack, write_shards
 from mpo.v1 import common_pb2, rollout_pb2
+from tests.process_helpers import actor_pid, thread_affinities
 from tests.rollout_helpers import CORPUS, SMALL, arith_prompt, perturbed_state, raw_stub, transformers_greedy
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 GREEDY = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=12)
 QUESTION = "What is 12 + 7?"
+#: Both replicas share one core (rollout.cpu_affinity): enough for these tiny engines.
+PINNED_CORE = min(os.sched_getaffinity(0))
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,7 @@ async def rollout(model_dir: Path, shared_dir: Path, tmp_path_factory: pytest.Te
         backend="vllm",
         replicas=2,
         num_cpus_per_replica=1,
+        cpu_affinity=[PINNED_CORE],
         dtype="float32",
         enforce_eager=True,
         max_model_len=512,
@@ -82,6 +87,13 @@ async def test_status_reports_the_live_engine(client: RolloutClient) -> None:
     assert status.ready and status.policy_version == 0
     assert status.engine.backend == "vllm" and status.engine.replicas == 2 and status.engine.device == "cpu"
     assert status.engine.max_tokens_limit == 200
+
+
+async def test_pinned_replicas_run_their_engine_processes_on_the_configured_core(rollout: RunningRollout) -> None:
+    for actor in rollout.pool.actors:
+        affinities = thread_affinities(await actor_pid(actor))
+        assert len({process for process, _ in affinities}) >= 2  # the replica and vLLM's engine process(es)
+        assert {frozenset(cores) for cores in affinities.values()} == {frozenset({PINNED_CORE})}
 
 
 async def test_samples_carry_tokens_logprobs_and_version(client: RolloutClient) -> None:

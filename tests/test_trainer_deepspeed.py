@@ -7,6 +7,7 @@ a host starts in a few seconds once DeepSpeed's CPU communication op is compiled
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,9 +21,11 @@ from safetensors.torch import load
 from mpo.config import TrainerConfig
 from mpo.models.tiny import build_image_text_model, build_text_model
 from mpo.trainer.export import export_checkpoint
+from mpo.trainer.group import RankFailure
 from mpo.trainer.host import TrainerHost
 from mpo.trainer.reward_shift import RewardShift
 from mpo.v1 import common_pb2
+from tests.process_helpers import actor_pid, thread_affinities
 from tests.rollout_helpers import CORPUS, SMALL, VISION, png
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -96,10 +99,18 @@ def losses(steps: Sequence[dict[str, float]], key: str = "loss") -> list[float]:
 async def test_two_ranks_match_one_rank_on_the_same_global_batch(local_ray: None, text_model: Path, tmp_path: Path):
     pairs = arith_pairs(8)
     runs = {}
+    core = min(os.sched_getaffinity(0))
     for world_size, micro in ((1, 4), (2, 2)):
-        config = config_for(text_model, tmp_path / f"w{world_size}", world_size=world_size, micro_batch_pairs=micro)
+        pinned = {"cpu_affinity": [core]} if world_size == 2 else {}  # pinning must not change the numbers
+        config = config_for(
+            text_model, tmp_path / f"w{world_size}", world_size=world_size, micro_batch_pairs=micro, **pinned
+        )
         async with running(config) as host:
             runs[world_size] = (await host.train(pairs, 1, 2)).steps
+            if pinned:
+                for rank in host.group.ranks:
+                    affinities = thread_affinities(await actor_pid(rank)).values()
+                    assert {frozenset(cores) for cores in affinities} == {frozenset({core})}
     one, two = runs[1], runs[2]
     assert len(one) == len(two) == 4  # 8 pairs / 4 per step × 2 epochs
     for key in ("loss", "loss/preference", "loss/quality", "loss/generation", "reward_shift", "grad_norm", "tokens"):
@@ -232,6 +243,16 @@ async def test_image_text_model_trains(local_ray: None, image_text_model: Path, 
     assert any(not torch.equal(trained[n], base[n]) for n in language)
     vision_moved = any(not torch.equal(trained[n], base[n]) for n in vision)
     assert vision_moved is not freeze
+
+
+async def test_a_pinned_core_the_host_lacks_fails_the_start_naming_the_field(
+    local_ray: None, text_model: Path, tmp_path: Path
+) -> None:
+    absent = max(os.sched_getaffinity(0)) + 1000
+    host = TrainerHost(config_for(text_model, tmp_path, cpu_affinity=[absent]))
+    with pytest.raises(RankFailure, match=rf"trainer\.cpu_affinity: core\(s\) \[{absent}\] not available"):
+        await host.start()
+    assert host.group.ranks == [] and not host.ready
 
 
 async def test_bad_pairs_are_refused_before_anything_changes(local_ray: None, text_model: Path, tmp_path: Path) -> None:

@@ -63,7 +63,11 @@ class TrainerGroup:
                 strategy = PlacementGroupSchedulingStrategy(self._placement, placement_group_bundle_index=rank)
                 options["scheduling_strategy"] = strategy
             self.ranks.append(remote.options(**options).remote(config, rank))
-        master_addr, master_port = await self.ranks[0].rendezvous.remote()
+        try:
+            master_addr, master_port = await self.ranks[0].rendezvous.remote()
+        except ray.exceptions.RayActorError as error:  # e.g. its constructor refused the config
+            await self.stop()
+            raise RankFailure(f"trainer rank 0 did not start: {error}", died=True) from error
         return await self.call("setup", master_addr, master_port)
 
     async def call(self, method: str, *args: Any) -> list[Any]:

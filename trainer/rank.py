@@ -28,6 +28,7 @@ from safetensors.torch import save
 from torch.optim.lr_scheduler import LambdaLR
 
 from mpo.config import TrainerConfig
+from mpo.cpu_affinity import pin_process
 from mpo.trainer.batching import EncodedPair, pair_batch
 from mpo.trainer.logprobs import SequenceLogProbs, sequence_logprobs
 from mpo.trainer.objective import MPOObjective
@@ -121,6 +122,7 @@ class TrainerRank:
     """Deployed with `ray.remote`. Methods are called on all ranks at once by `TrainerGroup`."""
 
     def __init__(self, config: TrainerConfig, rank: int) -> None:
+        pin_process(config.cpu_affinity, field="trainer.cpu_affinity")  # before torch starts its threads
         self.config, self.rank = config, rank
         self.world_size = config.world_size
         self.cuda = config.num_gpus_per_rank > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mpo.config import RolloutConfig
+from mpo.cpu_affinity import pin_process
 from mpo.services.rollout.engines import create_engine
 from mpo.services.rollout.engines.base import Completion, Delta, Engine, EngineDescription, EngineInput, SamplingSpec
 from mpo.services.rollout.weights import WeightLedger
@@ -32,6 +33,7 @@ class RolloutReplica:
     """Deployed with `ray.remote` by the pool; every method waits until the start-up load is done."""
 
     def __init__(self, config: RolloutConfig, index: int) -> None:
+        pin_process(config.cpu_affinity, field="rollout.cpu_affinity")  # before the engine's processes start
         self.config, self.index = config, index
         self.ledger = WeightLedger(config.weights_dir)
         self.version = 0
