@@ -5,7 +5,9 @@ Every variant runs the demo's config (`mpo/demo.py`) from the same base policy, 
   mpo   the demo's objective (the paper's: 0.8 DPO + 0.2 BCO + 1.0 SFT);
   sft   only the generation term on the chosen answers (rejection-sampling fine-tuning);
   dpo   only the preference term;
-  async the MPO variant in async mode (rollout of round k+1 overlaps training of round k).
+  async the MPO variant in async mode (rollout of round k+1 overlaps training of round k); on a CPU-only
+        host, compare the modes as on separate GPUs by pinning rollout and trainer to disjoint cores
+        (`--set 'rollout.cpu_affinity=[1]' --set 'trainer.cpu_affinity=[0]'`; docs/results.md).
 Accuracy is greedy on all held-out prompts (2,000), with its standard error; the gain's standard error
 treats base and final accuracy as independent (conservative: they are measured on the same prompts).
 `paired` re-evaluates the base and the run's last checkpoint on those prompts (transformers, greedy) and
