@@ -11,9 +11,9 @@ async def actor_pid(actor: Any) -> int:
     return await actor.__ray_call__.remote(lambda _instance: os.getpid())
 
 
-def thread_affinities(pid: int) -> dict[tuple[int, int], set[int]]:
+def thread_affinities(pid: int) -> dict[tuple[int, int], frozenset[int]]:
     """{(process id, thread id): allowed cores} for every thread of `pid` and of its descendant processes."""
-    affinities: dict[tuple[int, int], set[int]] = {}
+    affinities: dict[tuple[int, int], frozenset[int]] = {}
     pending = [pid]
     while pending:
         process = pending.pop()
@@ -23,7 +23,7 @@ def thread_affinities(pid: int) -> dict[tuple[int, int], set[int]]:
             continue
         for thread in threads:
             try:
-                affinities[process, int(thread)] = os.sched_getaffinity(int(thread))
+                affinities[process, int(thread)] = frozenset(os.sched_getaffinity(int(thread)))
                 children = Path(f"/proc/{process}/task/{thread}/children").read_text().split()
             except (FileNotFoundError, ProcessLookupError):
                 continue
