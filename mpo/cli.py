@@ -97,12 +97,18 @@ def _load_records(path: Path, *, skip_bad_rows: bool) -> list:
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
-    from mpo.config import BootstrapConfig
+    from pydantic import ValidationError
+
+    from mpo.config import BootstrapConfig, format_validation_error
     from mpo.data.tasks import TASKS
     from mpo.trainer.sft import bootstrap
 
     overrides = {k: v for k, v in vars(args).items() if k in BootstrapConfig.model_fields and v is not None}
-    config = BootstrapConfig(**overrides)
+    try:
+        config = BootstrapConfig(**overrides)
+    except ValidationError as exc:
+        print(f"error: invalid bootstrap options\n{format_validation_error(exc)}", file=sys.stderr)
+        return 2
     train = _load_records(args.data / "train.jsonl", skip_bad_rows=args.skip_bad_rows)
     heldout = _load_records(args.data / "heldout.jsonl", skip_bad_rows=args.skip_bad_rows)
     report = bootstrap(
@@ -512,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in (
         "steps",
         "batch_size",
+        "length_groups",
         "eval_every",
         "eval_prompts",
         "stability_steps",
@@ -652,7 +659,9 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--mode", choices=("sync", "async"), default="sync", help="round mode (rounds.mode)")
     demo.add_argument("--train-prompts", type=int, default=5000, help="arith prompts the rounds draw from")
     demo.add_argument("--heldout-prompts", type=int, default=2000, help="held-out prompts of every evaluation")
-    demo.add_argument("--bootstrap-steps", type=int, default=1200, help="warm-start steps of the base policy")
+    demo.add_argument(
+        "--bootstrap-steps", type=int, default=None, help="warm-start steps of the base policy (default: 2400)"
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     export = commands.add_parser(
