@@ -518,7 +518,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in (
         "steps",
         "batch_size",
-        "length_groups",
         "eval_every",
         "eval_prompts",
         "stability_steps",

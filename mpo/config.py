@@ -74,12 +74,6 @@ class BootstrapConfig(_Strict):
         1200, ge=1, description="Optimizer steps of the warm start (~5 min for arith, ~9 for shapes on 2 CPU cores)."
     )
     batch_size: int = Field(32, ge=1, description="Demonstrations per step.")
-    length_groups: int = Field(
-        1,
-        ge=1,
-        description="Batches drawn at once and grouped by length, so each pads less; 1 draws each batch on its "
-        "own. The examples are the same uniform draw either way.",
-    )
     learning_rate: float = Field(2e-3, gt=0, allow_inf_nan=False, description="Peak, reached after warm-up.")
     warmup_steps: int = Field(30, ge=0)
     final_lr_ratio: float = Field(

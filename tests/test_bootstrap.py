@@ -55,20 +55,10 @@ def test_cli_pipeline_builds_bootstraps_and_evaluates_a_text_policy(tmp_path: Pa
 
 def test_cli_refuses_a_bad_option_naming_it_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "base"
-    command = [
-        "bootstrap",
-        "--model",
-        str(tmp_path),
-        "--data",
-        str(tmp_path),
-        "--out",
-        str(out),
-        "--length-groups",
-        "0",
-    ]
+    command = ["bootstrap", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(out), "--steps", "0"]
     result = subprocess.run([*MPO, *command], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
-    assert "invalid bootstrap options" in result.stderr and "length_groups" in result.stderr
+    assert "invalid bootstrap options" in result.stderr and "steps" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
 
 
@@ -142,52 +132,3 @@ def test_each_built_in_task_picks_its_measured_weight_average() -> None:
     assert bootstrap_ema_decay(shapes_like) == 0.98
     assert bootstrap_ema_decay(arith + shapes_like) == 0.98
     assert bootstrap_ema_decay(user) == 0.0
-
-
-def test_length_groups_pad_less_and_train_on_the_same_draw() -> None:
-    """A grouped draw holds the examples of the ungrouped one, rearranged so each batch pads to a similar length."""
-    from mpo.trainer.sft import demonstration_groups
-
-    train = TASKS["arith"].generate(400, 0, None)
-    demonstrate = TASKS["arith"].demonstration
-
-    def first_batches(groups: int) -> list[list[tuple]]:
-        draw = demonstration_groups(train, demonstrate, random.Random(3), batch_size=8, groups=groups)
-        return [batch for _ in range(6 // groups) for batch in next(draw)]
-
-    def length(example: tuple) -> int:
-        return len(example[0].question) + len(example[1])
-
-    def padded(batches: list[list[tuple]]) -> int:
-        return sum(len(batch) * max(map(length, batch)) for batch in batches)
-
-    def drawn(batches: list[list[tuple]]) -> list[tuple[str, str]]:
-        return sorted((record.id, demonstration) for batch in batches for record, demonstration in batch)
-
-    plain, grouped = first_batches(1), first_batches(6)
-    assert len(plain) == len(grouped) == 6 and all(len(batch) == 8 for batch in plain + grouped)
-    assert drawn(grouped) == drawn(plain)
-    assert padded(grouped) < 0.9 * padded(plain)
-
-
-def test_grouped_warm_start_trains(tmp_path: Path) -> None:
-    """Grouped by length, the warm start runs its steps and lowers the SFT loss as ungrouped batches do."""
-    from mpo.models.tiny import build_text_model
-
-    splits = make_splits("arith", seed=0, train=80, heldout=4, out_dir=tmp_path / "arith")
-    corpus = [TASKS["arith"].demonstration(r, random.Random(0)) or r.question for r in splits["train"]]
-    spec = TextModelSpec(
-        vocab_size=300, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
-    )
-    model_dir = build_text_model(tmp_path / "m", corpus, spec, seed=0)
-    config = BootstrapConfig(
-        steps=12, batch_size=4, length_groups=4, eval_every=100, eval_prompts=2, stability_steps=0, pass_k=1,
-        max_new_tokens=4, learning_rate=1e-2,
-    )  # fmt: skip
-    report = bootstrap(
-        model_dir, tmp_path / "base", splits["train"], splits["heldout"], TASKS["arith"].demonstration, config,
-        progress=False,
-    )  # fmt: skip
-    assert len(report.losses) == 12
-    assert sum(report.losses[-4:]) < sum(report.losses[:4]), "grouped steps must lower the SFT loss"
-    assert (tmp_path / "base" / "model.safetensors").exists()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from mpo.data.records import PromptRecord
 from mpo.data.tasks import bootstrap_ema_decay
 from mpo.evaluation import EvalResult, evaluate
 from mpo.models.generate import Sampling, TransformersGenerator
-from mpo.trainer.logprobs import IGNORE_INDEX, collate, sequence_logprobs
+from mpo.trainer.logprobs import collate, sequence_logprobs
 
 #: Writes one demonstration for a record; a fresh rng draw gives another valid line of reasoning.
 Demonstrator = Callable[[PromptRecord, random.Random], str | None]
@@ -106,33 +106,6 @@ class DemonstrationBatcher:
         return batch
 
 
-def demonstration_groups(
-    train: Sequence[PromptRecord],
-    demonstrate: Demonstrator,
-    rng: random.Random,
-    batch_size: int,
-    groups: int,
-) -> Iterator[list[list[tuple[PromptRecord, str]]]]:
-    """Endless groups of `groups` batches of records drawn uniformly, each with a fresh demonstration.
-
-    With `groups` > 1 the group's draw is sorted by length before it is cut into batches, which are then
-    shuffled: a batch pads to a similar length (uniform batches of arith waste ~28% of their tokens on
-    padding) while the examples trained on are the same uniform draw.
-    """
-    while True:
-        examples: list[tuple[PromptRecord, str]] = []
-        while len(examples) < batch_size * groups:
-            record = rng.choice(train)
-            demonstration = demonstrate(record, rng)
-            if demonstration is not None:
-                examples.append((record, demonstration))
-        if groups > 1:
-            examples.sort(key=lambda example: len(example[0].question) + len(example[1]))
-        cut = [examples[start : start + batch_size] for start in range(0, len(examples), batch_size)]
-        rng.shuffle(cut)
-        yield cut
-
-
 def bootstrap(
     model_dir: Path,
     out_dir: Path,
@@ -164,29 +137,20 @@ def bootstrap(
     report.ema_decay = decay
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
     policy = TransformersGenerator(model_dir, model=averaged.module) if averaged is not None else generator
-
-    def tokenized_steps() -> Iterator[tuple[dict[str, torch.Tensor], float]]:
-        """Each step's batch and its loss's divisor: the mean response tokens of a step in its group.
-
-        Dividing by the group's mean rather than the batch's own count keeps every token's weight what
-        an ungrouped batch gives it: grouped by length, a batch of short answers would otherwise weigh
-        each of its tokens several times more than a batch of long ones.
-        """
-        for group in demonstration_groups(train, demonstrate, rng, config.batch_size, config.length_groups):
-            batches = [batcher.batch(examples) for examples in group]
-            tokens = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches)
-            for batch in batches:
-                yield batch, max(tokens / len(batches), 1.0)
-
-    steps_ahead = tokenized_steps()
     started = time.perf_counter()
 
     def run(steps: int, label: str, *, scheduled: bool) -> None:
         bar = tqdm(range(steps), desc=label, disable=not progress, dynamic_ncols=True)
-        for _, (batch, divisor) in zip(bar, steps_ahead, strict=False):
+        for _ in bar:
+            examples = []
+            while len(examples) < config.batch_size:
+                record = rng.choice(train)
+                demonstration = demonstrate(record, rng)
+                if demonstration is not None:
+                    examples.append((record, demonstration))
+            batch = batcher.batch(examples)
             labels = batch.pop("labels")
-            logprobs = sequence_logprobs(model(**batch).logits, labels)
-            loss = -logprobs.summed.sum() / divisor
+            loss = sequence_logprobs(model(**batch).logits, labels).token_mean_nll()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -195,9 +159,9 @@ def bootstrap(
                 averaged.update_parameters(model)
             if scheduled:
                 schedule.step()
-            report.losses.append(logprobs.token_mean_nll().item())
+            report.losses.append(loss.item())
             step = len(report.losses)
-            bar.set_postfix(loss=f"{report.losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
             if scheduled and step % config.eval_every == 0:
                 accuracy = evaluate(policy, eval_set, greedy).accuracy
                 report.curve.append((step, accuracy))
