@@ -65,7 +65,7 @@ def demo_run_config(
             "temperature": 0.7,
             "max_pairs_per_prompt": 4,
             "max_tokens": 96,  # as in the warm start's evaluation: longer chains must not be cut off
-            "eval_every": max(rounds // 4, 1),
+            "eval_every": max(rounds // 2, 1),  # halfway and at the end: each costs ~20 s of the budget
             "eval_prompts": heldout,
             "seed": seed,
         },
