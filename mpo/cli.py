@@ -341,8 +341,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import logging
     import time
 
+    from pydantic import ValidationError
     from tqdm import tqdm
 
+    from mpo.config import format_validation_error
     from mpo.demo import elapsed, prepare, write_config
     from mpo.services.controller.embedded import round_line, run_embedded
     from mpo.services.controller.store import RunStore
@@ -350,12 +352,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    prepare(
-        args.workdir,
-        train_prompts=args.train_prompts,
-        heldout_prompts=args.heldout_prompts,
-        bootstrap_steps=args.bootstrap_steps,
-    )
+    try:
+        prepare(
+            args.workdir,
+            train_prompts=args.train_prompts,
+            heldout_prompts=args.heldout_prompts,
+            bootstrap_steps=args.bootstrap_steps,
+        )
+    except ValidationError as exc:
+        print(f"error: --bootstrap-steps: invalid warm start\n{format_validation_error(exc)}", file=sys.stderr)
+        return 2
     path, config = write_config(
         args.workdir, seed=args.seed, rounds=args.rounds, mode=args.mode, heldout=args.heldout_prompts
     )
@@ -659,7 +665,7 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--train-prompts", type=int, default=5000, help="arith prompts the rounds draw from")
     demo.add_argument("--heldout-prompts", type=int, default=2000, help="held-out prompts of every evaluation")
     demo.add_argument(
-        "--bootstrap-steps", type=int, default=None, help="warm-start steps of the base policy (default: 2400)"
+        "--bootstrap-steps", type=int, default=None, help="warm-start steps of the base policy (default: mpo/demo.py's)"
     )
     demo.set_defaults(handler=_cmd_demo)
 

@@ -32,8 +32,8 @@ HELDOUT_PROMPTS = 2000
 TRAIN_PROMPTS = 5000
 #: The base: twice the default warm start, without the extra checks (curve points, pass@k, stability)
 #: that `bench/bootstrap_accuracy.py` measures once. Why twice: what the online rounds gain follows how
-#: good the base is (docs/results.md: +2.7 points from the 1200-step base, 26% greedy on the held-out
-#: split, against +4.6 from the 2400-step one, 48%).
+#: good the base is (docs/results.md: over three seeds, +2.7 points from the 1200-step base, 26% greedy
+#: on the held-out split, against +4.2 from the 2400-step one, 48%).
 BASE_BOOTSTRAP = BootstrapConfig(steps=2400, eval_every=10_000, eval_prompts=500, pass_k=1, stability_steps=0)
 
 
@@ -104,8 +104,12 @@ def prepare(
 ) -> Path:
     """Data, tiny model and base policy under `workdir` (reused when present); returns the base's dir.
 
-    `bootstrap_steps` overrides the warm start's length (default: `BASE_BOOTSTRAP.steps`).
+    `bootstrap_steps` overrides the warm start's length (default: `BASE_BOOTSTRAP.steps`); it is validated
+    before anything is built (pydantic `ValidationError`).
     """
+    config = BASE_BOOTSTRAP
+    if bootstrap_steps is not None:
+        config = BootstrapConfig.model_validate({**BASE_BOOTSTRAP.model_dump(), "steps": bootstrap_steps})
     data = workdir / "data"
     if not (data / "heldout.jsonl").exists():
         say(f"[1/3] {TASK} prompts: {train_prompts} train, {heldout_prompts} held out -> {data}")
@@ -122,7 +126,6 @@ def prepare(
         say(f"[2/3] reusing the tiny model in {model}")
     base = workdir / "base"
     if not (base / "bootstrap.json").exists():
-        config = BASE_BOOTSTRAP.model_copy(update={"steps": bootstrap_steps or BASE_BOOTSTRAP.steps})
         minutes = max(1, round(config.steps * 0.25 / 60))  # measured: ~0.25 s a step on 2 cores
         say(f"[3/3] warm start of the base policy ({config.steps} steps, ~{minutes} min on 2 cores) -> {base}")
         train = load_prompts(data / "train.jsonl").records

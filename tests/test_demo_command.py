@@ -46,3 +46,14 @@ def test_demo_runs_from_nothing_and_reuses_what_it_built(tmp_path: Path) -> None
     said: list[str] = []
     prepare(workdir, train_prompts=120, heldout_prompts=40, bootstrap_steps=150, say=said.append)
     assert [line.split(" ")[1] for line in said] == ["reusing"] * 3
+
+
+def test_demo_refuses_a_bad_warm_start_length_before_building_anything(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "mpo.cli", "demo", "--workdir", str(workdir), "--bootstrap-steps", "0"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--bootstrap-steps" in result.stderr and "steps: Input should be greater than or equal to 1" in result.stderr
+    assert "Traceback" not in result.stderr and not any(workdir.iterdir())
