@@ -28,6 +28,7 @@ from mpo.data.tasks import bootstrap_ema_decay
 from mpo.evaluation import EvalResult, evaluate
 from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.trainer.logprobs import collate, sequence_logprobs
+from mpo.trainer.packing import pack_shared_prefix
 
 #: Writes one demonstration for a record; a fresh rng draw gives another valid line of reasoning.
 Demonstrator = Callable[[PromptRecord, random.Random], str | None]
@@ -91,7 +92,7 @@ class DemonstrationBatcher:
                 self._prompt_cache[record.id] = cached
         return cached
 
-    def batch(self, examples: Sequence[tuple[PromptRecord, str]]) -> dict[str, torch.Tensor]:
+    def _rows(self, examples: Sequence[tuple[PromptRecord, str]]) -> tuple[list[torch.Tensor], list[int], list]:
         rows, prompt_lengths, pixels = [], [], []
         for record, demonstration in examples:
             prompt = self._prompt(record)
@@ -100,10 +101,23 @@ class DemonstrationBatcher:
             prompt_lengths.append(len(prompt["input_ids"]))
             if "pixel_values" in prompt:
                 pixels.append(prompt["pixel_values"])
+        return rows, prompt_lengths, pixels
+
+    def batch(self, examples: Sequence[tuple[PromptRecord, str]]) -> dict[str, torch.Tensor]:
+        """One right-padded row per example, so per-example log-probs can be read off."""
+        rows, prompt_lengths, pixels = self._rows(examples)
         batch = collate(rows, prompt_lengths, self.tokenizer.pad_token_id)
         if pixels:
             batch["pixel_values"] = torch.stack(pixels) if pixels[0].dim() == 3 else torch.cat(pixels)
         return batch
+
+    def loss_batch(self, examples: Sequence[tuple[PromptRecord, str]]) -> dict[str, torch.Tensor]:
+        """For a loss over all the batch's response tokens: text examples packed around their shared
+        prompt prefix (half the tokens, same loss and gradients); image-text examples padded."""
+        if self.generator.image_text:
+            return self.batch(examples)
+        rows, prompt_lengths, _ = self._rows(examples)
+        return pack_shared_prefix(rows, prompt_lengths, self.tokenizer.pad_token_id, dtype=self.generator.model.dtype)
 
 
 def bootstrap(
@@ -148,9 +162,9 @@ def bootstrap(
                 demonstration = demonstrate(record, rng)
                 if demonstration is not None:
                     examples.append((record, demonstration))
-            batch = batcher.batch(examples)
+            batch = batcher.loss_batch(examples)
             labels = batch.pop("labels")
-            loss = sequence_logprobs(model(**batch).logits, labels).token_mean_nll()
+            loss = sequence_logprobs(model(**batch, use_cache=False).logits, labels).token_mean_nll()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
