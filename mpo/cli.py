@@ -659,7 +659,7 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
         "--workdir, then run online MPO rounds on a local Ray with all services, one table row per round.",
     )
     demo.add_argument("--workdir", type=Path, default=Path("mpo-demo"), help="where everything is built and kept")
-    demo.add_argument("--rounds", type=int, default=40, help="online rounds (about 11 s each on 2 cores)")
+    demo.add_argument("--rounds", type=int, default=60, help="online rounds (about 10 s each on 2 cores)")
     demo.add_argument("--seed", type=int, default=0, help="seeds the rounds' prompts, sampling and training")
     demo.add_argument("--mode", choices=("sync", "async"), default="sync", help="round mode (rounds.mode)")
     demo.add_argument("--train-prompts", type=int, default=5000, help="arith prompts the rounds draw from")

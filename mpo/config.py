@@ -71,7 +71,7 @@ class BootstrapConfig(_Strict):
     """Supervised warm start of a tiny model on CoT demonstrations (`mpo bootstrap`)."""
 
     steps: int = Field(
-        1200, ge=1, description="Optimizer steps of the warm start (~5 min for arith, ~9 for shapes on 2 CPU cores)."
+        1200, ge=1, description="Optimizer steps of the warm start (~3 min for arith, ~9 for shapes on 2 CPU cores)."
     )
     batch_size: int = Field(32, ge=1, description="Demonstrations per step.")
     learning_rate: float = Field(2e-3, gt=0, allow_inf_nan=False, description="Peak, reached after warm-up.")

@@ -31,9 +31,10 @@ TASK = "arith"
 HELDOUT_PROMPTS = 2000
 TRAIN_PROMPTS = 5000
 #: The base: twice the default warm start, without the extra checks (curve points, pass@k, stability)
-#: that `bench/bootstrap_accuracy.py` measures once. Why twice: what the online rounds gain follows how
-#: good the base is (docs/results.md: over three seeds, +2.7 points from the 1200-step base, 26% greedy
-#: on the held-out split, against +4.2 from the 2400-step one, 48%).
+#: that `bench/bootstrap_accuracy.py` measures once; ~6 minutes on 2 cores with packed batches. Why
+#: twice: what the online rounds gain follows how good the base is, up to a point (docs/results.md: +2.7
+#: points over three seeds from the 1200-step base, 26% greedy on the held-out split, +4.2 from the
+#: 2400-step one, 48%; a 3600-step base, 68%, gained less than the 2400-step one on the same seed).
 BASE_BOOTSTRAP = BootstrapConfig(steps=2400, eval_every=10_000, eval_prompts=500, pass_k=1, stability_steps=0)
 
 
@@ -126,7 +127,7 @@ def prepare(
         say(f"[2/3] reusing the tiny model in {model}")
     base = workdir / "base"
     if not (base / "bootstrap.json").exists():
-        minutes = max(1, round(config.steps * 0.25 / 60))  # measured: ~0.25 s a step on 2 cores
+        minutes = max(1, round(config.steps * 0.15 / 60))  # measured: ~0.15 s a packed step on 2 cores
         say(f"[3/3] warm start of the base policy ({config.steps} steps, ~{minutes} min on 2 cores) -> {base}")
         train = load_prompts(data / "train.jsonl").records
         heldout = load_prompts(data / "heldout.jsonl").records

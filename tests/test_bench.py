@@ -81,6 +81,18 @@ def test_trainer_benchmark_prints_its_ratios() -> None:
     assert two["parameters"] < one["parameters"] and two["optimizer_state"] < one["optimizer_state"]
 
 
+def test_warm_start_speed_benchmark_compares_packed_with_padded_steps() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "warm_start_speed.py"), "--steps", "2", "--warmup", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    result_ = report(result.stdout)
+    padded, packed = result_["arms"]["padded"], result_["arms"]["packed"]
+    assert packed["positions_per_step"] < padded["positions_per_step"]
+    assert result_["speedup_packed_over_padded"] > 0 and packed["seconds_per_step"] > 0
+
+
 def _bench_module(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
