@@ -30,20 +30,7 @@ from mpo.demo import TASK
 from mpo.models.corpus import task_corpus
 from mpo.models.generate import TransformersGenerator
 from mpo.models.tiny import build_text_model
-from mpo.trainer.logprobs import sequence_logprobs
-from mpo.trainer.sft import DemonstrationBatcher
-
-
-def timed_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
-    started = time.perf_counter()
-    inputs = dict(batch)
-    labels = inputs.pop("labels")
-    loss = sequence_logprobs(model(**inputs, use_cache=False).logits, labels).token_mean_nll()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    return time.perf_counter() - started
+from mpo.trainer.sft import DemonstrationBatcher, sft_step
 
 
 def main() -> None:
@@ -57,6 +44,7 @@ def main() -> None:
         model_dir = build_text_model(Path(tmp) / "tiny-model", task_corpus([TASK], seed=0), seed=0)
         generator = TransformersGenerator(model_dir)
         batcher = DemonstrationBatcher(generator)
+        generator.model.train()
         arms = {"padded": generator.model, "packed": copy.deepcopy(generator.model)}
         optimizers = {name: torch.optim.AdamW(arm.parameters(), lr=config.learning_rate) for name, arm in arms.items()}
         build = {"padded": batcher.batch, "packed": batcher.loss_batch}
@@ -67,9 +55,10 @@ def main() -> None:
         for step in range(args.warmup + args.steps):
             examples = [(record, task.demonstration(record, rng)) for record in rng.sample(records, config.batch_size)]
             for name, model in arms.items():
-                model.train()
                 batch = build[name](examples)
-                elapsed = timed_step(model, optimizers[name], batch)
+                started = time.perf_counter()
+                sft_step(model, optimizers[name], batch, config.max_grad_norm)
+                elapsed = time.perf_counter() - started
                 if step >= args.warmup:
                     seconds[name].append(elapsed)
                     positions[name].append(batch["input_ids"].numel())

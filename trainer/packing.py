@@ -34,7 +34,7 @@ def shared_prefix_length(rows: Sequence[torch.Tensor], prompt_lengths: Sequence[
     length = 0
     while length < limit and all(row[length] == first[length] for row in rows[1:]):
         length += 1
-    return max(length, 0)
+    return length
 
 
 def pack_shared_prefix(
@@ -53,7 +53,7 @@ def pack_shared_prefix(
     if not rows or len(rows) != len(prompt_lengths):
         raise ValueError(f"need one prompt length per row, got {len(rows)} rows and {len(prompt_lengths)} lengths")
     prefix = shared_prefix_length(rows, prompt_lengths)
-    capacity = max(row_tokens - prefix, max(len(row) for row in rows) - prefix)
+    capacity = max(row_tokens, max(len(row) for row in rows)) - prefix
     bins: list[list[int]] = []
     fill: list[int] = []
     for index in sorted(range(len(rows)), key=lambda i: -len(rows[i])):

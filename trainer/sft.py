@@ -120,6 +120,23 @@ class DemonstrationBatcher:
         return pack_shared_prefix(rows, prompt_lengths, self.tokenizer.pad_token_id, dtype=self.generator.model.dtype)
 
 
+def sft_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], max_grad_norm: float
+) -> float:
+    """One optimizer step on the batch's token-mean NLL (clipped); returns the loss.
+
+    No KV cache: training needs none, and with one transformers ignores a packed batch's 4-D mask.
+    """
+    inputs = dict(batch)
+    labels = inputs.pop("labels")
+    loss = sequence_logprobs(model(**inputs, use_cache=False).logits, labels).token_mean_nll()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.item()
+
+
 def bootstrap(
     model_dir: Path,
     out_dir: Path,
@@ -162,20 +179,14 @@ def bootstrap(
                 demonstration = demonstrate(record, rng)
                 if demonstration is not None:
                     examples.append((record, demonstration))
-            batch = batcher.loss_batch(examples)
-            labels = batch.pop("labels")
-            loss = sequence_logprobs(model(**batch, use_cache=False).logits, labels).token_mean_nll()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
+            loss = sft_step(model, optimizer, batcher.loss_batch(examples), config.max_grad_norm)
             if averaged is not None:
                 averaged.update_parameters(model)
             if scheduled:
                 schedule.step()
-            report.losses.append(loss.item())
+            report.losses.append(loss)
             step = len(report.losses)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             if scheduled and step % config.eval_every == 0:
                 accuracy = evaluate(policy, eval_set, greedy).accuracy
                 report.curve.append((step, accuracy))
