@@ -1,8 +1,11 @@
-"""Trainer: MPO vs DPO-only step time, ZeRO-3 memory per rank (2 ranks vs 1), tokens/s, and MFU on GPU.
+"""Trainer: MPO vs DPO-only step time, packed vs padded micro-batches, ZeRO-3 memory per rank (2 ranks vs
+1), tokens/s, and MFU on GPU.
 
 Runs the real trainer (Ray rank actors, DeepSpeed, the frozen reference) on the same pairs:
-- MPO step vs DPO-only step (objective terms {preference: 1}) on the same batches, in this process,
-  in the order MPO, DPO, DPO, MPO (target ratio <= 1.05);
+- MPO step vs DPO-only step (objective terms {preference: 1}) on the same batches, and the MPO step
+  with micro-batches packed around the shared prompt prefix (the default) vs one padded row per
+  response (`packing: false`), in this process, in the order MPO, DPO, padded, padded, DPO, MPO
+  (target MPO/DPO ratio <= 1.05);
 - bytes of parameters + optimizer state each rank holds with ZeRO-3 on 2 ranks vs on 1 rank;
 - tokens/s (chosen + rejected response tokens trained per second) and, on CUDA, model FLOPs utilisation:
   (6·N per token of every row for the policy's forward and backward, each step, + 2·N per token once
@@ -104,26 +107,38 @@ async def main_async(args: argparse.Namespace, model_dir: Path, work: Path) -> d
         "resume": False,
     }
 
-    def config(name: str, world_size: int, terms: dict[str, float] | None = None) -> TrainerConfig:
+    def config(
+        name: str, world_size: int, terms: dict[str, float] | None = None, packing: bool = True
+    ) -> TrainerConfig:
         objective = ObjectiveConfig(terms=terms) if terms else ObjectiveConfig()
         return TrainerConfig(
-            **base, world_size=world_size, objective=objective, checkpoint_dir=work / name / "checkpoints"
+            **base,
+            world_size=world_size,
+            objective=objective,
+            packing=packing,
+            checkpoint_dir=work / name / "checkpoints",
         )
 
     ranks = args.ranks
-    # A, B, B, A: whichever trainer runs first or last gets no systematic edge (e.g. the previous
+    # A, B, C, C, B, A: whichever trainer runs first or last gets no systematic edge (e.g. the previous
     # group's processes still exiting); each figure is the mean of its two runs.
-    runs: dict[str, list[dict[str, Any]]] = {"mpo": [], "dpo": []}
-    for label in ("mpo", "dpo", "dpo", "mpo"):
+    runs: dict[str, list[dict[str, Any]]] = {"mpo": [], "dpo": [], "padded": []}
+    for label in ("mpo", "dpo", "padded", "padded", "dpo", "mpo"):
         terms = {"preference": 1.0} if label == "dpo" else None
-        runs[label].append(await measure(config(f"{label}-{len(runs[label])}", ranks, terms), args))
-    mpo, dpo = ({**r[0], "step_s": (r[0]["step_s"] + r[1]["step_s"]) / 2} for r in (runs["mpo"], runs["dpo"]))
+        name = f"{label}-{len(runs[label])}"
+        runs[label].append(await measure(config(name, ranks, terms, packing=label != "padded"), args))
+    mpo, dpo, padded = ({**r[0], "step_s": (r[0]["step_s"] + r[1]["step_s"]) / 2} for r in runs.values())
     single = mpo if ranks == 1 else await measure(config("one-rank", 1), args)
     parameters = sum(p.numel() for p in _model(model_dir).parameters())
     result: dict[str, object] = {
         "ranks": ranks,
-        "step_s": {"mpo": round(mpo["step_s"], 4), "dpo_only": round(dpo["step_s"], 4)},
+        "step_s": {
+            "mpo": round(mpo["step_s"], 4),
+            "dpo_only": round(dpo["step_s"], 4),
+            "mpo_padded": round(padded["step_s"], 4),
+        },
         "ratio_mpo_over_dpo": round(mpo["step_s"] / dpo["step_s"], 3),
+        "speedup_packed_over_padded": round(padded["step_s"] / mpo["step_s"], 3),
         "tokens_per_s": round(mpo["tokens_per_s"], 1),
         # Reference log-probs, once per pair: their share of a call; per epoch it would be ~steps × this.
         "reference_share_of_train_call": round(mpo["reference_share"], 3),

@@ -268,6 +268,11 @@ class TrainerConfig(_Strict):
     max_length: int = Field(
         2048, ge=8, description="Prompt + response tokens; longer responses are cut at the end (docs/trainer.md)."
     )
+    packing: bool = Field(
+        True,
+        description="Pack text micro-batches around their shared prompt prefix: the same log-probs on about "
+        "half the positions, through a 4-D attention mask (off: one padded row per response).",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     freeze_vision_tower: bool = Field(False, description="Keep the image encoder fixed (the paper trains all).")
     checkpoint_dir: Path = Field(

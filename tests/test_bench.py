@@ -76,6 +76,7 @@ def test_trainer_benchmark_prints_its_ratios() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     result_ = report(result.stdout)["result"]
     assert result_["ratio_mpo_over_dpo"] > 0 and result_["tokens_per_s"] > 0
+    assert result_["speedup_packed_over_padded"] > 0 and result_["step_s"]["mpo_padded"] > 0
     two, one = result_["memory_per_rank_bytes"]["2_ranks"], result_["memory_per_rank_bytes"]["1_rank"]
     assert one["parameters"] == 4 * result_["parameters"], "fp32: 4 bytes per parameter on one rank"
     assert two["parameters"] < one["parameters"] and two["optimizer_state"] < one["optimizer_state"]

@@ -1,4 +1,5 @@
-"""Shared-prefix packing gives the padded batch's loss and gradients on fewer positions."""
+"""Shared-prefix packing gives the padded batch's losses, per-example log-probs and gradients on fewer
+positions: for the warm start's demonstrations and for the trainer's preference pairs."""
 
 from __future__ import annotations
 
@@ -13,18 +14,36 @@ from mpo.data.tasks import TASKS
 from mpo.models.corpus import task_corpus
 from mpo.models.generate import TransformersGenerator
 from mpo.models.tiny import TextModelSpec, build_text_model
-from mpo.trainer.logprobs import IGNORE_INDEX, collate, sequence_logprobs
+from mpo.trainer.batching import PairEncoder, pair_batch
+from mpo.trainer.logprobs import IGNORE_INDEX, collate, model_logprobs
 from mpo.trainer.packing import pack_shared_prefix, shared_prefix_length
 from mpo.trainer.sft import DemonstrationBatcher
+from mpo.v1 import common_pb2
 
 
 def loss_and_gradient(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
-    inputs = dict(batch)
-    labels = inputs.pop("labels")
     model.zero_grad(set_to_none=True)
-    loss = sequence_logprobs(model(**inputs, use_cache=False).logits, labels).token_mean_nll()
+    loss = model_logprobs(model, batch).token_mean_nll()
     loss.backward()
     return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def sums_and_gradient(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor
+) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """Per-example log-prob sums, token counts, and the gradient of their weighted total (distinct
+    weights per example, so a sum credited to the wrong example changes the gradient)."""
+    model.zero_grad(set_to_none=True)
+    logps = model_logprobs(model, batch, len(weights))
+    (weights * logps.summed).sum().backward()
+    return logps.summed.detach(), logps.token_counts.tolist(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.fixture(scope="module")
+def arith_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = TextModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
+    corpus = task_corpus(["arith"], seed=0, per_task=200)
+    return build_text_model(tmp_path_factory.mktemp("packing") / "model", corpus, spec, seed=0)
 
 
 def synthetic_examples(count: int, prefix: int, seed: int = 0) -> tuple[list[torch.Tensor], list[int]]:
@@ -54,6 +73,46 @@ def test_packed_batch_has_the_padded_batch_loss_and_gradients(
     assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
     torch.testing.assert_close(packed_grad, padded_grad, rtol=1e-4, atol=1e-6)
     assert int((packed["labels"] != IGNORE_INDEX).sum()) == int((padded["labels"] != IGNORE_INDEX).sum())
+
+
+def test_packed_rows_give_each_example_its_own_log_prob_sum(tiny_causal_lm: Qwen2ForCausalLM) -> None:
+    """Per-example sums (what DPO compares) survive packing, gradients of a weighted sum included."""
+    rows, prompt_lengths = synthetic_examples(12, prefix=10)
+    weights = torch.linspace(-1.0, 2.0, len(rows))
+    padded = sums_and_gradient(tiny_causal_lm, collate(rows, prompt_lengths, 0), weights)
+    packed = sums_and_gradient(tiny_causal_lm, pack_shared_prefix(rows, prompt_lengths, 0, row_tokens=48), weights)
+    torch.testing.assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-5)
+    assert packed[1] == padded[1] == [len(r) - n for r, n in zip(rows, prompt_lengths, strict=True)]
+    torch.testing.assert_close(packed[2], padded[2], rtol=1e-4, atol=1e-6)
+
+
+def preference_pairs(count: int) -> list[common_pb2.PreferencePair]:
+    """Arith prompts, their demonstration as chosen and a wrong final answer as rejected."""
+    rng = random.Random(0)
+    task = TASKS["arith"]
+    pairs = []
+    for record in task.generate(count, 3, None):
+        chosen = task.demonstration(record, rng) or ""
+        prompt = common_pb2.Prompt(id=record.id, question=record.question, task="arith", answer=record.answer)
+        wrong = chosen.rsplit("Final answer:", 1)[0] + f"Final answer: {int(record.answer or 0) + 1}"
+        pairs.append(common_pb2.PreferencePair(id=f"p-{record.id}", prompt=prompt, chosen=chosen, rejected=wrong))
+    return pairs
+
+
+def test_trainer_micro_batches_pack_to_the_padded_chosen_and_rejected_log_probs(arith_model: Path) -> None:
+    """The trainer's own encoder and micro-batch layout (chosen first, then rejected) on real prompts."""
+    encoder = PairEncoder(arith_model, max_length=256, readable_roots=[])
+    pairs = encoder.encode_all(preference_pairs(8))
+    pad_id = encoder.tokenizer.pad_token_id
+    model = TransformersGenerator(arith_model).model.train()
+    padded_batch, packed_batch = pair_batch(pairs, pad_id), pair_batch(pairs, pad_id, pack=True)
+    weights = torch.randn(2 * len(pairs), generator=torch.Generator().manual_seed(0))
+    padded = sums_and_gradient(model, padded_batch, weights)
+    packed = sums_and_gradient(model, packed_batch, weights)
+    torch.testing.assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-4)
+    assert packed[1] == padded[1] == [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]
+    torch.testing.assert_close(packed[2], padded[2], rtol=1e-4, atol=1e-5)
+    assert packed_batch["input_ids"].numel() < 0.7 * padded_batch["input_ids"].numel()
 
 
 def test_layout_stores_the_prefix_once_per_row_and_every_example_whole() -> None:
@@ -92,11 +151,9 @@ def test_mismatched_inputs_are_refused() -> None:
         pack_shared_prefix([torch.tensor([1, 2, 3])], [1, 2], pad_id=0)
 
 
-def test_warm_start_batches_of_real_arith_demonstrations_pack_to_fewer_positions(tmp_path: Path) -> None:
+def test_warm_start_batches_of_real_arith_demonstrations_pack_to_fewer_positions(arith_model: Path) -> None:
     """The bootstrap's own batcher, tokenizer and prompts: same loss and gradients, far fewer positions."""
-    spec = TextModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
-    model_dir = build_text_model(tmp_path / "model", task_corpus(["arith"], seed=0, per_task=200), spec, seed=0)
-    generator = TransformersGenerator(model_dir)
+    generator = TransformersGenerator(arith_model)
     generator.model.train()
     rng = random.Random(0)
     task = TASKS["arith"]

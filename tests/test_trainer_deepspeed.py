@@ -96,18 +96,26 @@ def losses(steps: Sequence[dict[str, float]], key: str = "loss") -> list[float]:
     return [step[key] for step in steps]
 
 
-async def test_two_ranks_match_one_rank_on_the_same_global_batch(local_ray: None, text_model: Path, tmp_path: Path):
+async def test_two_packed_ranks_match_one_padded_rank_on_the_same_global_batch(
+    local_ray: None, text_model: Path, tmp_path: Path
+) -> None:
+    """Neither the split over ranks and micro-batches, nor packing them, nor pinning changes a number."""
     pairs = arith_pairs(8)
     runs = {}
     core = min(os.sched_getaffinity(0))
     for world_size, micro in ((1, 4), (2, 2)):
-        pinned = {"cpu_affinity": [core]} if world_size == 2 else {}  # pinning must not change the numbers
+        packed_and_pinned = world_size == 2
         config = config_for(
-            text_model, tmp_path / f"w{world_size}", world_size=world_size, micro_batch_pairs=micro, **pinned
+            text_model,
+            tmp_path / f"w{world_size}",
+            world_size=world_size,
+            micro_batch_pairs=micro,
+            packing=packed_and_pinned,
+            cpu_affinity=[core] if packed_and_pinned else None,
         )
         async with running(config) as host:
             runs[world_size] = (await host.train(pairs, 1, 2)).steps
-            if pinned:
+            if packed_and_pinned:
                 for rank in host.group.ranks:
                     assert set(thread_affinities(await actor_pid(rank)).values()) == {frozenset({core})}
     one, two = runs[1], runs[2]

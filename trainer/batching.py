@@ -2,7 +2,8 @@
 
 A pair is encoded once, by the trainer's host, before any rank sees it, so a pair the model cannot take
 is refused (INVALID_ARGUMENT naming the field) while nothing has changed. Micro-batches put the chosen
-responses first and the rejected ones after them, in one forward pass.
+responses first and the rejected ones after them, in one forward pass; text micro-batches are packed
+around the prompt prefix they share (`trainer/packing.py`) unless the trainer's `packing` is off.
 
 Truncation rule: the prompt is never cut (its images and question are what the answer is about). When
 prompt + response exceeds `max_length`, the response keeps its first `max_length − prompt` tokens and
@@ -21,6 +22,7 @@ import torch
 from mpo.services.common.validation import InvalidRequest
 from mpo.services.rollout.prompts import PromptRenderer
 from mpo.trainer.logprobs import collate
+from mpo.trainer.packing import pack_shared_prefix
 from mpo.v1 import common_pb2
 
 
@@ -80,13 +82,22 @@ class PairEncoder:
         return [self.encode(pair, f"pairs[{i}]") for i, pair in enumerate(pairs)]
 
 
-def pair_batch(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """One forward's inputs: rows [chosen_0 … chosen_m−1, rejected_0 … rejected_m−1]."""
+def pair_batch(
+    pairs: Sequence[EncodedPair], pad_id: int, *, pack: bool = False, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """One forward's inputs for the sequences [chosen_0 … chosen_m−1, rejected_0 … rejected_m−1].
+
+    Padded: one row per sequence. Packed (`pack`, text pairs only): the prompt prefix every sequence
+    shares stored once per row, the rest several to a row (`pack_shared_prefix`, attention mask in
+    `dtype`), with `example_index` naming each sequence by its place in that order.
+    """
     rows = [torch.cat([p.prompt_ids, p.chosen_ids]) for p in pairs]
     rows += [torch.cat([p.prompt_ids, p.rejected_ids]) for p in pairs]
     prompt_lengths = [len(p.prompt_ids) for p in pairs] * 2
-    batch = collate(rows, prompt_lengths, pad_id)
     pixels = [p.pixel_values for p in pairs if p.pixel_values is not None]
+    if pack and not pixels:
+        return pack_shared_prefix(rows, prompt_lengths, pad_id, dtype=dtype)
+    batch = collate(rows, prompt_lengths, pad_id)
     if pixels:
         batch["pixel_values"] = torch.cat(pixels + pixels)
     return batch

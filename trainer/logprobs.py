@@ -8,7 +8,7 @@ label at ``t + 1`` (causal shift), exactly as Hugging Face models compute their 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,8 +56,18 @@ def collate(rows: Sequence[torch.Tensor], prompt_lengths: Sequence[int], pad_id:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> SequenceLogProbs:
+def sequence_logprobs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    example_index: torch.Tensor | None = None,
+    examples: int | None = None,
+) -> SequenceLogProbs:
     """Sum of ``log p(label_t | prefix)`` over the labelled (response) tokens of each sequence.
+
+    One sequence per row by default; a packed batch (several examples per row, `trainer/packing.py`)
+    passes `example_index` (shaped like `labels`: the example each labelled position belongs to) and
+    gets one sum per example, for `examples` of them (default: up to the highest index it holds).
 
     Works for causal LMs and for image-text models whose ``input_ids`` carry the expanded image tokens
     (LLaVA, Qwen2-VL, InternVL): logits and labels then have the same length and the image tokens are
@@ -71,6 +81,12 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> SequenceLog
             f"logits {tuple(logits.shape[:2])} and labels {tuple(labels.shape)} must cover the same "
             "positions; for image-text models pass input_ids with the image tokens already expanded"
         )
+    if example_index is None:
+        example_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
+    elif example_index.shape != labels.shape:
+        raise ValueError(f"example_index {tuple(example_index.shape)} and labels {tuple(labels.shape)} differ")
+    if examples is None:
+        examples = int(example_index.max()) + 1
     shifted_logits = logits[:, :-1, :]
     shifted_labels = labels[:, 1:]
     mask = shifted_labels != IGNORE_INDEX
@@ -81,5 +97,21 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> SequenceLog
         row_logits = row_logits.float()
         picked = row_logits.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1)
         per_token.append(picked - torch.logsumexp(row_logits, dim=-1))
-    token_logps = torch.stack(per_token) * mask
-    return SequenceLogProbs(summed=token_logps.sum(-1), token_counts=mask.sum(-1))
+    token_logps = torch.stack(per_token)[mask]
+    owners = example_index[:, 1:].to(token_logps.device)[mask]
+    summed = token_logps.new_zeros(examples).index_add(0, owners, token_logps)
+    return SequenceLogProbs(summed=summed, token_counts=torch.bincount(owners, minlength=examples))
+
+
+def model_logprobs(
+    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], examples: int | None = None
+) -> SequenceLogProbs:
+    """Run `model` on a padded (`collate`) or packed (`pack_shared_prefix`) batch of `examples` sequences.
+
+    No KV cache: training needs none, and with one transformers ignores a packed batch's 4-D mask.
+    """
+    inputs = dict(batch)
+    labels = inputs.pop("labels")
+    example_index = inputs.pop("example_index", None)
+    logits = model(**inputs, use_cache=False).logits
+    return sequence_logprobs(logits, labels, example_index=example_index, examples=examples)

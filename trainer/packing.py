@@ -6,8 +6,8 @@ the shared prefix has the same hidden states in every example, so a row holds it
 several examples' remaining tokens. A block mask lets each example attend to the prefix and to its own
 earlier tokens only, and its position ids continue from the prefix, so every labelled token's logits,
 and so the loss and its gradients, equal those of the padded batch (tests/test_packing.py) while the
-model runs on about half the tokens. For losses over all of a batch's tokens (the warm start); a
-per-example quantity needs one row per example (`collate`).
+model runs on about half the tokens. Per-example sums (the trainer's chosen and rejected log-probs)
+come from `example_index`, which says whose each labelled position is.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def pack_shared_prefix(
     row_tokens: int = ROW_TOKENS,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """`input_ids`, `position_ids`, an additive 4-D `attention_mask` and response-only `labels`.
+    """`input_ids`, `position_ids`, an additive 4-D `attention_mask`, response-only `labels`, and
+    `example_index` (the index in `rows` of each labelled position's example, -1 elsewhere).
 
     Examples go to rows first-fit, longest first; a row is `prefix | example | example | ... | pad`.
     A row is widened to fit the longest example when `row_tokens` is too short for it.
@@ -68,6 +69,7 @@ def pack_shared_prefix(
     width = prefix + max(fill)
     input_ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
     labels = torch.full_like(input_ids, IGNORE_INDEX)
+    example_index = torch.full_like(input_ids, -1)
     position_ids = torch.zeros_like(input_ids)
     segments = torch.full_like(input_ids, -1)  # 0: the shared prefix, k: the row's k-th example, -1: padding
     for r, members in enumerate(bins):
@@ -83,6 +85,7 @@ def pack_shared_prefix(
             segments[r, start:end] = k
             response = start + prompt_lengths[index] - prefix
             labels[r, response:end] = own[prompt_lengths[index] - prefix :]
+            example_index[r, response:end] = index
             start = end
         position_ids[r, start:] = torch.arange(width - start)
     query, key = segments.unsqueeze(2), segments.unsqueeze(1)
@@ -94,4 +97,5 @@ def pack_shared_prefix(
         "position_ids": position_ids,
         "attention_mask": attention_mask.unsqueeze(1),
         "labels": labels,
+        "example_index": example_index,
     }

@@ -30,7 +30,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from mpo.config import TrainerConfig
 from mpo.cpu_affinity import pin_process
 from mpo.trainer.batching import EncodedPair, pair_batch
-from mpo.trainer.logprobs import SequenceLogProbs, sequence_logprobs
+from mpo.trainer.logprobs import SequenceLogProbs, model_logprobs
 from mpo.trainer.objective import MPOObjective
 from mpo.trainer.plan import StepPlan, plan_epoch, plan_step
 from mpo.trainer.reward_shift import sum_across_ranks
@@ -156,7 +156,7 @@ class TrainerRank:
         zero3 = self.config.strategy == "zero3"
         # Must stay alive while models load: transformers then builds them partitioned (zero.Init).
         self._hf_deepspeed = HfDeepSpeedConfig(ds_config) if zero3 else None
-        dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.dtype = dtype = torch.bfloat16 if self.cuda else torch.float32
         policy = _load_model(self.config.model, dtype)
         if self.config.freeze_vision_tower:
             tower = _vision_tower(policy)
@@ -197,10 +197,9 @@ class TrainerRank:
     # --- training ------------------------------------------------------------------------------------------
 
     def _forward(self, model: Any, pairs: Sequence[EncodedPair]) -> tuple[SequenceLogProbs, SequenceLogProbs]:
-        batch = {k: v.to(self.engine.device) for k, v in pair_batch(pairs, self.pad_id).items()}
-        labels = batch.pop("labels")
-        logps = sequence_logprobs(model(**batch, use_cache=False).logits, labels)
+        batch = pair_batch(pairs, self.pad_id, pack=self.config.packing, dtype=self.dtype)
         m = len(pairs)
+        logps = model_logprobs(model, {k: v.to(self.engine.device) for k, v in batch.items()}, 2 * m)
         return (
             SequenceLogProbs(logps.summed[:m], logps.token_counts[:m]),
             SequenceLogProbs(logps.summed[m:], logps.token_counts[m:]),

@@ -27,7 +27,7 @@ from mpo.data.records import PromptRecord
 from mpo.data.tasks import bootstrap_ema_decay
 from mpo.evaluation import EvalResult, evaluate
 from mpo.models.generate import Sampling, TransformersGenerator
-from mpo.trainer.logprobs import collate, sequence_logprobs
+from mpo.trainer.logprobs import collate, model_logprobs
 from mpo.trainer.packing import pack_shared_prefix
 
 #: Writes one demonstration for a record; a fresh rng draw gives another valid line of reasoning.
@@ -123,13 +123,8 @@ class DemonstrationBatcher:
 def sft_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], max_grad_norm: float
 ) -> float:
-    """One optimizer step on the batch's token-mean NLL (clipped); returns the loss.
-
-    No KV cache: training needs none, and with one transformers ignores a packed batch's 4-D mask.
-    """
-    inputs = dict(batch)
-    labels = inputs.pop("labels")
-    loss = sequence_logprobs(model(**inputs, use_cache=False).logits, labels).token_mean_nll()
+    """One optimizer step on the batch's token-mean NLL (clipped); returns the loss."""
+    loss = model_logprobs(model, batch).token_mean_nll()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
