@@ -144,3 +144,16 @@ def test_online_benchmark_reports_the_seeds_spread_beside_the_paired_error() -> 
     single = online.summarize_seeds([run(4.45, 0.76)])
     assert "seed_spread_standard_error_points" not in single, "one seed has no spread"
     assert single["paired_mean_standard_error_points"] == 0.76
+
+
+def test_packing_speed_benchmark_compares_packed_with_padded_micro_batches() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "packing_speed.py"), "--steps", "2", "--warmup", "0"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    result_ = report(result.stdout)
+    padded, packed = result_["arms"]["padded"], result_["arms"]["packed"]
+    assert packed["positions_per_micro_batch"] < padded["positions_per_micro_batch"]
+    assert result_["speedup_packed_over_padded"] > 0
+    assert result_["max_abs_logprob_difference"] < 1e-3, "the layouts must give the same log-probs"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -120,20 +121,30 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
     )
 
 
+def text_config(spec: TextModelSpec, **overrides: Any) -> Qwen2Config:
+    """The Qwen2 config of `spec`; `overrides` set the tokenizer's size and special ids, or (benchmarks on
+    random weights) a longer context."""
+    values: dict[str, Any] = {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_kv_heads,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "tie_word_embeddings": False,  # tied weights need special care on vLLM weight reload (DESIGN §5)
+        "torch_dtype": "float32",
+    }
+    return Qwen2Config(**(values | overrides))
+
+
 def _text_config(spec: TextModelSpec, tokenizer: PreTrainedTokenizerFast) -> Qwen2Config:
-    return Qwen2Config(
+    return text_config(
+        spec,
         vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=False,  # tied weights need special care on vLLM weight reload (DESIGN §5)
         bos_token_id=tokenizer.convert_tokens_to_ids(BOS_TURN),
         eos_token_id=tokenizer.convert_tokens_to_ids(EOT),
         pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
     )
 
 
