@@ -20,6 +20,14 @@ def report(stdout: str) -> dict:
     return json.loads(stdout[stdout.rindex('{\n  "benchmark"') :])
 
 
+def run_bench(script: str, arguments: str, timeout: int = 300) -> dict:
+    """Run `bench/<script>` with its space-separated `arguments`; its JSON report (the run must succeed)."""
+    command = [sys.executable, str(ROOT / "bench" / script), *arguments.split()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return report(result.stdout)
+
+
 def test_objective_benchmark_prints_a_ratio() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "objective.py"), "--repeats", "2", "--hidden", "64", "--layers", "1"],
@@ -39,13 +47,11 @@ def test_objective_benchmark_prints_a_ratio() -> None:
 
 @pytest.mark.slow
 def test_rollout_benchmark_prints_its_ratios() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "rollout.py"), "--sizes", "tiny", "--prompts", "4", "--n", "2",
-         "--max-tokens", "8", "--kv-cache-mib", "16", "--enforce-eager"],
-        capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    tiny = report(result.stdout)["sizes"]["tiny"]
+    tiny = run_bench(
+        "rollout.py",
+        "--sizes tiny --prompts 4 --n 2 --max-tokens 8 --kv-cache-mib 16 --enforce-eager",
+        timeout=900,
+    )["sizes"]["tiny"]
     assert tiny["ratio_grpc_over_in_process"] > 0 and tiny["tokens_per_s"]["grpc"] > 0
     update = tiny["weight_update"]
     assert update["streamed"]["seconds"] > 0 and update["storage"]["seconds"] > 0
@@ -54,13 +60,8 @@ def test_rollout_benchmark_prints_its_ratios() -> None:
 
 @pytest.mark.slow
 def test_reward_benchmark_prints_its_ratio() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "reward.py"), "--prompts", "20", "--n", "4", "--max-tokens", "8",
-         "--workers", "2", "--enforce-eager"],
-        capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    result_ = report(result.stdout)["result"]
+    arguments = "--prompts 20 --n 4 --max-tokens 8 --workers 2 --enforce-eager"
+    result_ = run_bench("reward.py", arguments, timeout=900)["result"]
     assert result_["samples"] == 80 and result_["pairs"] > 0
     assert 0.2 < result_["sample_accuracy"] < 0.8, "about half the demonstration answers are corrupted"
     assert result_["ratio_rollout_over_labelling_time"] > 0 and result_["pairs_per_second"] > 0
@@ -68,13 +69,7 @@ def test_reward_benchmark_prints_its_ratio() -> None:
 
 @pytest.mark.slow
 def test_trainer_benchmark_prints_its_ratios() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "trainer.py"), "--pairs", "8", "--micro", "2", "--steps", "1",
-         "--repeats", "1"],
-        capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    result_ = report(result.stdout)["result"]
+    result_ = run_bench("trainer.py", "--pairs 8 --micro 2 --steps 1 --repeats 1", timeout=900)["result"]
     assert result_["ratio_mpo_over_dpo"] > 0 and result_["tokens_per_s"] > 0
     assert result_["speedup_packed_over_padded"] > 0 and result_["step_s"]["mpo_padded"] > 0
     two, one = result_["memory_per_rank_bytes"]["2_ranks"], result_["memory_per_rank_bytes"]["1_rank"]
@@ -83,12 +78,7 @@ def test_trainer_benchmark_prints_its_ratios() -> None:
 
 
 def test_warm_start_speed_benchmark_compares_packed_with_padded_steps() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "warm_start_speed.py"), "--steps", "2", "--warmup", "1"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    result_ = report(result.stdout)
+    result_ = run_bench("warm_start_speed.py", "--steps 2 --warmup 1")
     padded, packed = result_["arms"]["padded"], result_["arms"]["packed"]
     assert packed["positions_per_step"] < padded["positions_per_step"]
     assert result_["speedup_packed_over_padded"] > 0 and packed["seconds_per_step"] > 0
@@ -147,12 +137,7 @@ def test_online_benchmark_reports_the_seeds_spread_beside_the_paired_error() -> 
 
 
 def test_packing_speed_benchmark_compares_packed_with_padded_micro_batches() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "packing_speed.py"), "--steps", "2", "--warmup", "0"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    result_ = report(result.stdout)
+    result_ = run_bench("packing_speed.py", "--steps 2 --warmup 0")
     padded, packed = result_["arms"]["padded"], result_["arms"]["packed"]
     assert packed["positions_per_micro_batch"] < padded["positions_per_micro_batch"]
     assert result_["speedup_packed_over_padded"] > 0
