@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mpo.data.prompting import question_messages
+from mpo.chat import ChatRenderer
 from mpo.models.tiny import TextModelSpec, VisionSpec
 from mpo.v1 import common_pb2, rollout_pb2_grpc
 
@@ -48,7 +48,7 @@ def transformers_greedy(
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     if state is not None:
         model.load_state_dict(dict(state), strict=True)
-    text = tokenizer.apply_chat_template(question_messages(question, 0), tokenize=False, add_generation_prompt=True)
+    text = ChatRenderer(model_dir).prompt_text(question)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         output = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)

@@ -12,6 +12,7 @@ import datasets
 import pytest
 from PIL import Image as PILImage
 
+from mpo.config import PromptConfig
 from mpo.services.controller.loop import PromptSampler
 from mpo.services.controller.store import RunStore, StoreError
 from mpo.v1 import common_pb2, controller_pb2
@@ -82,6 +83,19 @@ def test_shards_load_as_a_dpo_dataset_with_decoded_images(store: RunStore) -> No
     assert "What is 0 + 1?" in row["prompt"][0]["content"][1]["text"]
     assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": "0 + 1 = 1. Final answer: 1"}]}]
     assert isinstance(row["images"][0], PILImage.Image) and row["images"][0].getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_text_shards_carry_string_content_and_the_configured_system_turn(store: RunStore) -> None:
+    """TRL's text convention: string content; the conversation is the one the run rendered."""
+    prompt = PromptConfig(system_prompt="You are terse.", instruction="Solve it.")
+    committed = store.commit_pairs("run-a", 1, pairs_of(1, 2), prompt=prompt)
+    row = datasets.load_dataset("parquet", data_files=str(committed.shard), split="train")[0]
+    assert row["prompt"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Solve it.\n\nWhat is 0 + 1?"},
+    ]
+    assert row["chosen"] == [{"role": "assistant", "content": "0 + 1 = 1. Final answer: 1"}]
+    assert row["images"] == []
 
 
 def test_store_refuses_what_contradicts_the_ledger(store: RunStore) -> None:

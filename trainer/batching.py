@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from mpo.config import PromptConfig
 from mpo.services.common.validation import InvalidRequest
 from mpo.services.rollout.prompts import PromptRenderer
-from mpo.trainer.logprobs import collate
+from mpo.trainer.logprobs import collate, stack_image_inputs
 from mpo.trainer.packing import pack_shared_prefix
 from mpo.v1 import common_pb2
 
@@ -30,7 +31,8 @@ from mpo.v1 import common_pb2
 class EncodedPair:
     id: str
     prompt_ids: torch.Tensor  # image tokens expanded
-    pixel_values: torch.Tensor | None
+    #: The processor's other outputs the forward needs (pixel_values, image_grid_thw, image_sizes, ...).
+    image_inputs: dict[str, torch.Tensor]
     chosen_ids: torch.Tensor  # response + end-of-turn (unless truncated)
     rejected_ids: torch.Tensor
     truncated: bool
@@ -46,20 +48,33 @@ class EncodedPair:
 
 
 class PairEncoder:
-    def __init__(self, model_dir: Path, *, max_length: int, readable_roots: Sequence[Path]) -> None:
-        self.renderer = PromptRenderer(model_dir, max_model_len=max_length, readable_roots=readable_roots)
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        max_length: int,
+        readable_roots: Sequence[Path],
+        prompt: PromptConfig | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.renderer = PromptRenderer(
+            model_dir,
+            max_model_len=max_length,
+            readable_roots=readable_roots,
+            prompt=prompt,
+            trust_remote_code=trust_remote_code,
+        )
         self.tokenizer = self.renderer.tokenizer
         self.max_length = max_length
-        self.end_of_turn = self.tokenizer.eos_token
 
     def _response(self, text: str, room: int) -> tuple[torch.Tensor, bool]:
-        ids = self.tokenizer(text + self.end_of_turn, add_special_tokens=False)["input_ids"]
+        ids = self.renderer.chat_renderer.response_ids(text)  # the template's end of turn, not eos_token
         return torch.tensor(ids[:room], dtype=torch.long), len(ids) > room
 
     def encode(self, pair: common_pb2.PreferencePair, field: str) -> EncodedPair:
         text, images = self.renderer.chat(pair.prompt, f"{field}.prompt")
         inputs = self.renderer.model_inputs(text, images)
-        prompt_ids = inputs["input_ids"][0]
+        prompt_ids = inputs.pop("input_ids")[0]
         room = self.max_length - len(prompt_ids)
         if room < 1:
             raise InvalidRequest(
@@ -72,7 +87,7 @@ class PairEncoder:
         return EncodedPair(
             id=pair.id,
             prompt_ids=prompt_ids,
-            pixel_values=inputs.get("pixel_values"),
+            image_inputs=inputs,
             chosen_ids=chosen,
             rejected_ids=rejected,
             truncated=chosen_cut or rejected_cut,
@@ -94,10 +109,10 @@ def pair_batch(
     rows = [torch.cat([p.prompt_ids, p.chosen_ids]) for p in pairs]
     rows += [torch.cat([p.prompt_ids, p.rejected_ids]) for p in pairs]
     prompt_lengths = [len(p.prompt_ids) for p in pairs] * 2
-    pixels = [p.pixel_values for p in pairs if p.pixel_values is not None]
-    if pack and not pixels:
+    image_inputs = [p.image_inputs for p in pairs if p.image_inputs]
+    if pack and not image_inputs:
         return pack_shared_prefix(rows, prompt_lengths, pad_id, dtype=dtype)
     batch = collate(rows, prompt_lengths, pad_id)
-    if pixels:
-        batch["pixel_values"] = torch.cat(pixels + pixels)
+    if image_inputs:
+        batch |= stack_image_inputs(image_inputs + image_inputs)
     return batch

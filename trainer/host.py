@@ -58,7 +58,13 @@ class HostState:
 class TrainerHost:
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
-        self.encoder = PairEncoder(config.model, max_length=config.max_length, readable_roots=config.readable_roots)
+        self.encoder = PairEncoder(
+            config.model,
+            max_length=config.max_length,
+            readable_roots=config.readable_roots,
+            prompt=config.prompt,
+            trust_remote_code=config.trust_remote_code,
+        )
         self.store = CheckpointStore(config.checkpoint_dir, keep=config.keep_checkpoints)
         self.group = TrainerGroup(config)
         self.state = HostState()

@@ -56,6 +56,28 @@ def collate(rows: Sequence[torch.Tensor], prompt_lengths: Sequence[int], pad_id:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def stack_image_inputs(per_row: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The processor's image inputs of several rows as one batch's: each key concatenated along its first
+    dimension in row order (`pixel_values`, Qwen2-VL's `image_grid_thw`, LLaVA-NeXT's `image_sizes`, ...).
+
+    Where rows differ beyond the first dimension (LLaVA-NeXT: a different number of image patches per
+    image size) they are zero-padded to the largest, as the processor pads within one call; the model
+    reads the real extent from the sizes it is given."""
+    keys = list(dict.fromkeys(key for row in per_row for key in row))
+    stacked: dict[str, torch.Tensor] = {}
+    for key in keys:
+        parts = [row[key] for row in per_row if key in row]
+        widest = [max(part.shape[d] for part in parts) for d in range(1, parts[0].dim())]
+        padded = []
+        for part in parts:
+            pad: list[int] = []
+            for d in reversed(range(1, part.dim())):
+                pad += [0, widest[d - 1] - part.shape[d]]
+            padded.append(torch.nn.functional.pad(part, pad) if any(pad) else part)
+        stacked[key] = torch.cat(padded)
+    return stacked
+
+
 def sequence_logprobs(
     logits: torch.Tensor,
     labels: torch.Tensor,

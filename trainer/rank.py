@@ -18,7 +18,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from mpo.config import TrainerConfig
 from mpo.cpu_affinity import pin_process
+from mpo.models.loading import load_model
 from mpo.trainer.batching import EncodedPair, pair_batch
 from mpo.trainer.logprobs import SequenceLogProbs, model_logprobs
 from mpo.trainer.objective import MPOObjective
@@ -98,15 +98,6 @@ def _reference_config(policy_config: dict[str, Any]) -> dict[str, Any]:
     return {key: policy_config[key] for key in keep} | {"steps_per_print": 2**62}
 
 
-def _load_model(model_dir: Path, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-    from mpo.models.generate import is_image_text_model
-
-    loader = AutoModelForImageTextToText if is_image_text_model(model_dir) else AutoModelForCausalLM
-    return loader.from_pretrained(model_dir, dtype=dtype)
-
-
 def _vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
     inner = getattr(model, "model", model)
     return getattr(inner, "vision_tower", None) or getattr(model, "vision_tower", None)
@@ -157,7 +148,7 @@ class TrainerRank:
         # Must stay alive while models load: transformers then builds them partitioned (zero.Init).
         self._hf_deepspeed = HfDeepSpeedConfig(ds_config) if zero3 else None
         self.dtype = dtype = torch.bfloat16 if self.cuda else torch.float32
-        policy = _load_model(self.config.model, dtype)
+        policy = load_model(self.config.model, dtype=dtype, trust_remote_code=self.config.trust_remote_code)
         if self.config.freeze_vision_tower:
             tower = _vision_tower(policy)
             if tower is None:
@@ -170,7 +161,8 @@ class TrainerRank:
         self.engine, *_ = deepspeed.initialize(
             model=policy, model_parameters=trainable, config=ds_config, lr_scheduler=_schedule(self.config)
         )
-        reference = _load_model(self.config.model, dtype).eval().requires_grad_(False)
+        reference = load_model(self.config.model, dtype=dtype, trust_remote_code=self.config.trust_remote_code)
+        reference = reference.eval().requires_grad_(False)
         if zero3:
             self.reference, *_ = deepspeed.initialize(model=reference, config=_reference_config(ds_config))
         else:
@@ -182,7 +174,7 @@ class TrainerRank:
     def _pad_id(self) -> int:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+        tokenizer = AutoTokenizer.from_pretrained(self.config.model, trust_remote_code=self.config.trust_remote_code)
         return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
     def _trainable(self) -> int:

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from mpo.chat import open_images
 from mpo.config import BootstrapConfig
 from mpo.data.records import PromptRecord
 from mpo.data.tasks import bootstrap_ema_decay
 from mpo.evaluation import EvalResult, evaluate
 from mpo.models.generate import Sampling, TransformersGenerator
-from mpo.trainer.logprobs import collate, model_logprobs
+from mpo.trainer.logprobs import collate, model_logprobs, stack_image_inputs
 from mpo.trainer.packing import pack_shared_prefix
 
 #: Writes one demonstration for a record; a fresh rng draw gives another valid line of reasoning.
@@ -75,40 +75,40 @@ class DemonstrationBatcher:
     def __init__(self, generator: TransformersGenerator, *, cache_prompts: bool = True) -> None:
         self.generator = generator
         self.tokenizer = generator.tokenizer
-        self.end_of_turn = self.tokenizer.eos_token
         self._prompt_cache: dict[str, dict[str, torch.Tensor]] | None = {} if cache_prompts else None
 
     def _prompt(self, record: PromptRecord) -> dict[str, torch.Tensor]:
+        """`input_ids` of the rendered prompt (one row) and the processor's image inputs for its images."""
         cached = self._prompt_cache.get(record.id) if self._prompt_cache is not None else None
         if cached is None:
-            text = self.generator.prompt_text(record)
-            if self.generator.image_text:
-                images = [Image.open(path).convert("RGB") for path in record.images]
-                encoded = self.generator.processor(images=images or None, text=text, return_tensors="pt")
-            else:
-                encoded = self.tokenizer(text, return_tensors="pt")
-            cached = {key: value[0] for key, value in encoded.items() if key != "attention_mask"}
+            renderer = self.generator.renderer
+            encoded = renderer.encode([self.generator.prompt_text(record)], open_images(record.images))
+            encoded.pop("attention_mask", None)
+            cached = encoded | {"input_ids": encoded["input_ids"][0]}
             if self._prompt_cache is not None:
                 self._prompt_cache[record.id] = cached
         return cached
 
-    def _rows(self, examples: Sequence[tuple[PromptRecord, str]]) -> tuple[list[torch.Tensor], list[int], list]:
-        rows, prompt_lengths, pixels = [], [], []
+    def _rows(
+        self, examples: Sequence[tuple[PromptRecord, str]]
+    ) -> tuple[list[torch.Tensor], list[int], list[dict[str, torch.Tensor]]]:
+        rows, prompt_lengths, image_inputs = [], [], []
         for record, demonstration in examples:
-            prompt = self._prompt(record)
-            response = self.tokenizer(demonstration + self.end_of_turn, add_special_tokens=False)["input_ids"]
-            rows.append(torch.cat([prompt["input_ids"], torch.tensor(response)]))
-            prompt_lengths.append(len(prompt["input_ids"]))
-            if "pixel_values" in prompt:
-                pixels.append(prompt["pixel_values"])
-        return rows, prompt_lengths, pixels
+            prompt = dict(self._prompt(record))
+            prompt_ids = prompt.pop("input_ids")
+            response = self.generator.renderer.response_ids(demonstration)  # the template's end of turn
+            rows.append(torch.cat([prompt_ids, torch.tensor(response)]))
+            prompt_lengths.append(len(prompt_ids))
+            if prompt:
+                image_inputs.append(prompt)
+        return rows, prompt_lengths, image_inputs
 
     def batch(self, examples: Sequence[tuple[PromptRecord, str]]) -> dict[str, torch.Tensor]:
         """One right-padded row per example, so per-example log-probs can be read off."""
-        rows, prompt_lengths, pixels = self._rows(examples)
+        rows, prompt_lengths, image_inputs = self._rows(examples)
         batch = collate(rows, prompt_lengths, self.tokenizer.pad_token_id)
-        if pixels:
-            batch["pixel_values"] = torch.stack(pixels) if pixels[0].dim() == 3 else torch.cat(pixels)
+        if image_inputs:
+            batch |= stack_image_inputs(image_inputs)
         return batch
 
     def loss_batch(self, examples: Sequence[tuple[PromptRecord, str]]) -> dict[str, torch.Tensor]:

@@ -1,11 +1,11 @@
-"""The chain-of-thought prompt of the paper (DESIGN §4), shared by rollout, bootstrap and evaluation."""
+"""The text of the user turn: the paper's chain-of-thought instruction, then the question.
+
+`mpo/chat.py` turns it into a model's chat template; this module only says what the turn says.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any
-
-from mpo.data.records import PromptRecord
 
 COT_INSTRUCTION = (
     "Your task is to answer the question below. Give step by step reasoning before you answer, and when "
@@ -23,12 +23,7 @@ def strip_answer_format(question: str) -> str:
     return _TRAILING_FORMAT.sub("", question).strip()
 
 
-def question_messages(question: str, image_count: int) -> list[dict[str, Any]]:
-    """One user turn: an image placeholder per image, then the instruction and the question."""
-    parts: list[dict[str, Any]] = [{"type": "image"} for _ in range(image_count)]
-    parts.append({"type": "text", "text": f"{COT_INSTRUCTION}\n\n{strip_answer_format(question)}"})
-    return [{"role": "user", "content": parts}]
-
-
-def chat_messages(record: PromptRecord, *, with_images: bool = True) -> list[dict[str, Any]]:
-    return question_messages(record.question, len(record.images) if with_images else 0)
+def user_text(question: str, instruction: str = COT_INSTRUCTION) -> str:
+    """The instruction and the question without its own answer-format instruction (which the instruction
+    replaces); with no instruction, the question as written."""
+    return f"{instruction}\n\n{strip_answer_format(question)}" if instruction else question

@@ -6,17 +6,16 @@ them, DESIGN §5), the bootstrap's evaluations, and any model directory transfor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from mpo.data.prompting import chat_messages
+from mpo.chat import ChatRenderer, open_images
+from mpo.config import PromptConfig
 from mpo.data.records import PromptRecord
+from mpo.models.loading import load_model
 
 
 @dataclass(frozen=True)
@@ -28,44 +27,34 @@ class Sampling:
     seed: int | None = None
 
 
-def is_image_text_model(model_dir: Path) -> bool:
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    return "vision_config" in config
-
-
-def context_length(model_dir: Path) -> int:
-    """Longest sequence (prompt + answer) the model's position embeddings cover."""
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    return int(config.get("text_config", config)["max_position_embeddings"])
-
-
 class TransformersGenerator:
     """Loads a model directory once and answers batches of prompt records."""
 
-    def __init__(self, model_dir: Path | str, *, model: torch.nn.Module | None = None, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model_dir: Path | str,
+        *,
+        model: torch.nn.Module | None = None,
+        batch_size: int = 64,
+        prompt: PromptConfig | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
         self.model_dir = Path(model_dir)
-        self.image_text = is_image_text_model(self.model_dir)
-        if self.image_text:
-            self.processor = AutoProcessor.from_pretrained(self.model_dir)
-            self.tokenizer = self.processor.tokenizer
-            loader = AutoModelForImageTextToText
-        else:
-            self.processor = None
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            loader = AutoModelForCausalLM
-        self.tokenizer.padding_side = "left"  # generation continues at the right edge of every row
-        self.model = model if model is not None else loader.from_pretrained(self.model_dir)
+        self.renderer = ChatRenderer(self.model_dir, prompt=prompt, trust_remote_code=trust_remote_code)
+        self.image_text = self.renderer.image_text
+        self.processor, self.tokenizer = self.renderer.processor, self.renderer.tokenizer
+        self.stop_token_ids = self.renderer.stop_token_ids()
+        self.model = model if model is not None else load_model(self.model_dir, trust_remote_code=trust_remote_code)
         self.batch_size = batch_size
 
     def prompt_text(self, record: PromptRecord) -> str:
-        return self.tokenizer.apply_chat_template(chat_messages(record), tokenize=False, add_generation_prompt=True)
+        return self.renderer.prompt_text(record.question, len(record.images))
 
-    def encode(self, records: Sequence[PromptRecord]) -> dict[str, torch.Tensor]:
-        texts = [self.prompt_text(r) for r in records]
-        if not self.image_text:
-            return self.tokenizer(texts, return_tensors="pt", padding=True)
-        images = [Image.open(path).convert("RGB") for r in records for path in r.images]
-        return self.processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+    def encode(self, records: Sequence[PromptRecord], *, padding_side: str = "left") -> dict[str, torch.Tensor]:
+        """Left-padded by default: generation continues at the right edge of every row."""
+        self.tokenizer.padding_side = padding_side
+        images = open_images([path for record in records for path in record.images])
+        return self.renderer.encode([self.prompt_text(r) for r in records], images, padding=True)
 
     @torch.no_grad()
     def generate(self, records: Sequence[PromptRecord], sampling: Sampling = Sampling()) -> list[list[str]]:
@@ -87,6 +76,7 @@ class TransformersGenerator:
                 top_k=None if greedy else sampling.top_k,
                 num_return_sequences=sampling.n,
                 pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.stop_token_ids,
             )
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import grpc
 
-from mpo.config import RoundsConfig
+from mpo.config import PromptConfig, RoundsConfig
 from mpo.data.records import PromptRecord
 from mpo.failpoints import failpoint
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
@@ -207,8 +207,10 @@ class RoundLoop:
         on_round: Callable[[common_pb2.RoundMetrics], None] | None = None,
         on_phase: PhaseCallback | None = None,
         control: RunControl | None = None,
+        prompt: PromptConfig | None = None,
     ) -> None:
         self.run_id, self.config, self.store, self.clients = run_id, config, store, clients
+        self.prompt = prompt or PromptConfig()  # how the stored pairs' conversations read
         self.on_round, self.on_phase = on_round, on_phase
         self.control = control or RunControl()
         self.sampler = PromptSampler(train, per_round=config.prompts_per_round, seed=config.seed, mix=config.task_mix)
@@ -324,7 +326,7 @@ class RoundLoop:
         failpoint("controller.after_rollout")
         self._phase(round_index, "commit")
         with _timed(timings, "commit"):
-            self.store.commit_pairs(self.run_id, round_index, labelled.pairs, partial)
+            self.store.commit_pairs(self.run_id, round_index, labelled.pairs, partial, prompt=self.prompt)
         failpoint("controller.after_commit")
         return _Produced(partial, timings, started)
 
@@ -401,10 +403,11 @@ class RoundLoop:
     async def evaluate(self) -> dict[str, float]:
         """Greedy held-out accuracy per task, judged by the reward service's verifiers: final-answer
         accuracy, so a step check that makes labelling stricter does not move the yardstick."""
-        greedy = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=self.config.max_tokens)
+        greedy = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=self.config.heldout_max_tokens)
         correct, total = Counter[str](), Counter[str]()
-        for start in range(0, len(self.heldout), 64):
-            batch = self.heldout[start : start + 64]
+        size = self.config.EVAL_BATCH_PROMPTS
+        for start in range(0, len(self.heldout), size):
+            batch = self.heldout[start : start + size]
             samples = (await self.clients.rollout.generate(batch, greedy)).samples
             scores = (await self.clients.reward.score(batch, samples)).scores
             task_of = {p.id: p.task for p in batch}

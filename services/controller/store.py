@@ -8,7 +8,8 @@ What is committed survives a `kill -9`:
   file — says which rounds are committed. Committing a round twice changes nothing (exactly once).
 
 The shards use the column names TRL's DPO trainer reads (`prompt`, `chosen`, `rejected`, `images`), in
-the conversational format, with the images as a `datasets` Image sequence, so
+its conversational format (string content in a text-only shard, content parts with an `image` part per
+image in a shard with images), with the images as a `datasets` Image sequence, so
 `datasets.load_dataset("parquet", data_files=...)` gives a DPO-ready data set with decoded images.
 Each row also keeps the whole pair (minus the image bytes, which live in `images`) so the controller
 can resend exactly what it committed after a crash.
@@ -29,7 +30,8 @@ import pyarrow.parquet as pq
 from datasets import Dataset, Features, Image, Value
 from datasets import Sequence as DatasetSequence
 
-from mpo.data.prompting import question_messages
+from mpo.config import PromptConfig
+from mpo.data.prompting import user_text
 from mpo.durable import fsync
 from mpo.v1 import common_pb2, controller_pb2
 
@@ -59,20 +61,27 @@ CREATE TABLE IF NOT EXISTS pairs (
 );
 """
 
-_FEATURES = Features(
-    {
-        "id": Value("string"),
-        "round": Value("int64"),
-        "task": Value("string"),
-        "source": Value("string"),
-        "policy_version": Value("int64"),
-        "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
-        "chosen": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
-        "rejected": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
-        "images": DatasetSequence(Image()),
-        "pair": Value("binary"),
-    }
-)
+
+def _features(turn_content: object) -> Features:
+    return Features(
+        {
+            "id": Value("string"),
+            "round": Value("int64"),
+            "task": Value("string"),
+            "source": Value("string"),
+            "policy_version": Value("int64"),
+            "prompt": [{"role": Value("string"), "content": turn_content}],
+            "chosen": [{"role": Value("string"), "content": turn_content}],
+            "rejected": [{"role": Value("string"), "content": turn_content}],
+            "images": DatasetSequence(Image()),
+            "pair": Value("binary"),
+        }
+    )
+
+
+#: TRL's conventions: text data sets carry string content; vision data sets content parts.
+_TEXT_FEATURES = _features(Value("string"))
+_VISION_FEATURES = _features([{"type": Value("string"), "text": Value("string")}])
 
 
 class StoreError(ValueError):
@@ -88,26 +97,28 @@ class CommittedRound:
     newly_committed: bool
 
 
-def _turn(role: str, text: str, images: int = 0) -> dict[str, object]:
+def _turn(role: str, text: str, images: int, vision: bool) -> dict[str, object]:
+    if not vision:
+        return {"role": role, "content": text}
     content = [{"type": "image", "text": None} for _ in range(images)] + [{"type": "text", "text": text}]
     return {"role": role, "content": content}
 
 
-def _row(pair: common_pb2.PreferencePair, round_index: int) -> dict[str, object]:
+def _row(pair: common_pb2.PreferencePair, round_index: int, prompt: PromptConfig, vision: bool) -> dict[str, object]:
     stripped = common_pb2.PreferencePair()
     stripped.CopyFrom(pair)
     del stripped.prompt.images[:]
-    user = question_messages(pair.prompt.question, len(pair.prompt.images))[0]
-    prompt_text = next(part["text"] for part in user["content"] if part["type"] == "text")
+    system = [_turn("system", prompt.system_prompt, 0, vision)] if prompt.system_prompt else []
+    user = _turn("user", user_text(pair.prompt.question, prompt.instruction), len(pair.prompt.images), vision)
     return {
         "id": pair.id,
         "round": round_index,
         "task": pair.prompt.task,
         "source": common_pb2.PairSource.Name(pair.source),
         "policy_version": pair.provenance.policy_version,
-        "prompt": [_turn("user", prompt_text, len(pair.prompt.images))],
-        "chosen": [_turn("assistant", pair.chosen)],
-        "rejected": [_turn("assistant", pair.rejected)],
+        "prompt": [*system, user],
+        "chosen": [_turn("assistant", pair.chosen, 0, vision)],
+        "rejected": [_turn("assistant", pair.rejected, 0, vision)],
         "images": [
             {"bytes": image.data, "path": None}
             if image.WhichOneof("source") == "data"
@@ -181,9 +192,12 @@ class RunStore:
         round_index: int,
         pairs: Sequence[common_pb2.PreferencePair],
         partial: common_pb2.RoundMetrics | None = None,
+        *,
+        prompt: PromptConfig | None = None,
     ) -> CommittedRound:
         """Commit a round's pairs exactly once, with what is known of its record so far (rollout and
-        labelling), so a round interrupted later can still be finished; a repeat changes nothing."""
+        labelling), so a round interrupted later can still be finished; a repeat changes nothing.
+        `prompt` is the run's prompt settings, so the shard's conversations are the ones rendered."""
         existing = self._committed(run_id, round_index)
         if existing is not None:
             return existing
@@ -192,9 +206,11 @@ class RunStore:
         shard = self.shard_path(run_id, round_index)
         shard.parent.mkdir(parents=True, exist_ok=True)
         temporary = shard.with_suffix(".parquet.tmp")
-        rows = [_row(pair, round_index) for pair in pairs]
-        columns = {name: [row[name] for row in rows] for name in _FEATURES}
-        Dataset.from_dict(columns, features=_FEATURES).to_parquet(str(temporary))
+        vision = any(pair.prompt.images for pair in pairs)
+        features = _VISION_FEATURES if vision else _TEXT_FEATURES
+        rows = [_row(pair, round_index, prompt or PromptConfig(), vision) for pair in pairs]
+        columns = {name: [row[name] for row in rows] for name in features}
+        Dataset.from_dict(columns, features=features).to_parquet(str(temporary))
         fsync(temporary)
         os.replace(temporary, shard)
         fsync(shard.parent)

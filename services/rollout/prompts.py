@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer
 
-from mpo.data.prompting import question_messages
-from mpo.models.generate import is_image_text_model
+from mpo.chat import ChatRenderer, open_images
+from mpo.config import PromptConfig
 from mpo.services.common.validation import InvalidRequest
 from mpo.services.rollout.engines.base import EngineInput
 from mpo.v1 import common_pb2
@@ -37,10 +36,20 @@ def resolve_readable(uri: str, roots: Sequence[Path], field: str) -> Path:
 
 
 class PromptRenderer:
-    def __init__(self, model_dir: Path, *, max_model_len: int, readable_roots: Sequence[Path]) -> None:
-        self.image_text = is_image_text_model(model_dir)
-        self.processor = AutoProcessor.from_pretrained(model_dir) if self.image_text else None
-        self.tokenizer = self.processor.tokenizer if self.processor else AutoTokenizer.from_pretrained(model_dir)
+    """`ChatRenderer` for request prompts: images by bytes or readable URI, and the model's limits."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        max_model_len: int,
+        readable_roots: Sequence[Path],
+        prompt: PromptConfig | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.chat_renderer = ChatRenderer(model_dir, prompt=prompt, trust_remote_code=trust_remote_code)
+        self.image_text = self.chat_renderer.image_text
+        self.tokenizer = self.chat_renderer.tokenizer
         self.max_model_len = max_model_len
         self.readable_roots = list(readable_roots)
         self.model_name = Path(model_dir).name
@@ -60,27 +69,21 @@ class PromptRenderer:
         return data
 
     def model_inputs(self, text: str, images: Sequence[bytes]) -> dict[str, torch.Tensor]:
-        """What the model's processor makes of the rendered text: `input_ids` (image tokens expanded)
-        and, with images, `pixel_values`; shared by rollout (token counts) and the trainer."""
-        if self.processor is not None and images:
-            pil = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
-            encoded = self.processor(images=pil, text=text, return_tensors="pt")
-        else:
-            encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        """What the model's processor makes of one rendered text: `input_ids` (image tokens expanded) and,
+        with images, every other input the model's forward takes; shared by rollout (token counts) and the
+        trainer."""
+        encoded = self.chat_renderer.encode([text], open_images(images))
         return {key: value for key, value in encoded.items() if key != "attention_mask"}
 
     def chat(
         self, prompt: common_pb2.Prompt, field: str, *, prefix: str = "", with_images: bool = True
     ) -> tuple[str, list[bytes]]:
-        """The CoT chat-template text (plus an assistant `prefix`) and the image bytes it refers to."""
+        """The chat-template text (plus an assistant `prefix`) and the image bytes it refers to."""
         if prompt.images and with_images and not self.image_text:
             raise InvalidRequest(f"{field}.images", f"model {self.model_name!r} is text-only and takes no images")
         images = [self._image_bytes(image, f"{field}.images[{i}]") for i, image in enumerate(prompt.images)]
         images = images if with_images else []
-        text = self.tokenizer.apply_chat_template(
-            question_messages(prompt.question, len(images)), tokenize=False, add_generation_prompt=True
-        )
-        return text + prefix, images
+        return self.chat_renderer.prompt_text(prompt.question, len(images), prefix=prefix), images
 
     def render(
         self, prompt: common_pb2.Prompt, field: str, *, max_tokens: int, prefix: str = "", with_images: bool = True

@@ -64,7 +64,13 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
     def __init__(self, config: RolloutConfig, pool: ReplicaPool, *, max_model_len: int, backend: str) -> None:
         self.config, self.pool = config, pool
         self.backend = backend
-        self.renderer = PromptRenderer(config.model, max_model_len=max_model_len, readable_roots=config.readable_roots)
+        self.renderer = PromptRenderer(
+            config.model,
+            max_model_len=max_model_len,
+            readable_roots=config.readable_roots,
+            prompt=config.prompt,
+            trust_remote_code=config.trust_remote_code,
+        )
         self.signature: WeightSignature = model_signature(config.model)
         self.ledger = WeightLedger(config.weights_dir)
         self.version = committed.version if (committed := self.ledger.current()) else 0

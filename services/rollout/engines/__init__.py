@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from mpo.chat import ChatRenderer
 from mpo.config import RolloutConfig
-from mpo.models.generate import context_length, is_image_text_model
+from mpo.models.loading import context_length, is_image_text_model
 from mpo.services.rollout.engines.base import Engine
 
 
@@ -34,6 +35,7 @@ def create_engine(config: RolloutConfig) -> Engine:
     backend = resolve_backend(config, device)
     image_text = is_image_text_model(config.model)
     max_model_len = min(config.max_model_len, context_length(config.model))
+    renderer = ChatRenderer(config.model, prompt=config.prompt, trust_remote_code=config.trust_remote_code)
     if backend == "vllm":
         from mpo.services.rollout.engines.vllm_engine import VllmEngine
 
@@ -48,7 +50,11 @@ def create_engine(config: RolloutConfig) -> Engine:
             gpu_memory_utilization=config.gpu_memory_utilization,
             enforce_eager=config.enforce_eager,
             image_text=image_text,
+            stop_token_ids=renderer.stop_token_ids(),
+            trust_remote_code=config.trust_remote_code,
         )
     from mpo.services.rollout.engines.transformers_engine import TransformersEngine
 
-    return TransformersEngine(config.model, max_model_len=max_model_len, device=device, image_text=image_text)
+    return TransformersEngine(
+        renderer, max_model_len=max_model_len, device=device, trust_remote_code=config.trust_remote_code
+    )

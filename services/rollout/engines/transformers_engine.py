@@ -8,15 +8,14 @@ It does not stream token by token: `stream` yields each sample whole, once it is
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from PIL import Image
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+from mpo.chat import ChatRenderer, open_images
+from mpo.models.loading import load_model
 from mpo.services.rollout.engines.base import (
     Completion,
     Delta,
@@ -29,16 +28,13 @@ from mpo.services.rollout.weights import iter_tensors
 
 
 class TransformersEngine:
-    def __init__(self, model_dir: Path, *, max_model_len: int, device: str, image_text: bool) -> None:
-        if image_text:
-            self.processor = AutoProcessor.from_pretrained(model_dir)
-            self.tokenizer = self.processor.tokenizer
-            self.model = AutoModelForImageTextToText.from_pretrained(model_dir)
-        else:
-            self.processor = None
-            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            self.model = AutoModelForCausalLM.from_pretrained(model_dir)
-        self.tokenizer.padding_side = "left"
+    def __init__(self, renderer: ChatRenderer, *, max_model_len: int, device: str, trust_remote_code: bool) -> None:
+        model_dir = renderer.model_dir
+        self.renderer = renderer
+        self.tokenizer = renderer.tokenizer
+        self.tokenizer.padding_side = "left"  # generation continues at the right edge of every row
+        self.stop_token_ids = renderer.stop_token_ids()
+        self.model = load_model(model_dir, trust_remote_code=trust_remote_code)
         self.model.to(device).eval()
         self.device = device
         self._lock = asyncio.Lock()
@@ -47,16 +43,12 @@ class TransformersEngine:
             model=str(model_dir),
             device=device,
             max_model_len=max_model_len,
-            image_text=image_text,
+            image_text=renderer.image_text,
         )
 
     def _encode(self, inputs: list[EngineInput]) -> dict[str, torch.Tensor]:
-        texts = [item.prompt for item in inputs]
-        images = [Image.open(io.BytesIO(data)).convert("RGB") for item in inputs for data in item.images]
-        if self.processor is None:
-            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        else:
-            encoded = self.processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+        images = open_images([data for item in inputs for data in item.images])
+        encoded = self.renderer.encode([item.prompt for item in inputs], images, padding=True)
         return {key: value.to(self.device) for key, value in encoded.items()}
 
     @torch.no_grad()
@@ -77,7 +69,7 @@ class TransformersEngine:
             stop_strings=list(spec.stop) or None,
             tokenizer=self.tokenizer,
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.stop_token_ids,
             return_dict_in_generate=True,
             output_logits=spec.logprobs,
         )
@@ -97,10 +89,10 @@ class TransformersEngine:
         self, tokens: torch.Tensor, step_logprobs: torch.Tensor | None, row: int, spec: SamplingSpec
     ) -> Completion:
         ids = tokens.tolist()
-        eos = self.tokenizer.eos_token_id
         finish = "length"
-        if eos in ids:
-            ids = ids[: ids.index(eos) + 1]  # keep the end-of-turn token, as vLLM does
+        ends = [k for k, token in enumerate(ids) if token in self.stop_token_ids]
+        if ends:
+            ids = ids[: ends[0] + 1]  # keep the end-of-turn token, as vLLM does
             finish = "stop"
         else:  # a stop string ends generation early and the rest of the row is padding
             pad = self.tokenizer.pad_token_id

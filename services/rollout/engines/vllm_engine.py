@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ class VllmEngine:
         gpu_memory_utilization: float,
         enforce_eager: bool,
         image_text: bool,
+        stop_token_ids: Sequence[int],
+        trust_remote_code: bool,
     ) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -59,6 +61,7 @@ class VllmEngine:
                 worker_extension_cls=EXTENSION,
                 enforce_eager=enforce_eager,
                 disable_log_stats=True,
+                trust_remote_code=trust_remote_code,
                 **options,
             )
         )
@@ -70,6 +73,8 @@ class VllmEngine:
             image_text=image_text,
             tensor_parallel_size=tensor_parallel_size,
         )
+        # The chat template's end of turn may not be the tokenizer's EOS (Llama 3, Gemma): stop at both.
+        self._stop_token_ids = list(stop_token_ids)
 
     def _params(self, spec: SamplingSpec, *, delta: bool) -> Any:
         from vllm import SamplingParams
@@ -83,6 +88,7 @@ class VllmEngine:
             max_tokens=spec.max_tokens,
             seed=spec.seed,
             stop=list(spec.stop) or None,
+            stop_token_ids=self._stop_token_ids,
             logprobs=0 if spec.logprobs else None,
             output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
