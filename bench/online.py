@@ -34,13 +34,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mpo.config import RunConfig
+from mpo.config import RunConfig, run_config
 from mpo.data.loader import load_prompts
 from mpo.demo import demo_run_config, prepare
 from mpo.evaluation import EvalResult, evaluate, paired_gain
 from mpo.models.generate import Sampling, TransformersGenerator
+from mpo.overrides import OverrideError, parse_overrides
 from mpo.services.controller.embedded import run_embedded
 from mpo.services.controller.store import RunStore
 from mpo.trainer.export import export_checkpoint
@@ -56,17 +55,6 @@ def standard_error(accuracy: float, prompts: int) -> float:
     return math.sqrt(accuracy * (1 - accuracy) / prompts) if prompts else 0.0
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings as {dotted key: YAML-parsed value}."""
-    overrides = {}
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. rounds.prompts_per_round=256")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
 def variant_config(
     workdir: Path, variant: str, seed: int, rounds: int, overrides: dict[str, Any] | None = None
 ) -> RunConfig:
@@ -80,13 +68,7 @@ def variant_config(
     for section, key in (("rollout", "weights_dir"), ("trainer", "checkpoint_dir"), ("trainer", "publish_dir")):
         raw[section][key] = str(workdir / "bench-state" / raw["run_id"] / key)
     raw["rounds"]["eval_every"] = rounds  # base and final only: every evaluation costs round time
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        section = raw
-        for name in parents:
-            section = section.setdefault(name, {})
-        section[leaf] = value
-    return RunConfig.model_validate(raw)
+    return run_config(raw, source=f"bench variant {variant}", overrides=overrides)
 
 
 @functools.cache
@@ -105,7 +87,7 @@ def paired_comparison(config: RunConfig) -> dict[str, Any]:
         export_checkpoint(checkpoints / latest, final_model)
     evaluation = functools.partial(
         greedy_evaluation, heldout=config.data.heldout, prompts=config.rounds.eval_prompts,
-        max_tokens=config.rounds.max_tokens,
+        max_tokens=config.rounds.heldout_max_tokens,
     )  # fmt: skip
     base, final = evaluation(config.model), evaluation(final_model)
     gain, error = paired_gain(base, final)
@@ -200,7 +182,10 @@ def main() -> None:
     variants = args.variants.split(",")
     if unknown := sorted(set(variants) - set(VARIANTS)):
         parser.error(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
-    overrides = parse_overrides(args.overrides)
+    try:
+        overrides = parse_overrides(args.overrides)
+    except OverrideError as exc:
+        parser.error(str(exc))
     started = time.perf_counter()
     prepare(args.workdir, say=lambda line: print(line, flush=True))
     prepare_seconds = time.perf_counter() - started

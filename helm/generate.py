@@ -35,6 +35,7 @@ _SECTIONS = {
     ("run", "reward"): "RewardConfig",
     ("run", "trainer"): "TrainerConfig",
     ("run", "controller"): "ControllerConfig",
+    **{("run", service, "server"): "ServerConfig" for service in ("rollout", "reward", "trainer", "controller")},
 }
 
 
@@ -44,8 +45,9 @@ def values_yaml() -> str:
     header = [
         "# Values of the onlinempo chart. Written from mpo/chart.py by helm/generate.py: edit the models, not",
         "# this file. values.schema.json (from the same models) rejects unknown keys and bad values at lint",
-        "# and install time. `run` is the run config (`mpo config example`) minus what the chart sets itself:",
-        "# model, store_dir, state directories and the servers' hosts and ports.",
+        "# and install time. `run` is the run config (`mpo config example`) minus what the chart sets itself",
+        "# (model, store_dir, state directories, the servers' hosts, ports, token and TLS) and what the run config",
+        "# fills in from other fields. The servers' request limits are yours: they must agree across services.",
     ]
     return "\n".join(header + commented_yaml(values, skip=skip)) + "\n"
 

@@ -155,15 +155,20 @@ class NetworkPolicyValues(_Values):
 
 
 #: Fields of the run config the chart sets itself (templates/configmap.yaml): the model and the state on
-#: the volume, and the servers on the head pod's ports. values.yaml leaves them out and the schema forbids them.
+#: the volume, the servers on the head pod's ports with the Secret's token and without TLS; and those the
+#: run config fills in from the top level (model, objective, prompt, trust_remote_code; the reward's pair
+#: cap from `rounds`). values.yaml leaves them out and the schema forbids them. A server's request limits,
+#: message size and concurrency stay the user's (`RunConfig` checks that the limits agree across services).
 CHART_OWNED: dict[str, tuple[str, ...]] = {
     "ChartRunConfig": ("model", "store_dir"),
-    "RolloutConfig": ("model", "weights_dir", "readable_roots", "server"),
-    "RewardConfig": ("rollout_address", "server"),
+    "RolloutConfig": ("model", "trust_remote_code", "prompt", "weights_dir", "readable_roots"),
+    "RewardConfig": ("max_pairs_per_prompt", "rollout_address"),
     "TrainerConfig": (
-        "model", "objective", "checkpoint_dir", "publish_dir", "readable_roots", "rollout_address", "server",
+        "model", "trust_remote_code", "prompt", "objective", "checkpoint_dir", "publish_dir", "readable_roots",
+        "rollout_address",
     ),
-    "ControllerConfig": ("server", "dashboard"),
+    "ControllerConfig": ("dashboard",),
+    "ServerConfig": ("host", "port", "auth_token_env", "tls_cert_file", "tls_key_file", "metrics_port"),
 }  # fmt: skip
 
 

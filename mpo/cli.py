@@ -285,10 +285,12 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
     from mpo.trainer.export import export_checkpoint
 
     try:
-        out = export_checkpoint(args.checkpoint, args.out)
+        out = export_checkpoint(args.checkpoint, args.out, dtype=getattr(torch, args.dtype))
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     print(json.dumps({"event": "exported", "checkpoint": str(args.checkpoint), "model_dir": str(out)}))
@@ -300,24 +302,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     import yaml
-    from pydantic import ValidationError
 
-    from mpo.config import ConfigError, RunConfig, format_validation_error, load_config
+    from mpo.config import ConfigError, load_config, run_config
     from mpo.data.loader import DataError
+    from mpo.overrides import OverrideError, parse_overrides
     from mpo.services.controller.embedded import RunConfigError, round_line, run_embedded
     from mpo.services.controller.store import RunStore
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        overrides = parse_overrides(args.overrides)
+        if args.rounds is not None:
+            overrides["rounds.rounds"] = args.rounds
         if args.resume:
             stored = RunStore(args.store_dir).get_run(args.resume)
             if stored is None:
                 raise ConfigError(f"no run {args.resume!r} in {args.store_dir}")
-            config = RunConfig.model_validate({**yaml.safe_load(stored.config_yaml), "run_id": args.resume})
+            raw = {**yaml.safe_load(stored.config_yaml), "run_id": args.resume}
+            config = run_config(raw, source=f"stored run {args.resume!r}", overrides=overrides)
         else:
-            config = load_config(args.config)
-        if args.rounds is not None:
-            config = config.model_copy(update={"rounds": config.rounds.model_copy(update={"rounds": args.rounds})})
+            config = load_config(args.config, overrides)
         run_id, records = asyncio.run(
             run_embedded(
                 config,
@@ -325,11 +329,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 on_dashboard=lambda url: print(f"dashboard: {url}", flush=True),
             )
         )
-    except (ConfigError, RunConfigError, DataError) as exc:
+    except (ConfigError, OverrideError, RunConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValidationError as exc:
-        print(f"error: invalid run config\n{format_validation_error(exc)}", file=sys.stderr)
         return 2
     pairs = config.store_dir / "runs" / run_id / "pairs"
     print(json.dumps({"event": "finished", "run_id": run_id, "rounds": len(records), "pairs": str(pairs)}))
@@ -635,7 +636,18 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--config", type=Path, help="YAML run config (see `mpo config validate`)")
     source.add_argument("--resume", metavar="RUN", help="continue a stored run with its stored config")
     run.add_argument("--store-dir", type=Path, default=Path("mpo-state/runs"), help="run store of --resume")
-    run.add_argument("--rounds", type=int, help="override rounds.rounds (e.g. to extend a resumed run)")
+    run.add_argument(
+        "--rounds", type=int, help="set rounds.rounds (e.g. to extend a resumed run); short for --set rounds.rounds=N"
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a field of the run config (stored run's too): a dotted KEY, a YAML VALUE, e.g. "
+        "rounds.max_tokens=256; repeatable",
+    )
     run.set_defaults(handler=_cmd_run)
 
     dashboard = commands.add_parser(
@@ -677,6 +689,12 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--checkpoint", type=Path, required=True, help="a committed checkpoint directory")
     export.add_argument("--out", type=Path, required=True, help="model directory to write")
+    export.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="dtype of the saved weights, cast from the merged fp32 ones (default: float32)",
+    )
     export.set_defaults(handler=_cmd_export)
 
     client = commands.add_parser("client", help="talk to a running service", description="Small gRPC clients.")

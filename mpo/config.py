@@ -7,11 +7,16 @@ ignored setting.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from mpo.data.prompting import COT_INSTRUCTION
+from mpo.overrides import OverrideError, apply_overrides, blame
 
 #: The MPO loss terms (DESIGN §3) and their names in TRL's DPOTrainer ``loss_type`` list.
 TermName = Literal["preference", "quality", "generation"]
@@ -65,6 +70,22 @@ class ObjectiveConfig(_Strict):
         if not terms:
             raise ValueError("select at least one of preference, quality, generation")
         return _positive_weights("term", terms)
+
+
+class PromptConfig(_Strict):
+    """How a question becomes the user turn every service renders (rollout, trainer, evaluation, stored pairs)."""
+
+    system_prompt: str | None = Field(
+        None,
+        min_length=1,
+        description="A system turn before the question; unset: none (templates that add a default system "
+        "prompt, such as Qwen's, still add theirs). Refused at start for templates without a system role (Gemma).",
+    )
+    instruction: str = Field(
+        COT_INSTRUCTION,
+        description="Written before the question in the user turn (default: the paper's chain-of-thought "
+        "instruction, which asks for 'Final answer: ..'); empty: the question alone.",
+    )
 
 
 class BootstrapConfig(_Strict):
@@ -156,6 +177,11 @@ class RolloutConfig(_Strict):
     """The rollout service: which engine serves the policy, on what resources, and where weights live."""
 
     model: Path = Field(..., description="Hugging Face model directory of the base policy.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped in the model directory (explicit, off by default; passed to every "
+        "transformers and vLLM loader). Only for models you trust.",
+    )
     backend: Literal["auto", "vllm", "transformers"] = Field(
         "auto", description="auto: vLLM, except image-text models on CPU (no CPU torchvision for vLLM there)."
     )
@@ -187,6 +213,9 @@ class RolloutConfig(_Strict):
         description="Directories whose files requests may name (image URIs, LoadWeightsFromStorage); none by default.",
     )
     seed: int = Field(0, description="Engine seed for requests without their own.")
+    prompt: PromptConfig = Field(
+        default_factory=PromptConfig, description="How questions are rendered (run: `prompt`)."
+    )
     server: ServerConfig = Field(default_factory=ServerConfig)
 
 
@@ -197,6 +226,11 @@ class ScorerConfig(_Strict):
         "logprob", description="logprob: a causal LM's mean token log-probability of the response given the prompt."
     )
     model: Path = Field(..., description="Hugging Face model directory of the scoring model.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped in the model directory (explicit, off by default; passed to every "
+        "transformers and vLLM loader). Only for models you trust.",
+    )
 
 
 class RewardConfig(_Strict):
@@ -243,6 +277,11 @@ class TrainerConfig(_Strict):
     """The policy trainer: DeepSpeed rank actors training MPO, checkpointing and publishing weights."""
 
     model: Path = Field(..., description="Hugging Face model directory of the base policy (also the frozen reference).")
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped in the model directory (explicit, off by default; passed to every "
+        "transformers and vLLM loader). Only for models you trust.",
+    )
     world_size: int = Field(1, ge=1, description="Data-parallel ranks (Ray actors): one per GPU, or processes on CPU.")
     strategy: Literal["zero3", "zero2", "zero1"] = Field("zero3", description="DeepSpeed ZeRO stage.")
     num_cpus_per_rank: float = Field(1.0, ge=0, description="Ray CPU request of each rank.")
@@ -295,6 +334,9 @@ class TrainerConfig(_Strict):
         3, ge=0, description="Times a failed call is retried on a restarted group (from the last checkpoint)."
     )
     seed: int = Field(0, description="Seeds the pair order of every epoch and all RNGs of the ranks.")
+    prompt: PromptConfig = Field(
+        default_factory=PromptConfig, description="How questions are rendered; must be the rollout's (run: `prompt`)."
+    )
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")
@@ -316,10 +358,18 @@ class RoundsConfig(_Strict):
     temperature: float = Field(1.0, ge=0, allow_inf_nan=False, description="Rollout temperature (paper: 1.0).")
     top_k: int = Field(50, ge=0, description="Rollout top-k (paper: 50; 0 disables).")
     max_tokens: int = Field(96, ge=1, description="Most new tokens per sample.")
-    max_pairs_per_prompt: int = Field(15, ge=1, description="Cap K on correctness pairs per prompt.")
+    max_pairs_per_prompt: int = Field(
+        15,
+        ge=1,
+        description="Cap K on the pairs of one prompt (correctness or DropoutNTP); sent with every BuildPairs "
+        "call, so it is also the reward service's `max_pairs_per_prompt` (filled in).",
+    )
     epochs: int = Field(1, ge=1, description="Passes the trainer makes over a round's pairs.")
     eval_every: int = Field(1, ge=0, description="Evaluate on the held-out prompts every k rounds; 0 never.")
     eval_prompts: int = Field(200, ge=1, description="Held-out prompts per evaluation (greedy).")
+    eval_max_tokens: int | None = Field(
+        None, ge=1, description="Most new tokens per held-out answer (greedy); unset: `max_tokens`."
+    )
     transport: Literal["grpc_stream", "shared_storage"] = Field(
         "grpc_stream", description="How the trainer publishes weights to the rollout service."
     )
@@ -346,10 +396,25 @@ class RoundsConfig(_Strict):
         "restarting), with backoff (2 s doubling, at most 30 s), before the run fails.",
     )
 
+    #: Held-out prompts per Generate / Score call of an evaluation (the controller splits the held-out set).
+    EVAL_BATCH_PROMPTS: ClassVar[int] = 64
+
     @field_validator("task_mix")
     @classmethod
     def _mix_weights(cls, mix: dict[str, float]) -> dict[str, float]:
         return _positive_weights("task", mix)
+
+    @property
+    def heldout_max_tokens(self) -> int:
+        """The held-out evaluation's budget: `eval_max_tokens`, or `max_tokens` when unset."""
+        return self.eval_max_tokens or self.max_tokens
+
+    @property
+    def max_pairs_per_round(self) -> int:
+        """Most pairs one round can hand to Train: K per prompt, or fewer when N samples cannot make K —
+        ⌊N/2⌋·⌈N/2⌉ (correct, wrong) combinations, or N DropoutNTP continuations."""
+        n = self.samples_per_prompt
+        return self.prompts_per_round * min(self.max_pairs_per_prompt, max((n // 2) * ((n + 1) // 2), n))
 
 
 ServiceName = Literal["rollout", "reward", "trainer", "controller"]
@@ -401,11 +466,76 @@ class ControllerServeConfig(ControllerConfig):
     trainer_address: str = Field(..., min_length=1, description="host:port of the trainer service.")
 
 
-class DataConfig(_Strict):
-    """The run's prompts: JSONL, Parquet or a saved `datasets` directory in the one record format."""
+#: Answer normalisers by name (`mpo.data.answer_formats`): how an answer column becomes the final answer.
+AnswerFormat = Literal["none", "gsm8k"]
 
-    train: Path = Field(..., description="Prompts the rounds draw from (shuffled epochs).")
-    heldout: Path = Field(..., description="Prompts of the held-out evaluation (greedy).")
+
+class DataColumns(_Strict):
+    """Which column of a data set holds each prompt field, for data sets with their own column names (TRL,
+    verl, the Hugging Face Hub); a field left unset is read from the column of its own name, if there is one."""
+
+    question: str | None = Field(
+        None, min_length=1, description="Question text, e.g. `query` (MathVista) or `problem` (MATH)."
+    )
+    answer: str | None = Field(
+        None, min_length=1, description="Ground-truth answer (normalised by data.answer_format); null: open-ended."
+    )
+    images: str | None = Field(
+        None,
+        min_length=1,
+        description="Images: paths relative to the file, image bytes, or a `datasets` Image column such as "
+        "MathVista's `decoded_image`; one image or a list per row. Bytes are written to <store_dir>/images.",
+    )
+    choices: str | None = Field(None, min_length=1, description="Options of a multiple-choice question (a list).")
+    id: str | None = Field(
+        None,
+        min_length=1,
+        description="Unique prompt id, e.g. `pid`. Without an id column, ids are generated from each row's "
+        "content, the same on every load (docs/data.md).",
+    )
+    task: str | None = Field(
+        None, min_length=1, description="Task name, which selects the verifier; without one, rows get data.task."
+    )
+
+    @model_validator(mode="after")
+    def _one_field_per_column(self) -> DataColumns:
+        fields_of: dict[str, list[str]] = {}
+        for field, column in self:
+            if column is not None:
+                fields_of.setdefault(column, []).append(field)
+        for column, fields in fields_of.items():
+            if len(fields) > 1:
+                raise ValueError(f"{' and '.join(fields)} both name column {column!r}; a column feeds one field")
+        return self
+
+
+class DataConfig(_Strict):
+    """The run's prompts: files in the record format, or any data set read through a column mapping
+    (docs/data.md). The same columns, task and answer format apply to both splits."""
+
+    train: Path = Field(
+        ...,
+        description="Prompts the rounds draw from (shuffled epochs): a .jsonl, .json, .csv, .parquet or .arrow "
+        "file, a directory of .jsonl/.parquet shards, or a `datasets` directory written by save_to_disk.",
+    )
+    heldout: Path = Field(..., description="Prompts of the held-out evaluation (greedy); the same formats.")
+    columns: DataColumns | None = Field(
+        None,
+        description="Where each prompt field comes from, for data sets with their own column names; their "
+        "other columns are kept in each prompt's meta. Unset: the files are in the record format (id, "
+        "question, images, answer, choices, task, meta) and any other column is a bad row.",
+    )
+    task: str | None = Field(
+        None,
+        min_length=1,
+        description="Task of the rows that have none (no task column, or a null task), e.g. `math`; "
+        "required when the files have no task column.",
+    )
+    answer_format: AnswerFormat = Field(
+        "none",
+        description="How answers are normalised: none (as written) or gsm8k (the text after the last '####', "
+        "commas in numbers removed; an answer without '####' is a bad row).",
+    )
     skip_bad_rows: bool = Field(False, description="Skip (and report) bad rows instead of rejecting the file.")
 
 
@@ -420,9 +550,18 @@ class RunConfig(_Strict):
 
     run_id: str | None = Field(None, min_length=1, description="Name of the run; a stored run of that name resumes.")
     model: Path | None = Field(None, description="Hugging Face model directory of the base policy.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped in the model directory (explicit, off by default; passed to every "
+        "transformers and vLLM loader); filled into `rollout` and `trainer`. Only for models you trust.",
+    )
     data: DataConfig | None = Field(None, description="Prompt files.")
     store_dir: Path = Field(Path("mpo-state/runs"), description="Run store: SQLite database and Parquet pair shards.")
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    prompt: PromptConfig = Field(
+        default_factory=PromptConfig,
+        description="System prompt and instruction of every question; filled into `rollout` and `trainer`.",
+    )
     rounds: RoundsConfig = Field(default_factory=RoundsConfig)
     rollout: RolloutConfig | None = Field(None, description="The rollout service (model filled in).")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="The reward service.")
@@ -438,7 +577,17 @@ class RunConfig(_Strict):
         for section in ("rollout", "trainer"):
             given = raw.get(section) or {}
             if isinstance(given, dict):
-                raw[section] = {"model": raw["model"], **given}
+                raw[section] = {
+                    "model": raw["model"],
+                    "trust_remote_code": raw.get("trust_remote_code", False),
+                    **given,
+                }
+        for section in ("rollout", "trainer"):
+            given = raw[section]
+            if isinstance(given, dict):
+                if "prompt" in given and given["prompt"] != raw.get("prompt"):
+                    raise ValueError(f"set the prompt at the top level (`prompt`), not in `{section}`")
+                raw[section] = {**given, "prompt": raw.get("prompt") or {}}
         trainer = raw["trainer"]
         if isinstance(trainer, dict):
             if "objective" in trainer and trainer["objective"] != raw.get("objective"):
@@ -446,13 +595,141 @@ class RunConfig(_Strict):
             raw["trainer"] = {**trainer, "objective": raw.get("objective") or {}}
         return raw
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pair_cap_from_rounds(cls, raw: object) -> object:
+        """The controller sends `rounds.max_pairs_per_prompt` with every BuildPairs call, so that is the cap
+        that applies; the reward service's own (for calls without one) is filled from it to say the same."""
+        if not isinstance(raw, dict):
+            return raw
+        rounds, reward = raw.get("rounds") or {}, raw.get("reward") or {}
+        if isinstance(rounds, RoundsConfig):
+            rounds = {"max_pairs_per_prompt": rounds.max_pairs_per_prompt}
+        if not isinstance(rounds, dict) or not isinstance(reward, dict) or "max_pairs_per_prompt" in reward:
+            return raw
+        cap = rounds.get("max_pairs_per_prompt", RoundsConfig.model_fields["max_pairs_per_prompt"].default)
+        if not isinstance(cap, int):
+            return raw  # rounds' own error names it
+        return {**raw, "reward": {**reward, "max_pairs_per_prompt": cap}}
+
+    @model_validator(mode="after")
+    def _services_agree(self) -> RunConfig:
+        """What one service sends another must fit the receiver's limits. Checked here, before anything
+        starts, instead of failing a round (after its rollout, say) with INVALID_ARGUMENT; each problem is
+        one line naming both fields. Per-prompt lengths (prompt + answer within max_model_len) are checked
+        per request."""
+        if problems := self._disagreements():
+            lines = "".join(f"\n    {problem}" for problem in problems)
+            raise PydanticCustomError("services_disagree", "limits across services disagree:{lines}", {"lines": lines})
+        return self
+
+    def _disagreements(self) -> list[str]:
+        rounds, reward = self.rounds, self.reward
+        problems: list[str] = []
+
+        def value(path: str) -> Any:
+            found: Any = self
+            for name in path.split("."):
+                found = getattr(found, name)
+            return found
+
+        def at_most(sent: str, limit: str, computed: int | None = None) -> None:
+            """The field `sent` (or the `computed` figure that `sent` describes) must not exceed the field `limit`."""
+            if getattr(self, limit.split(".")[0]) is None:
+                return  # that service is not configured (no model yet)
+            amount = value(sent) if computed is None else computed
+            if amount > value(limit):
+                shown = f"{sent} ({amount})" if computed is None else f"{sent} = {amount}"
+                problems.append(f"{shown} exceeds {limit} ({value(limit)})")
+
+        if reward.max_pairs_per_prompt != rounds.max_pairs_per_prompt:
+            problems.append(
+                f"reward.max_pairs_per_prompt ({reward.max_pairs_per_prompt}) differs from "
+                f"rounds.max_pairs_per_prompt ({rounds.max_pairs_per_prompt}), which the controller sends with "
+                "every BuildPairs call: set rounds.max_pairs_per_prompt only"
+            )
+        for service in ("rollout", "reward"):
+            at_most("rounds.prompts_per_round", f"{service}.server.limits.max_batch_prompts")
+        at_most("rounds.samples_per_prompt", "rollout.server.limits.max_samples_per_prompt")
+        samples = rounds.prompts_per_round * rounds.samples_per_prompt
+        at_most(
+            f"samples per round: rounds.prompts_per_round × rounds.samples_per_prompt ({rounds.prompts_per_round} "
+            f"× {rounds.samples_per_prompt})",
+            "reward.server.limits.max_samples_per_request",
+            samples,
+        )
+        per_prompt = rounds.max_pairs_per_round // rounds.prompts_per_round
+        capped_by = (
+            "rounds.max_pairs_per_prompt"
+            if per_prompt == rounds.max_pairs_per_prompt
+            else f"what rounds.samples_per_prompt ({rounds.samples_per_prompt}) can make"
+        )
+        at_most(
+            f"pairs per round, at most: rounds.prompts_per_round × {capped_by} ({rounds.prompts_per_round} × "
+            f"{per_prompt})",
+            "trainer.server.limits.max_pairs_per_request",
+            rounds.max_pairs_per_round,
+        )
+        at_most("reward.continuation_max_tokens", "rollout.server.limits.max_tokens")
+        budgets = ["rounds.max_tokens"]  # whole answers: a budget of max_model_len leaves no room for the prompt
+        if rounds.eval_every:
+            batch = min(rounds.eval_prompts, RoundsConfig.EVAL_BATCH_PROMPTS)
+            held_out = (
+                f"held-out prompts per call (rounds.eval_prompts {rounds.eval_prompts}, sent "
+                f"{RoundsConfig.EVAL_BATCH_PROMPTS} at a time)"
+            )
+            for service in ("rollout", "reward"):
+                at_most(held_out, f"{service}.server.limits.max_batch_prompts", batch)
+            at_most(held_out, "reward.server.limits.max_samples_per_request", batch)
+            if rounds.eval_max_tokens is not None:
+                budgets.append("rounds.eval_max_tokens")
+        rollout = self.rollout
+        if rollout is None:
+            return problems
+        for budget in budgets:
+            at_most(budget, "rollout.server.limits.max_tokens")
+            if value(budget) >= rollout.max_model_len:
+                problems.append(
+                    f"{budget} ({value(budget)}) leaves no room for a prompt within rollout.max_model_len "
+                    f"({rollout.max_model_len})"
+                )
+        if self.trainer is not None and self.trainer.max_length < rollout.max_model_len:
+            problems.append(
+                f"trainer.max_length ({self.trainer.max_length}) is below rollout.max_model_len "
+                f"({rollout.max_model_len}): the trainer would cut answers the rollout samples, or refuse their prompts"
+            )
+        problems.extend(self._prompt_limits_disagree(rollout.server.limits))
+        return problems
+
+    def _prompt_limits_disagree(self, accepted: RequestLimits) -> list[str]:
+        """The reward and trainer services see the prompts the rollout service accepted; a stricter limit
+        there would refuse a prompt only after its round has sampled it."""
+        problems = []
+        for service in ("reward", "trainer"):
+            section = getattr(self, service)
+            if section is None:
+                continue
+            limits = section.server.limits
+            for name in ("max_question_chars", "max_images_per_prompt", "max_image_bytes"):
+                if getattr(limits, name) < getattr(accepted, name):
+                    problems.append(
+                        f"{service}.server.limits.{name} ({getattr(limits, name)}) is below "
+                        f"rollout.server.limits.{name} ({getattr(accepted, name)})"
+                    )
+            if missing := sorted(set(accepted.known_tasks) - set(limits.known_tasks)):
+                problems.append(
+                    f"{service}.server.limits.known_tasks lacks {', '.join(missing)} "
+                    "(in rollout.server.limits.known_tasks)"
+                )
+        return problems
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and every offending field."""
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML run config; an empty file means all defaults."""
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config (an empty file means all defaults), with `--set` overrides applied."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -464,10 +741,25 @@ def load_config(path: str | Path) -> RunConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    return run_config(raw, source=str(path), overrides=overrides)
+
+
+def run_config(raw: Mapping[str, Any], *, source: str, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """`raw` (a file's, a stored run's) with the `--set` overrides (`mpo.overrides`) applied, validated. A
+    ConfigError names `source`, every offending field, and the `--set` item behind an error it caused."""
+    overrides = overrides or {}
+    try:
+        raw = apply_overrides(raw, overrides)
+    except OverrideError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid config\n{format_validation_error(exc)}") from exc
+        lines = []
+        for line in format_validation_error(exc).splitlines():  # "  field: message", or "    message" of <root>'s
+            field, _, message = ("<root>", "", line) if line.startswith("    ") else line.strip().partition(": ")
+            lines.append(line + "".join(f" (--set {key})" for key in blame(field, message, overrides)))
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from exc
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -16,7 +16,16 @@ _EXAMPLE = {
     "data": {"train": "data/arith/train.jsonl", "heldout": "data/arith/heldout.jsonl"},
 }
 #: Filled from the top level (`model`, `objective`), so the example leaves them out of the sections.
-_FILLED_IN = {("rollout", "model"), ("trainer", "model"), ("trainer", "objective")}
+_FILLED_IN = {
+    ("rollout", "model"),
+    ("trainer", "model"),
+    ("trainer", "objective"),
+    ("rollout", "trust_remote_code"),
+    ("trainer", "trust_remote_code"),
+    ("rollout", "prompt"),
+    ("trainer", "prompt"),
+    ("reward", "max_pairs_per_prompt"),
+}
 
 
 def commented_yaml(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mpo.demo import demo_run_config
+from mpo.overrides import OverrideError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +112,7 @@ def test_online_benchmark_probes_a_recipe_change_under_its_own_run_id(tmp_path: 
     again = online.variant_config(tmp_path, "mpo", 0, 40, overrides)
     assert probe.run_id != recipe.run_id and probe.run_id == again.run_id
     assert probe.trainer.checkpoint_dir != recipe.trainer.checkpoint_dir
-    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+    with pytest.raises(OverrideError, match="expected KEY=VALUE"):
         online.parse_overrides(["rounds.prompts_per_round"])
     with pytest.raises(ValueError, match="prompt_per_round"):  # a misspelt key is refused by the config
         online.variant_config(tmp_path, "mpo", 0, 40, {"rounds.prompt_per_round": 256})

@@ -11,8 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from mpo import __version__
 from mpo.cli import build_parser
+from tests.rollout_helpers import CORPUS, SMALL
 
 MPO = shutil.which("mpo", path=str(Path(sys.executable).parent)) or shutil.which("mpo")
 
@@ -94,3 +98,61 @@ def test_install_left_no_broken_torchvision() -> None:
     if importlib.util.find_spec("torchvision") is not None:
         import torchvision  # noqa: F401  - must import cleanly if present at all
     from transformers import LlavaForConditionalGeneration  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def committed_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a committed trainer checkpoint, its base model): one ZeRO-3 rank on a local Ray, before any step, so
+    the checkpoint holds exactly the base weights."""
+    import asyncio
+
+    import ray
+
+    from mpo.config import TrainerConfig
+    from mpo.models.tiny import build_text_model
+    from mpo.trainer.host import TrainerHost
+
+    root = tmp_path_factory.mktemp("export")
+    base = build_text_model(root / "base", CORPUS, SMALL, seed=0)
+    config = TrainerConfig(
+        model=base, world_size=1, global_batch_pairs=1, micro_batch_pairs=1, checkpoint_dir=root / "checkpoints"
+    )
+
+    async def commit() -> Path:
+        host = TrainerHost(config)
+        await host.start()
+        try:
+            return (await host.checkpoint()).path
+        finally:
+            await host.stop()
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="mpo-export-tests", log_to_driver=False)
+    try:
+        return asyncio.run(commit()), base
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_export_saves_the_asked_dtype_and_transformers_loads_it(
+    committed_checkpoint: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    checkpoint, base = committed_checkpoint
+    reference = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict()
+    for dtype in ("float32", "bfloat16", "float16"):
+        out = tmp_path / dtype
+        flags = [] if dtype == "float32" else ["--dtype", dtype]  # float32 is the default
+        result = run_mpo("export", "--checkpoint", str(checkpoint), "--out", str(out), *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1])["model_dir"] == str(out)
+        expected = getattr(torch, dtype)
+        assert {tensor.dtype for tensor in load_file(out / "model.safetensors").values()} == {expected}
+        model = AutoModelForCausalLM.from_pretrained(out, dtype="auto")  # the dtype config.json records
+        assert model.dtype == expected
+        for name, tensor in model.state_dict().items():
+            torch.testing.assert_close(tensor, reference[name].to(expected), rtol=0, atol=0, msg=name)
+    refused = run_mpo("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"), "--dtype", "int8")
+    assert refused.returncode == 2 and "--dtype: invalid choice: 'int8'" in refused.stderr

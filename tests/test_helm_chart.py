@@ -22,6 +22,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from mpo.chart import CHART_OWNED
 from mpo.cli import _run_config_section
@@ -184,6 +185,30 @@ def test_gpu_production_values_reach_the_pods(tmp_path: Path) -> None:
     assert not by_kind(docs, "Secret"), "an existing Secret is used, none generated"
     run = RunConfig.model_validate(yaml.safe_load(rendered_run_config(docs, tmp_path).read_text()))
     assert run.rounds.mode == "async" and run.trainer is not None and run.trainer.world_size == 8
+    # Weights travel as shards on the shared volume, which every rollout node reads.
+    assert run.rounds.transport == "shared_storage" and run.rollout is not None
+    assert any(run.trainer.publish_dir.is_relative_to(root) for root in run.rollout.readable_roots)
+    assert run.rollout.server.limits.max_batch_prompts == 2048, "the values' limits reach the ConfigMap"
+
+
+def test_the_production_example_is_a_run_config_that_would_run() -> None:
+    """Its `run` section, with the model the chart fills in, is a RunConfig whose limits agree across the
+    services: budgets for a 7B VLM's chain of thought within the rollout's context and the trainer's length."""
+    run = yaml.safe_load(GPU_VALUES.read_text())["run"]
+    config = RunConfig.model_validate({**run, "model": "/data/models/qwen2-vl-7b-instruct"})
+    assert config.rollout is not None and config.trainer is not None
+    assert config.rounds.max_tokens == config.rounds.heldout_max_tokens == 1024
+    assert config.rollout.max_model_len == config.trainer.max_length == 4096
+    assert not (config.trust_remote_code or config.rollout.trust_remote_code or config.trainer.trust_remote_code)
+    assert config.rounds.max_pairs_per_round <= config.trainer.server.limits.max_pairs_per_request
+
+    longer = copy.deepcopy(run)
+    longer["rounds"]["max_tokens"] = 4096
+    with pytest.raises(ValidationError) as caught:
+        RunConfig.model_validate({**longer, "model": "/data/models/qwen2-vl-7b-instruct"})
+    message = str(caught.value)
+    assert "rounds.max_tokens (4096) exceeds rollout.server.limits.max_tokens (2048)" in message
+    assert "rounds.max_tokens (4096) leaves no room for a prompt within rollout.max_model_len (4096)" in message
 
 
 def test_generated_token_secret_and_a_given_token() -> None:
@@ -201,7 +226,8 @@ def test_generated_token_secret_and_a_given_token() -> None:
         (["--set", "model=null"], "missing property 'model'"),
         (["--set", "run.rounds.samples_per_prompt=0"], "at '/run/rounds/samples_per_prompt': minimum"),
         (["--set", "run.store_dir=/elsewhere"], "additional properties 'store_dir' not allowed"),
-        (["--set", "run.rollout.server.port=1"], "additional properties 'server' not allowed"),
+        (["--set", "run.rollout.server.port=1"], "at '/run/rollout/server': additional properties 'port' not allowed"),
+        (["--set", "run.reward.max_pairs_per_prompt=4"], "additional properties 'max_pairs_per_prompt' not allowed"),
         (["--set", "storage.mount_path=data"], "at '/storage/mount_path'"),
         (["--set", "imagee.tag=x"], "additional properties 'imagee' not allowed"),
     ],
@@ -212,6 +238,7 @@ def test_generated_token_secret_and_a_given_token() -> None:
         "bad-run-config",
         "chart-owned",
         "chart-owned-nested",
+        "filled-in-from-rounds",
         "relative-mount",
         "unknown-key",
     ],
@@ -232,17 +259,28 @@ def test_a_run_asking_for_more_gpus_than_the_pods_have_fails_to_render() -> None
 def test_chart_owned_fields_are_what_the_config_map_sets(tmp_path: Path) -> None:
     """CHART_OWNED (which the schema forbids in values) and the ConfigMap template agree."""
     run = yaml.safe_load(rendered_run_config(render(), tmp_path).read_text())
-    sections = {"ChartRunConfig": run, "RolloutConfig": run["rollout"], "RewardConfig": run["reward"],
-                "TrainerConfig": run["trainer"], "ControllerConfig": run["controller"]}  # fmt: skip
-    filled_by_run_config = {("RolloutConfig", "model"), ("TrainerConfig", "model"), ("TrainerConfig", "objective")}
+    services = ("rollout", "reward", "trainer", "controller")
+    sections = {"ChartRunConfig": [run], "RolloutConfig": [run["rollout"]], "RewardConfig": [run["reward"]],
+                "TrainerConfig": [run["trainer"]], "ControllerConfig": [run["controller"]],
+                "ServerConfig": [run[service]["server"] for service in services]}  # fmt: skip
+    filled_by_run_config = {(model, name) for model in ("RolloutConfig", "TrainerConfig")
+                            for name in ("model", "trust_remote_code", "prompt")}  # fmt: skip
+    filled_by_run_config |= {("TrainerConfig", "objective"), ("RewardConfig", "max_pairs_per_prompt")}
+    kept_off = {("ServerConfig", name) for name in ("tls_cert_file", "tls_key_file", "metrics_port")}
     for model, owned in CHART_OWNED.items():
         for name in owned:
-            if (model, name) not in filled_by_run_config:
-                assert name in sections[model], f"{model}.{name} is chart-owned but the ConfigMap does not set it"
-    validated = RunConfig.model_validate(run)  # fills the rest from the top-level model and objective
+            if (model, name) not in filled_by_run_config | kept_off:
+                for section in sections[model]:
+                    assert name in section, f"{model}.{name} is chart-owned but the ConfigMap does not set it"
+    validated = RunConfig.model_validate(run)  # fills the rest from the top level and `rounds`
     assert validated.rollout is not None and validated.trainer is not None
     assert validated.rollout.model == validated.trainer.model == validated.model
     assert validated.trainer.objective == validated.objective
+    assert validated.reward.max_pairs_per_prompt == validated.rounds.max_pairs_per_prompt
+    servers = {service: getattr(validated, service).server for service in services}
+    assert {s.auth_token_env for s in servers.values()} == {"MPO_AUTH_TOKEN"}, "the Secret's token everywhere"
+    assert not any(s.tls_cert_file or s.tls_key_file for s in servers.values())
+    assert [s.metrics_port for s in servers.values()] == [None, None, None, 9090]
 
 
 def test_the_validators_reject_unknown_and_misspelt_fields() -> None:

@@ -108,6 +108,34 @@ def test_bad_run_configs_name_the_field(tmp_path: Path) -> None:
     result = mpo_run("--config", str(wrong))
     assert result.returncode == 2
     assert "rounds.samples_per_prompt" in result.stderr and "trainer.world_size" in result.stderr
+    # Limits that disagree across services: one error naming both fields, and the `--set` item behind it.
+    disagreeing = tmp_path / "disagreeing.yaml"
+    disagreeing.write_text(f"model: {tmp_path}\nrollout: {{max_model_len: 4096}}\n")
+    result = mpo_run("--config", str(disagreeing), "--set", "rounds.max_tokens=4096", "--set", "rounds.epochs=2")
+    assert result.returncode == 2 and "limits across services disagree:" in result.stderr
+    assert "    trainer.max_length (2048) is below rollout.max_model_len (4096)" in result.stderr
+    assert (
+        "    rounds.max_tokens (4096) exceeds rollout.server.limits.max_tokens (2048) (--set rounds.max_tokens)\n"
+        in result.stderr
+    )
+    result = mpo_run("--config", str(disagreeing), "--set", "rounds.max_tokens")
+    assert result.returncode == 2 and "error: --set 'rounds.max_tokens': expected KEY=VALUE" in result.stderr
+    result = mpo_run("--config", str(wrong), "--set", "rounds.samples_per_prompt=4", "--set", "rounds.top_k=x")
+    assert result.returncode == 2 and "rounds.samples_per_prompt" not in result.stderr
+    assert (
+        "  rounds.top_k: Input should be a valid integer, unable to parse string as an integer (--set rounds.top_k)"
+        in result.stderr
+    )
+    # A stored run's config takes `--set` too.
+    stored = controller_pb2.Run(run_id="stored", config_yaml=yaml.safe_dump({"model": str(tmp_path)}))
+    RunStore(tmp_path / "store").put_run(stored)
+    result = mpo_run("--resume", "stored", "--store-dir", str(tmp_path / "store"), "--rounds", "3",
+                     "--set", "rollout.max_model_len=96")  # fmt: skip
+    assert result.returncode == 2 and "error: stored run 'stored': invalid config" in result.stderr
+    assert (
+        "    rounds.max_tokens (96) leaves no room for a prompt within rollout.max_model_len (96) "
+        "(--set rollout.max_model_len)" in result.stderr
+    )
     assert mpo_run("--resume", "nope", "--store-dir", str(tmp_path / "store")).stderr.startswith("error: no run 'nope'")
     bad_rows = tmp_path / "bad-rows.jsonl"
     bad_rows.write_text('{"id": "a", "question": "What is 1 + 1?", "answer": "2", "task": "arith"}\n{"id": "b"}\n')

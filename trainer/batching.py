@@ -114,5 +114,5 @@ def pair_batch(
         return pack_shared_prefix(rows, prompt_lengths, pad_id, dtype=dtype)
     batch = collate(rows, prompt_lengths, pad_id)
     if image_inputs:
-        batch |= stack_image_inputs(image_inputs + image_inputs)
+        batch |= stack_image_inputs(image_inputs + image_inputs, batch["input_ids"].shape[1])
     return batch

@@ -56,17 +56,29 @@ def collate(rows: Sequence[torch.Tensor], prompt_lengths: Sequence[int], pad_id:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def stack_image_inputs(per_row: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The processor's image inputs of several rows as one batch's: each key concatenated along its first
-    dimension in row order (`pixel_values`, Qwen2-VL's `image_grid_thw`, LLaVA-NeXT's `image_sizes`, ...).
+def is_token_aligned(key: str) -> bool:
+    """Processor outputs with one value per prompt token (Qwen2-VL's `mm_token_type_ids`), not per image."""
+    return key.endswith("token_type_ids")
 
-    Where rows differ beyond the first dimension (LLaVA-NeXT: a different number of image patches per
-    image size) they are zero-padded to the largest, as the processor pads within one call; the model
-    reads the real extent from the sizes it is given."""
+
+def stack_image_inputs(per_row: Sequence[Mapping[str, torch.Tensor]], width: int) -> dict[str, torch.Tensor]:
+    """The processor's other outputs of several right-padded rows (`width` wide) as one batch's.
+
+    Per-image outputs (`pixel_values`, Qwen2-VL's `image_grid_thw`, LLaVA-NeXT's `image_sizes`, ...) are
+    concatenated along their first dimension in row order; where rows differ beyond it (LLaVA-NeXT: another
+    number of patches per image size) they are zero-padded to the largest, as the processor pads within one
+    call, and the model reads the real extent from the sizes it is given. Per-token outputs hold each row's
+    prompt values, then 0 (text) over the response and the padding."""
     keys = list(dict.fromkeys(key for row in per_row for key in row))
     stacked: dict[str, torch.Tensor] = {}
     for key in keys:
         parts = [row[key] for row in per_row if key in row]
+        if is_token_aligned(key):
+            aligned = torch.zeros((len(parts), width), dtype=parts[0].dtype)
+            for i, part in enumerate(parts):
+                aligned[i, : part.shape[-1]] = part.reshape(-1)
+            stacked[key] = aligned
+            continue
         widest = [max(part.shape[d] for part in parts) for d in range(1, parts[0].dim())]
         padded = []
         for part in parts:

@@ -108,7 +108,7 @@ class DemonstrationBatcher:
         rows, prompt_lengths, image_inputs = self._rows(examples)
         batch = collate(rows, prompt_lengths, self.tokenizer.pad_token_id)
         if image_inputs:
-            batch |= stack_image_inputs(image_inputs)
+            batch |= stack_image_inputs(image_inputs, batch["input_ids"].shape[1])
         return batch
 
     def loss_batch(self, examples: Sequence[tuple[PromptRecord, str]]) -> dict[str, torch.Tensor]:

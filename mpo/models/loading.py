@@ -7,18 +7,23 @@ evaluation and export always agree on how a user's model directory is read.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import (
+    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import PROCESSOR_NAME, is_torchvision_available
 
 
 def _config(model_dir: Path) -> dict[str, Any]:
@@ -57,6 +62,56 @@ def load_processing(model_dir: Path, *, trust_remote_code: bool = False) -> tupl
     """(processor, tokenizer): image-text models go through their processor (it expands image tokens and
     holds the chat template that places them); text models have only a tokenizer."""
     if is_image_text_model(model_dir):
-        processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        processor = load_processor(model_dir, trust_remote_code=trust_remote_code)
         return processor, processor.tokenizer
     return None, AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+def _processor_class_name(model_dir: Path) -> str | None:
+    """The processor class a directory names: its processor, image-processor or tokenizer settings (hub
+    checkpoints write it in any of these)."""
+    for name in (PROCESSOR_NAME, "preprocessor_config.json", "tokenizer_config.json"):
+        path = Path(model_dir) / name
+        if path.is_file() and (found := json.loads(path.read_text()).get("processor_class")):
+            return str(found)
+    return None
+
+
+def without_video_processor(processor_class: type[ProcessorMixin], **parts: Any) -> ProcessorMixin:
+    processor = processor_class.__new__(processor_class)
+
+    def check(name: str, value: Any) -> Any:  # the one argument transformers cannot check without torchvision
+        if name == "video_processor" and value is None:
+            return None
+        return ProcessorMixin.check_argument_for_proper_class(processor, name, value)
+
+    processor.check_argument_for_proper_class = check  # this instance only, removed once constructed
+    processor_class.__init__(processor, video_processor=None, **parts)
+    del processor.check_argument_for_proper_class
+    return processor
+
+
+def load_processor(model_dir: Path, *, trust_remote_code: bool = False) -> ProcessorMixin:
+    """`AutoProcessor.from_pretrained`, except where a processor wants a video processor and torchvision is
+    missing (the CPU install): transformers 5 builds every video processor on torchvision and checks the
+    argument even when it is None, so Qwen2-VL's and InternVL's processors could not load at all. They are
+    then built from the family's own class with their image processor and tokenizer, and no video
+    processor: images work, videos do not."""
+    name = _processor_class_name(model_dir)
+    processor_class = getattr(transformers, name, None) if name else None
+    if (
+        processor_class is None
+        or is_torchvision_available()
+        or "video_processor" not in processor_class.get_attributes()
+    ):
+        return AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    settings, _ = processor_class.get_processor_dict(model_dir)
+    accepted = inspect.signature(processor_class.__init__).parameters
+    parts = processor_class.get_attributes()
+    extra = {key: value for key, value in settings.items() if key in accepted and key not in parts}
+    return without_video_processor(
+        processor_class,
+        image_processor=AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code),
+        tokenizer=AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code),
+        **extra,
+    )

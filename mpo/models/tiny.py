@@ -97,8 +97,9 @@ class VisionSpec(BaseModel):
         return (self.image_size // self.patch_size) ** 2
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE on the task texts; every string is encodable (no unknown token)."""
+def train_bpe(corpus: Iterable[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
+    """Byte-level BPE on the task texts, digits split into single tokens; every string is encodable (no
+    unknown token). The special tokens take the first ids, in the order given."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -106,13 +107,18 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return tokenizer
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """The tiny models' tokenizer: BPE on the task texts with the ChatML specials and template."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
+        tokenizer_object=train_bpe(corpus, vocab_size, SPECIAL_TOKENS),
         eos_token=EOT,
         pad_token=PAD,
         additional_special_tokens=[BOS_TURN, IMAGE],

@@ -20,7 +20,7 @@ import ray
 import yaml
 
 from mpo.config import RunConfig
-from mpo.data.loader import load_prompts
+from mpo.preflight import check_run
 from mpo.services.common.clients import ControllerClient
 from mpo.services.common.hosting import RunningService
 from mpo.services.controller.runs import new_run_id
@@ -76,11 +76,10 @@ async def run_embedded(
 ) -> tuple[str, list[common_pb2.RoundMetrics]]:
     """Run (or resume) `config` on a local Ray; returns the run id and the records of this invocation.
     `on_dashboard` gets the dashboard's URL once the controller serves it (before the first round)."""
-    train_file, heldout_file = require_runnable(config)
-    skip = "skip" if config.data and config.data.skip_bad_rows else "reject"
-    for prompts in (train_file, heldout_file):  # a bad file is reported before anything starts
-        load_prompts(prompts, on_bad_row=skip)
-    assert config.rollout is not None and config.trainer is not None  # require_runnable
+    require_runnable(config)
+    assert config.data is not None and config.rollout is not None and config.trainer is not None  # require_runnable
+    images = config.store_dir / "images"  # the controller's store: it finds the images written here already
+    check_run(config, image_dir=images)  # the template, the data and its tasks, before anything starts
     config = _absolute_data(config)
     run_id = config.run_id or new_run_id()
     finished = RunStore(config.store_dir).round_records(run_id)

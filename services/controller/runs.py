@@ -19,8 +19,9 @@ import grpc
 import yaml
 from pydantic import ValidationError
 
-from mpo.config import ControllerConfig, RunConfig, format_validation_error
-from mpo.data.loader import DataError, load_prompts
+from mpo.config import ConfigError, ControllerConfig, RunConfig, format_validation_error
+from mpo.data.loader import DataError
+from mpo.preflight import check_run
 from mpo.services.common.validation import InvalidRequest
 from mpo.services.controller.loop import RoundLoop, RunControl, ServiceClients
 from mpo.services.controller.metrics import EventFiles, RoundGauges, RoundSink, WandbRun
@@ -128,17 +129,25 @@ class RunManager:
 
     def _round_loop(self, run_id: str, config: RunConfig, control: RunControl | None = None) -> RoundLoop:
         assert config.data is not None  # parse_run_config
-        skip = "skip" if config.data.skip_bad_rows else "reject"
+        images = self.store.root / "images"  # the store this controller writes, wherever the config's points
         try:
-            train = load_prompts(config.data.train, on_bad_row=skip).records
-            heldout = load_prompts(config.data.heldout, on_bad_row=skip).records
+            train, heldout = check_run(config, image_dir=images)
         except DataError as error:
             raise InvalidRequest("config_yaml", f"data: {error}") from error
+        except ConfigError as error:  # the model's template, or a task no service knows
+            raise InvalidRequest("config_yaml", str(error)) from error
         if not train:
             raise InvalidRequest("config_yaml", f"data.train: {config.data.train} has no prompts")
         try:
             return RoundLoop(
-                run_id, config.rounds, self.store, self.clients, train, heldout, control=control or RunControl()
+                run_id,
+                config.rounds,
+                self.store,
+                self.clients,
+                train,
+                heldout,
+                control=control or RunControl(),
+                prompt=config.prompt,
             )
         except ValueError as error:  # a task mix the prompts cannot serve
             raise InvalidRequest("config_yaml", f"rounds.{error}") from error

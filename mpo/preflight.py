@@ -1,0 +1,62 @@
+"""What is checked before a run starts anything: the model's template, the data, and the tasks.
+
+`mpo run` (before Ray, vLLM or DeepSpeed start) and the controller's StartRun (before the run is
+stored) call `check_run`, so a config that cannot run fails in seconds with an error naming the field,
+not at the first Generate after minutes of start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mpo.chat import ChatRenderer, TemplateError
+from mpo.config import ConfigError, RunConfig
+from mpo.data.records import PromptRecord
+from mpo.data.sources import load_split
+
+#: Services that validate a prompt's task against their `server.limits.known_tasks`.
+_TASK_CHECKING = ("rollout", "reward", "trainer")
+
+
+def check_template(config: RunConfig) -> None:
+    """The policy's chat template renders the configured conversation and ends assistant turns."""
+    if config.rollout is None:
+        return
+    try:
+        ChatRenderer(config.rollout.model, prompt=config.prompt, trust_remote_code=config.rollout.trust_remote_code)
+    except TemplateError as error:
+        raise ConfigError(f"model: {error}") from error
+    except (OSError, ValueError) as error:  # not a model directory, unknown architecture, remote code refused
+        raise ConfigError(f"model: {config.rollout.model}: cannot load its tokenizer or processor: {error}") from error
+
+
+def check_tasks(config: RunConfig, records: Sequence[PromptRecord], split: str) -> None:
+    """Every task in the data is one each service accepts, which is also one a verifier is chosen for."""
+    tasks: dict[str, str] = {}
+    for record in records:
+        tasks.setdefault(record.task, record.id)
+    for section in _TASK_CHECKING:
+        service = getattr(config, section)
+        if service is None:
+            continue
+        known = set(service.server.limits.known_tasks)
+        unknown = sorted(task for task in tasks if task not in known)
+        if unknown:
+            first = unknown[0]
+            raise ConfigError(
+                f"data.{split}: task {first!r} (first in prompt {tasks[first]!r}) has no verifier: map it in "
+                f"reward.verifiers (a plug-in) or reward.task_verifiers (a built-in), or add it to "
+                f"{section}.server.limits.known_tasks (known: {', '.join(sorted(known))})"
+            )
+
+
+def check_run(config: RunConfig, *, image_dir: Path) -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """All checks; returns the train and held-out records (images written to `image_dir`)."""
+    assert config.data is not None
+    train = load_split(config.data, "train", image_dir=image_dir).records
+    heldout = load_split(config.data, "heldout", image_dir=image_dir).records
+    check_template(config)
+    check_tasks(config, train, "train")
+    check_tasks(config, heldout, "heldout")
+    return train, heldout
