@@ -395,14 +395,20 @@ def test_missing_path(tmp_path: Path) -> None:
     assert str(tmp_path / "nope.jsonl") in str(caught.value) and caught.value.bad_rows == []
 
 
-@pytest.mark.parametrize("name", ["prompts.csv", "prompts.json", "prompts"])
+@pytest.mark.parametrize("name", ["prompts.txt", "prompts.xlsx", "prompts"])  # .csv / .json load: test_data_sources
 def test_unsupported_extension(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_text("id,question\n")
     with pytest.raises(DataError) as caught:
         load_prompts(path)
     message = str(caught.value)
-    assert str(path) in message and ".jsonl" in message and ".parquet" in message and "save_to_disk" in message
+    assert (
+        str(path) in message
+        and ".jsonl" in message
+        and ".parquet" in message
+        and "save_to_disk" in message
+        and ".csv" in message
+    )
 
 
 def test_empty_directory_and_dataset_dict_are_refused(tmp_path: Path) -> None:

@@ -1,17 +1,11 @@
 """Load prompt records from users' files (and write them, for built-in tasks and tests).
 
-One loader for every source, so built-in and user data go through the same checks:
-
-* a ``.jsonl`` file: one JSON object per line; blank lines are skipped but still counted, so the line
-  numbers in reports are the ones an editor shows;
-* a ``.parquet`` file: one record per row (row numbers are 1-based);
-* a Hugging Face ``datasets`` directory written by ``Dataset.save_to_disk`` (it holds
-  ``dataset_info.json`` / ``state.json``); a ``DatasetDict`` directory is refused with its split names;
-* any other directory: every top-level ``*.jsonl`` / ``*.parquet`` file in it, in sorted name order
-  (shards of one data set; ids must be unique across all of them).
+One loader for every source, so built-in and user data go through the same checks. Which files and
+directories are read, and how, is `mpo.data.formats`; which column feeds which record field is
+`mpo.data.columns` (the record format itself, or a mapping for data sets with their own column names).
 
 Every row is validated into a :class:`~mpo.data.records.PromptRecord`. A row with any problem is a bad
-row; each problem is reported as a :class:`BadRow` (source, line, field, reason). With
+row; each problem is reported as a :class:`BadRow` (source, line, SOURCE column, reason). With
 ``on_bad_row="reject"`` (the default) the whole source is scanned and then a :class:`DataError` lists
 every problem; with ``"skip"`` the good records are returned together with the bad rows, and each bad
 row and a summary are logged as warnings on the ``mpo.data`` logger. Rows are never dropped silently.
@@ -21,6 +15,13 @@ Lenient conversions (lossless, and what people write by hand): a number for ``an
 holding an object (how :func:`write_prompts_parquet` stores it), a Parquet struct or a Parquet map.
 Image paths are resolved against the file's directory (a ``datasets`` directory: that directory) and
 returned absolute; ``~`` is not expanded and symlinks are kept, so paths stay the ones the user wrote.
+Images held as bytes (a ``datasets`` ``Image`` column, raw bytes) are written to a content-addressed
+image directory (`mpo.data.images`) and the record holds that file. A source without an id column gets
+content ids (`mpo.data.ids`); rows without a task get the default task; answers go through the chosen
+normaliser (`mpo.data.answer_formats`).
+
+:func:`load_prompts` takes plain arguments; `mpo.data.sources.load_split` loads a run config's ``data``
+section with it, which is what everything that runs on a config calls.
 """
 
 from __future__ import annotations
@@ -29,15 +30,21 @@ import json
 import logging
 import math
 import os
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from PIL import Image
 from pydantic import ValidationError
 
+from mpo.data.answer_formats import ANSWER_FORMATS
+from mpo.data.columns import FIELDS, Layout, resolve
+from mpo.data.errors import BadRow, DataError
+from mpo.data.formats import Part, Unparsable, absolute, parts
+from mpo.data.ids import IdGenerator
+from mpo.data.images import ImageStore, digest
 from mpo.data.records import COLUMNS, PromptRecord
 
 __all__ = [
@@ -54,33 +61,6 @@ log = logging.getLogger("mpo.data")
 #: How many bad rows a DataError message lists before "... and N more".
 MAX_LISTED = 50
 
-_SUPPORTED = (
-    "a .jsonl file, a .parquet file, a directory of .jsonl/.parquet files, "
-    "or a `datasets` directory written by Dataset.save_to_disk"
-)
-_DATA_SUFFIXES = (".jsonl", ".parquet")
-_DATASETS_MARKERS = ("dataset_info.json", "state.json")
-
-
-class BadRow(NamedTuple):
-    """One problem in one row, located so the user can open the file at that line."""
-
-    source: str  # file path, or the `datasets` directory
-    line: int  # 1-based physical line (JSONL) or 1-based row number (Parquet, datasets)
-    field: str  # dotted field name, e.g. "question", "images[1]", "meta.x"; "<row>" for the whole row
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.field}: {self.reason}"
-
-
-class DataError(ValueError):
-    """Prompt data that cannot be loaded; ``bad_rows`` holds every row problem (empty for file-level errors)."""
-
-    def __init__(self, message: str, bad_rows: Iterable[BadRow] = ()) -> None:
-        super().__init__(message)
-        self.bad_rows: list[BadRow] = list(bad_rows)
-
 
 @dataclass
 class LoadResult:
@@ -91,122 +71,6 @@ class LoadResult:
     source: str
     rows: int = 0  # rows read (blank JSONL lines are not rows)
     skipped: int = 0  # rows left out because they had at least one problem
-
-
-# --------------------------------------------------------------------------------------------- reading
-
-
-class _Unparsable(NamedTuple):
-    """A row that is not even a value (bad JSON, bad UTF-8); reported on the field ``<row>``."""
-
-    reason: str
-
-
-_Row = tuple[int, Any]  # (line or row number, raw value)
-
-
-@dataclass
-class _Part:
-    """One file (or `datasets` directory) to read: where reports point and what relative paths mean."""
-
-    source: str
-    base: Path  # directory that relative image paths are resolved against
-    rows: Iterator[_Row]
-
-
-def _absolute(path: Path) -> Path:
-    """Absolute and normalised (``..`` folded) without resolving symlinks, so paths compare stably."""
-    return Path(os.path.abspath(path))
-
-
-def _jsonl_rows(path: Path) -> Iterator[_Row]:
-    """Yield (physical line number, parsed value) for every non-blank line."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield number, _Unparsable(f"not valid UTF-8: {exc}")
-                continue
-            if number == 1:
-                text = text.removeprefix("\ufeff")
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield number, _Unparsable(f"invalid JSON: {exc.msg} (column {exc.colno})")  # line is ours
-
-
-def _parquet_rows(path: Path) -> Iterator[_Row]:
-    """Yield (row number, row dict) in batches, so a large file is not materialised at once."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    number = 0
-    try:
-        parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                number += 1
-                yield number, row
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: cannot read Parquet (after row {number}): {exc}") from exc
-
-
-def _dataset_rows(path: Path) -> Iterator[_Row]:
-    """Yield (row number, row dict) from a `Dataset.save_to_disk` directory."""
-    import datasets  # heavy import; only for this format
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as exc:  # datasets raises many kinds (FileNotFoundError, ValueError, Arrow errors)
-        raise DataError(f"{path}: cannot load `datasets` directory: {exc}") from exc
-    if isinstance(loaded, datasets.DatasetDict):
-        raise DataError(_dataset_dict_message(path, list(loaded)))
-    yield from enumerate(loaded, start=1)
-
-
-def _dataset_dict_message(path: Path, splits: list[str]) -> str:
-    example = path / splits[0] if splits else path / "train"
-    return (
-        f"{path}: is a DatasetDict with splits {', '.join(splits) or '(none)'}; "
-        f"pass one split's directory, e.g. {example}"
-    )
-
-
-def _file_part(path: Path) -> _Part:
-    suffix = path.suffix.lower()
-    base = _absolute(path).parent
-    if suffix == ".jsonl":
-        return _Part(str(path), base, _jsonl_rows(path))
-    if suffix == ".parquet":
-        return _Part(str(path), base, _parquet_rows(path))
-    raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r}; expected {_SUPPORTED}")
-
-
-def _parts(path: Path) -> list[_Part]:
-    """Decide the format from the path alone (no sniffing), so the choice is predictable."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory; expected {_SUPPORTED}")
-    if not path.is_dir():
-        return [_file_part(path)]
-    if (path / "dataset_dict.json").is_file():
-        try:
-            splits = list(json.loads((path / "dataset_dict.json").read_text()).get("splits", []))
-        except (OSError, ValueError, AttributeError):
-            splits = []
-        raise DataError(_dataset_dict_message(path, splits))
-    if any((path / marker).is_file() for marker in _DATASETS_MARKERS):
-        return [_Part(str(path), _absolute(path), _dataset_rows(path))]
-    files = sorted(
-        child
-        for child in path.iterdir()
-        if child.is_file() and not child.name.startswith(".") and child.suffix.lower() in _DATA_SUFFIXES
-    )
-    if not files:
-        raise DataError(f"{path}: directory holds no .jsonl or .parquet files and is not a `datasets` directory")
-    return [_file_part(child) for child in files]
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -245,7 +109,7 @@ def _reason(error: Any) -> str:
     if kind == "missing":
         return "missing required field"
     if kind == "extra_forbidden":
-        return f"unknown column; allowed columns: {', '.join(COLUMNS)}"
+        return f"unknown column; allowed columns: {', '.join(COLUMNS)} (or map the data set's columns: data.columns)"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "value_error":
@@ -253,48 +117,78 @@ def _reason(error: Any) -> str:
     return f"{message} (got {_kind(error.get('input'))})"
 
 
+def _top(field_name: str) -> str:
+    return field_name.split("[", 1)[0].split(".", 1)[0]
+
+
 def _field_order(bad: BadRow) -> int:
     """Sort one row's problems in column order, so reports read like the row."""
-    top = bad.field.split("[", 1)[0].split(".", 1)[0]
+    top = _top(bad.field)
     if top == "<row>":
         return -1
     return COLUMNS.index(top) if top in COLUMNS else len(COLUMNS)
 
 
-class _RowChecker:
-    """Validates rows one at a time; holds what spans rows (seen ids, checked images)."""
+def _in_source_terms(bad: BadRow, layout: Layout) -> BadRow:
+    """A problem found on a record field, reported on the source column it was read from."""
+    top = _top(bad.field)
+    if top not in FIELDS:
+        return bad
+    return bad._replace(field=layout.column(top) + bad.field[len(top) :])
 
-    def __init__(self, known_tasks: Collection[str] | None, check_images: bool) -> None:
+
+class _RowChecker:
+    """Validates rows one at a time; holds what spans rows (seen ids, checked images, generated ids)."""
+
+    def __init__(
+        self,
+        known_tasks: Collection[str] | None,
+        check_images: bool,
+        normalise: Callable[[str], str],
+        store: ImageStore | None,
+    ) -> None:
         self.known_tasks = None if known_tasks is None else frozenset(known_tasks)
         self.check_images = check_images
+        self.normalise = normalise
+        self.store = store
+        self._ids = IdGenerator()
         self._first_seen: dict[str, str] = {}  # id -> "source:line" of its first occurrence
         self._image_problems: dict[Path, str | None] = {}
 
-    def check(self, part: _Part, line: int, raw: Any) -> tuple[PromptRecord | None, list[BadRow]]:
+    def check(self, part: Part, layout: Layout, line: int, raw: Any) -> tuple[PromptRecord | None, list[BadRow]]:
         problems: list[BadRow] = []
 
-        def bad(field_name: str, reason: str) -> None:
+        def bad(field_name: str, reason: str) -> None:  # field_name in record terms; renamed below
             problems.append(BadRow(part.source, line, field_name, reason))
 
-        if isinstance(raw, _Unparsable):
+        if isinstance(raw, Unparsable):
             bad("<row>", raw.reason)
             return None, problems
         if not isinstance(raw, dict):
             bad("<row>", f"expected an object with columns {', '.join(COLUMNS)}; got {_kind(raw)}")
             return None, problems
 
-        data = dict(raw)
+        data = layout.record_fields(raw)
         for optional in ("images", "meta"):
             if optional in data and data[optional] is None:
                 del data[optional]
         if _is_integer(data.get("id")):
             data["id"] = str(data["id"])
+        if data.get("task") is None and layout.default_task is not None:
+            data["task"] = layout.default_task
         answer = data.get("answer")
         if _is_number(answer) and math.isfinite(answer):
             data["answer"] = str(answer)  # users write "answer": 42; a non-finite number stays a type error
-        if "meta" in data:
+        if "meta" in data and not layout.mapped:
             data["meta"] = self._meta(data["meta"], bad)
-        data["images"] = self._images(data.get("images", []), part.base, bad)
+        data["images"], image_keys = self._images(data.get("images", []), part, layout, bad)
+        if layout.generate_ids:
+            data["id"] = self._ids(data.get("question"), data.get("answer"), data.get("choices"), image_keys)
+        if isinstance(data.get("answer"), str):
+            try:
+                data["answer"] = self.normalise(data["answer"])
+            except ValueError as exc:
+                bad("answer", str(exc))
 
         record: PromptRecord | None = None
         try:
@@ -314,7 +208,7 @@ class _RowChecker:
                 bad("id", f"duplicate id {row_id!r}; first seen at {first}")
 
         problems.sort(key=_field_order)
-        return (None if problems else record), problems
+        return (None if problems else record), [_in_source_terms(problem, layout) for problem in problems]
 
     @staticmethod
     def _meta(meta: Any, bad: Any) -> Any:
@@ -333,25 +227,54 @@ class _RowChecker:
             return dict(meta)  # pyarrow map column; JSON never yields tuples
         return meta  # a dict, or a wrong type that pydantic reports
 
-    def _images(self, images: Any, base: Path, bad: Any) -> list[Path]:
-        """Check the paths ourselves (pydantic's Path would accept '' as '.'), resolve them, check files."""
-        if not isinstance(images, list):
+    def _images(self, images: Any, part: Part, layout: Layout, bad: Any) -> tuple[list[Path], list[str]]:
+        """The image files of a row, and what identifies each as written (a path, or the bytes' SHA-256).
+
+        A path is checked here (pydantic's Path would accept '' as '.'), resolved and its file checked;
+        bytes (raw, or a `datasets` Image value ``{"bytes", "path"}``) go to the image store. The record
+        format wants a list; a mapped column may hold one image instead."""
+        lone = not isinstance(images, list)
+        if lone and not layout.mapped:
             bad("images", f"expected a list of image paths; got {_kind(images)}")
-            return []
+            return [], []
         resolved: list[Path] = []
-        for index, item in enumerate(images):
-            name = f"images[{index}]"
+        keys: list[str] = []
+        for index, item in enumerate([images] if lone else images):
+            name = "images" if lone else f"images[{index}]"
+            if isinstance(item, dict) and set(item) <= {"bytes", "path"}:  # a `datasets` Image value
+                item = item.get("bytes") if item.get("bytes") is not None else item.get("path")
+                if item is None:
+                    bad(name, "image has neither bytes nor a path")
+                    continue
+            if isinstance(item, bytes | bytearray | memoryview):
+                data = bytes(item)
+                keys.append(digest(data))
+                store = self._store(part, layout)  # outside the try: no store is a file-level DataError
+                try:
+                    resolved.append(store.put(data))
+                except ValueError as exc:
+                    bad(name, str(exc))
+                continue
             if not isinstance(item, str):
-                bad(name, f"expected an image path string; got {_kind(item)}")
+                bad(name, f"expected an image path string; got {_kind(item)} (image bytes or {{bytes, path}} also do)")
                 continue
             if not item.strip():
                 bad(name, "empty image path")
                 continue
-            path = _absolute(base / item)  # an absolute item replaces base
+            keys.append(item)
+            path = absolute(part.base / item)  # an absolute item replaces base
             resolved.append(path)
             if self.check_images and (problem := self._image_problem(path)):
                 bad(name, problem)
-        return resolved
+        return resolved, keys
+
+    def _store(self, part: Part, layout: Layout) -> ImageStore:
+        if self.store is None:
+            raise DataError(
+                f"{part.source}: column {layout.column('images')!r} holds image bytes, which are written to an "
+                "image directory as files, but no image directory was given (image_dir)"
+            )
+        return self.store
 
     def _image_problem(self, path: Path) -> str | None:
         """Why an image cannot be used, or None; cached because many rows share images."""
@@ -388,26 +311,43 @@ def load_prompts(
     on_bad_row: Literal["reject", "skip"] = "reject",
     known_tasks: Collection[str] | None = None,
     check_images: bool = True,
+    columns: Mapping[str, str] | None = None,
+    task: str | None = None,
+    answer_format: str = "none",
+    image_dir: Path | None = None,
 ) -> LoadResult:
     """Load and validate prompt records from ``path`` (see the module docstring for formats and rules).
 
     ``on_bad_row="reject"`` raises :class:`DataError` listing every problem after the whole source is
     read; ``"skip"`` returns the good records, lists the problems in ``bad_rows`` and logs each one plus
     a summary. ``known_tasks`` (when given) makes any other task a bad row. ``check_images=False`` only
-    resolves image paths, without opening the files. File-level problems (missing path, unsupported
-    format, unreadable Parquet) raise :class:`DataError` in both modes.
+    resolves image paths, without opening the files. ``columns`` maps record fields to the source's
+    columns (None: the source is in the record format), ``task`` is the task of rows without one,
+    ``answer_format`` names the answer normaliser, and image bytes are written under ``image_dir``.
+    File-level problems (missing path, unsupported format, unreadable file, a mapped column the source
+    does not have, no task, image bytes without ``image_dir``) raise :class:`DataError` in both modes.
     """
     if on_bad_row not in ("reject", "skip"):
         raise ValueError(f"on_bad_row must be 'reject' or 'skip', not {on_bad_row!r}")
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, not {answer_format!r}")
+    for field_name in columns or {}:
+        if field_name not in FIELDS:
+            raise ValueError(f"columns.{field_name}: not a mappable field; fields: {', '.join(FIELDS)}")
+    if task is not None and known_tasks is not None and task not in known_tasks:
+        known = ", ".join(sorted(known_tasks)) or "(none)"
+        raise DataError(f"default task {task!r} is not a known task; known tasks: {known}")
     source = Path(path)
-    checker = _RowChecker(known_tasks, check_images)
+    store = None if image_dir is None else ImageStore(image_dir)
+    checker = _RowChecker(known_tasks, check_images, ANSWER_FORMATS[answer_format], store)
     records: list[PromptRecord] = []
     bad_rows: list[BadRow] = []
     rows = skipped = 0
-    for part in _parts(source):
+    for part in parts(source):
+        layout = resolve(part.source, part.columns, columns, task)
         for line, raw in part.rows:
             rows += 1
-            record, problems = checker.check(part, line, raw)
+            record, problems = checker.check(part, layout, line, raw)
             if problems:
                 skipped += 1
                 bad_rows.extend(problems)
@@ -421,7 +361,7 @@ def load_prompts(
         more = f"\n  ... and {len(bad_rows) - MAX_LISTED} more" if len(bad_rows) > MAX_LISTED else ""
         raise DataError(
             f"{source}: {skipped} of {rows} rows are bad ({len(bad_rows)} problems); "
-            f"fix them or load with on_bad_row='skip':\n{listed}{more}",
+            f"fix them, or skip them (data.skip_bad_rows: true; on_bad_row='skip'):\n{listed}{more}",
             bad_rows,
         )
     for bad in bad_rows:
@@ -438,11 +378,11 @@ def load_prompts(
 
 def _stored_image(image: Path, folder: Path) -> str:
     """Relative (POSIX) when inside the file's folder, so the data set can be moved; else absolute."""
-    absolute = _absolute(image)  # a relative path in a record means relative to the working directory
+    full = absolute(image)  # a relative path in a record means relative to the working directory
     try:
-        return absolute.relative_to(folder).as_posix()
+        return full.relative_to(folder).as_posix()
     except ValueError:
-        return str(absolute)
+        return str(full)
 
 
 def _stored_row(record: PromptRecord, folder: Path) -> dict[str, Any]:
@@ -471,7 +411,7 @@ def _replace_atomically(path: Path, write: Any) -> None:
 def write_prompts_jsonl(records: Iterable[PromptRecord], path: str | os.PathLike[str]) -> None:
     """Write records as JSONL in :data:`COLUMNS` order; ``load_prompts`` reads them back equal."""
     target = Path(path)
-    folder = _absolute(target).parent
+    folder = absolute(target).parent
 
     def write(temporary: Path) -> None:
         with temporary.open("w", encoding="utf-8") as handle:
@@ -487,7 +427,7 @@ def write_prompts_parquet(records: Iterable[PromptRecord], path: str | os.PathLi
     import pyarrow.parquet as pq
 
     target = Path(path)
-    folder = _absolute(target).parent
+    folder = absolute(target).parent
     schema = pa.schema(
         [
             ("id", pa.string()),
