@@ -65,6 +65,15 @@ def _cmd_models_build(args: argparse.Namespace) -> int:
 
     tasks = args.tasks.split(",")
     corpus = task_corpus(tasks, seed=args.seed, per_task=args.corpus_per_task)
+    if args.family:
+        from mpo.models.families import build_family_model
+
+        try:
+            build_family_model(args.family, args.out, corpus, seed=args.seed)
+        except ValueError as exc:  # an unknown family: the message lists the known ones
+            raise SystemExit(f"error: --family: {exc}") from exc
+        print(f"built a tiny random-weight {args.family} model (seed {args.seed}) in {args.out}")
+        return 0
     spec = TextModelSpec(hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads)
     if args.kind == "text":
         build_text_model(args.out, corpus, spec, seed=args.seed)
@@ -491,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--out", type=Path, required=True, help="model directory to write")
     build.add_argument("--kind", choices=["text", "image-text"], default="text")
+    build.add_argument(
+        "--family",
+        help="instead: a tiny random-weight model of a real family (qwen2.5, llama3, gemma, qwen2-vl, llava-next, "
+        "internvl, llava), with its own classes, chat template and special tokens",
+    )
     build.add_argument("--tasks", default="arith,shapes,describe", help="tasks whose texts train the tokenizer")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--hidden-size", type=int, default=128)

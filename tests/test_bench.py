@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mpo.demo import demo_run_config
+from mpo.models.families import FAMILIES
 from mpo.overrides import OverrideError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,16 @@ def test_objective_benchmark_prints_a_ratio() -> None:
     medians = report["median_step_s"]
     # The ratio is computed from unrounded medians; the rounded ones printed beside it agree to ~1e-3.
     assert abs(report["ratio_mpo_over_dpo"] - medians["mpo"] / medians["dpo_only"]) < 1e-2
+
+
+def test_objective_benchmark_runs_a_family_model_on_a_real_image_batch() -> None:
+    result_ = run_bench("objective.py", "--family qwen2-vl --repeats 1 --pairs 2")
+    assert result_["family"] == "qwen2-vl" and result_["ratio_mpo_over_dpo"] > 0
+    assert set(result_["median_step_s"]) == {"mpo", "dpo_only"}
+    assert result_["model"]["parameters"] > 0 and result_["batch"]["pairs"] == 2
+    # The trainer's batch, images included: every processor output reached the forward.
+    expected = {"input_ids", "attention_mask", "labels", *FAMILIES["qwen2-vl"].processor_keys}
+    assert set(result_["batch"]["inputs"]) == expected
 
 
 @pytest.mark.slow

@@ -169,7 +169,7 @@ def limits(**values: object) -> dict[str, object]:
         ),
         (
             {"reward": limits(known_tasks=["arith"])},
-            "reward.server.limits.known_tasks lacks describe, shapes (in rollout.server.limits.known_tasks)",
+            "reward.server.limits.known_tasks lacks describe (in rollout.server.limits.known_tasks)",
         ),
         (
             {"trainer": limits(max_question_chars=1000)},
@@ -281,3 +281,16 @@ def test_load_config_with_set_items_names_the_item_behind_each_error(tmp_path: P
         load_config(path, {"rounds.max_tokens.limit": 1})
     stored = run_config({"model": "m"}, source="stored run 'r1'", overrides={"rounds.rounds": 20})
     assert stored.rounds.rounds == 20
+
+
+def test_tasks_the_config_names_are_known_to_every_service() -> None:
+    """Mapping a verifier for a task (or a data set's default task) is enough: no service refuses it later."""
+    config = RunConfig.model_validate(
+        {
+            "model": "m",
+            "data": {"train": "t", "heldout": "h", "task": "gsm8k"},
+            "reward": {"task_verifiers": {"geo": "exact"}},
+        }
+    )
+    for service in (config.rollout, config.reward, config.trainer):
+        assert service is not None and {"gsm8k", "geo", "arith"} <= set(service.server.limits.known_tasks)
