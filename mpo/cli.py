@@ -128,14 +128,41 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from mpo.config import ConfigError, load_config
+    from mpo.data.loader import DataError
+    from mpo.data.sources import load_split
     from mpo.evaluation import evaluate
     from mpo.models.generate import Sampling, TransformersGenerator
+    from mpo.services.reward.verify import Grader
 
-    records = _load_records(args.data, skip_bad_rows=args.skip_bad_rows)[: args.limit]
+    config = None
+    if args.config is not None:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+    model = args.model or (config.model if config else None)
+    if model is None:
+        raise SystemExit("error: --model: required (or a --config with `model`)")
+    if args.data is not None:
+        records = _load_records(args.data, skip_bad_rows=args.skip_bad_rows)
+    elif config is not None and config.data is not None:
+        try:  # the run's own held-out split, through its column mapping and answer format
+            records = load_split(config.data, "heldout", image_dir=config.store_dir / "images").records
+        except DataError as exc:
+            raise SystemExit(f"error: data.heldout: {exc}") from exc
+    else:
+        raise SystemExit("error: --data: required (or a --config with `data`)")
     sampling = Sampling(
         n=args.samples, temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens
     )
-    result = evaluate(TransformersGenerator(args.model), records, sampling)
+    generator = TransformersGenerator(
+        model,
+        prompt=config.prompt if config else None,
+        trust_remote_code=args.trust_remote_code or bool(config and config.trust_remote_code),
+    )
+    grader = Grader.from_config(config.reward) if config else None  # the run's verifiers and extraction
+    result = evaluate(generator, records[: args.limit], sampling, grader)
     print(json.dumps(result.summary(), indent=2))
     return 0
 
@@ -299,7 +326,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from mpo.trainer.export import export_checkpoint
 
     try:
-        out = export_checkpoint(args.checkpoint, args.out, dtype=getattr(torch, args.dtype))
+        out = export_checkpoint(
+            args.checkpoint, args.out, dtype=getattr(torch, args.dtype), trust_remote_code=args.trust_remote_code
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     print(json.dumps({"event": "exported", "checkpoint": str(args.checkpoint), "model_dir": str(out)}))
@@ -560,8 +589,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out accuracy of a model directory (generate, extract the final answer, verify)",
         description="Accuracy (and pass@k with --samples k --temperature 1) on a prompt file with answers.",
     )
-    evaluation.add_argument("--model", type=Path, required=True)
-    evaluation.add_argument("--data", type=Path, required=True, help="JSONL / Parquet / datasets dir with answers")
+    evaluation.add_argument("--model", type=Path, help="model directory (default: the --config's model)")
+    evaluation.add_argument(
+        "--data", type=Path, help="prompt file with answers in the record format (default: the --config's heldout)"
+    )
+    evaluation.add_argument(
+        "--config",
+        type=Path,
+        help="a run config: its held-out data (column mapping, answer format), prompt, verifiers and "
+        "trust_remote_code apply",
+    )
+    evaluation.add_argument("--trust-remote-code", action="store_true", help="the model ships its own code")
     evaluation.add_argument("--samples", type=int, default=1)
     evaluation.add_argument("--temperature", type=float, default=0.0)
     evaluation.add_argument("--max-new-tokens", type=int, default=96)
@@ -708,6 +746,9 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
         choices=["float32", "bfloat16", "float16"],
         default="float32",
         help="dtype of the saved weights, cast from the merged fp32 ones (default: float32)",
+    )
+    export.add_argument(
+        "--trust-remote-code", action="store_true", help="the base model ships its own code (only for models you trust)"
     )
     export.set_defaults(handler=_cmd_export)
 

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from mpo.data.prompting import COT_INSTRUCTION
 from mpo.overrides import OverrideError, apply_overrides, blame
+from mpo.plugins import VerifierSpec
 
 #: The MPO loss terms (DESIGN §3) and their names in TRL's DPOTrainer ``loss_type`` list.
 TermName = Literal["preference", "quality", "generation"]
@@ -240,6 +241,21 @@ class RewardConfig(_Strict):
         default_factory=lambda: {"arith": "numeric", "shapes": "auto"},
         description="Verifier per task (see services/reward/verifiers.py); tasks not listed use 'auto'.",
     )
+    verifiers: dict[str, VerifierSpec] = Field(
+        default_factory=dict,
+        description="Plug-in verifier per task: 'package.module:callable' or '/path/to/file.py:callable', called "
+        "as (response, record) with the whole response and the PromptRecord (no images); returns a bool or a "
+        "score in [0, 1]. Imported when the config is checked and in every labelling worker (docs/reward.md). "
+        "A task is mapped here or in task_verifiers, not both.",
+    )
+    correct_threshold: float = Field(
+        0.5, gt=0, le=1, description="A plug-in verifier's score of at least this counts as correct."
+    )
+    answer_pattern: str | None = Field(
+        None,
+        description="Regular expression with one capture group, the answer, tried on responses without "
+        "'Final answer:' (last match) before \\boxed{...}; unset: not tried.",
+    )
     task_step_checks: dict[str, str] = Field(
         default_factory=dict,
         description="Step check per task (see services/reward/step_checks.py): a sample whose final answer "
@@ -271,6 +287,26 @@ class RewardConfig(_Strict):
         from mpo.services.reward.step_checks import STEP_CHECKS
 
         return _known_names("step check", names, list(STEP_CHECKS))
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _one_capture_group(cls, pattern: str | None) -> str | None:
+        from mpo.services.reward.answers import compile_answer_pattern
+
+        if pattern is not None:
+            compile_answer_pattern(pattern)
+        return pattern
+
+    @model_validator(mode="after")
+    def _one_verifier_per_task(self) -> RewardConfig:
+        for task in self.verifiers:
+            if task in self.task_verifiers:
+                default = "" if "task_verifiers" in self.model_fields_set else ", by default"
+                raise ValueError(
+                    f"task '{task}' is mapped twice: reward.task_verifiers.{task} ('{self.task_verifiers[task]}'"
+                    f"{default}) and reward.verifiers.{task}; keep one (list task_verifiers without it)"
+                )
+        return self
 
 
 class TrainerConfig(_Strict):
@@ -611,6 +647,25 @@ class RunConfig(_Strict):
         if not isinstance(cap, int):
             return raw  # rounds' own error names it
         return {**raw, "reward": {**reward, "max_pairs_per_prompt": cap}}
+
+    @model_validator(mode="after")
+    def _tasks_known_everywhere(self) -> RunConfig:
+        """A task the config names (a verifier's task, the data's default task) is one every service accepts:
+        mapping `reward.verifiers: {gsm8k: ...}` is enough, without listing gsm8k in three `known_tasks`."""
+        named = [*self.reward.task_verifiers, *self.reward.verifiers]
+        if self.data is not None and self.data.task:
+            named.append(self.data.task)
+        for section in ("rollout", "reward", "trainer"):
+            service = getattr(self, section)
+            if service is None:
+                continue
+            limits = service.server.limits
+            missing = [task for task in dict.fromkeys(named) if task not in limits.known_tasks]
+            if missing:
+                limits = limits.model_copy(update={"known_tasks": [*limits.known_tasks, *missing]})
+                server = service.server.model_copy(update={"limits": limits})
+                object.__setattr__(self, section, service.model_copy(update={"server": server}))  # frozen model
+        return self
 
     @model_validator(mode="after")
     def _services_agree(self) -> RunConfig:

@@ -1,4 +1,9 @@
-"""Held-out evaluation: generate, extract the final answer, verify → accuracy (and pass@k)."""
+"""Held-out evaluation: generate, extract the final answer, verify → accuracy (and pass@k).
+
+Responses are judged by a `Grader` (services/reward/verify.py): built from the run's `RewardConfig`, it
+applies the same extraction, task → verifier mapping and plug-in verifiers as the reward service's
+labelling; without one, every task uses the "auto" verifier.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,13 @@ from dataclasses import dataclass, field
 
 from mpo.data.records import PromptRecord
 from mpo.models.generate import Sampling, TransformersGenerator
-from mpo.services.reward.answers import Extraction, extract_final_answer
-from mpo.services.reward.verify import answers_match
+from mpo.services.reward.verify import Grader
+
+_AUTO = Grader()
 
 
-def is_correct(response: str, record: PromptRecord) -> bool:
-    return _matches(extract_final_answer(response), record)
-
-
-def _matches(extraction: Extraction, record: PromptRecord) -> bool:
-    return (
-        extraction.answer is not None
-        and record.answer is not None
-        and answers_match(extraction.answer, record.answer, record.choices)
-    )
+def is_correct(response: str, record: PromptRecord, grader: Grader | None = None) -> bool:
+    return (grader or _AUTO).judge(response, record).correct
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,15 @@ class EvalResult:
         }
 
 
-def evaluate(generator: TransformersGenerator, records: Sequence[PromptRecord], sampling: Sampling) -> EvalResult:
+def evaluate(
+    generator: TransformersGenerator,
+    records: Sequence[PromptRecord],
+    sampling: Sampling,
+    grader: Grader | None = None,
+) -> EvalResult:
+    """Accuracy of `generator` on the records with a ground truth; `grader` judges (default: "auto" for
+    every task). A plug-in verifier's failure propagates as `VerifierFailed`."""
+    grader = grader or _AUTO
     graded = [record for record in records if record.answer is not None]
     if not graded:
         raise ValueError("evaluation needs records with a ground-truth answer")
@@ -64,9 +70,9 @@ def evaluate(generator: TransformersGenerator, records: Sequence[PromptRecord], 
     any_correct, unparsable, correct_total = 0, 0, 0.0
     per_prompt: list[float] = []
     for record, samples in zip(graded, responses, strict=True):
-        extractions = [extract_final_answer(text) for text in samples]  # once per sample
-        verdicts = [_matches(extraction, record) for extraction in extractions]
-        unparsable += sum(not extraction.parsable for extraction in extractions)
+        judgements = [grader.judge(text, record) for text in samples]
+        verdicts = [judgement.correct for judgement in judgements]
+        unparsable += sum(judgement.verdict == "unparsable" for judgement in judgements)
         fraction = sum(verdicts) / len(verdicts)
         correct_total += fraction
         any_correct += any(verdicts)

@@ -10,6 +10,7 @@ from mpo.services.reward.pairs import (
     SKIP_ALL_CORRECT,
     SKIP_ALL_WRONG,
     SKIP_CONTAINS_TRUTH,
+    SKIP_EMPTY,
     SKIP_IDENTICAL,
     SKIP_NO_SAMPLES,
     CorrectnessPair,
@@ -115,6 +116,13 @@ def test_identical_chosen_and_rejected_text_is_no_pair():
     assert build([right(0, text), wrong(1, text)]).skipped == SKIP_IDENTICAL
     outcome = build([right(0, text), wrong(1, text), wrong(2)])
     assert index_pairs(outcome) == [(0, 2)]
+
+
+def test_empty_responses_are_never_a_side_of_a_pair():
+    """A policy that ends its turn at once answers "": the trainer has nothing to learn from it (and refuses it)."""
+    assert build([right(0, " "), wrong(1, "  ")]).skipped == SKIP_EMPTY
+    outcome = build([right(0, " "), right(1), wrong(2, "\n"), wrong(3)])
+    assert index_pairs(outcome) == [(1, 3)]
 
 
 def test_substring_rule_drops_wrong_responses_that_state_the_truth():

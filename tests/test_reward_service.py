@@ -1,14 +1,18 @@
 """RewardService end to end: labelling workers in Ray, DropoutNTP against the real rollout service
-(transformers backend, tiny image-text model), the model-based scorer, and bad input."""
+(transformers backend, tiny image-text model), the model-based scorer, plug-in verifiers written outside the
+package (run in every labelling worker), and bad input."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import grpc
 import pytest
 import pytest_asyncio
 import ray
 
-from mpo.config import RewardConfig, RolloutConfig, ScorerConfig
+from mpo.config import RequestLimits, RewardConfig, RolloutConfig, ScorerConfig, ServerConfig
 from mpo.models.tiny import build_image_text_model, build_text_model
 from mpo.services.common.clients import RewardClient
 from mpo.services.reward.service import RunningReward, start_reward
@@ -181,3 +185,136 @@ async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> N
             assert caught.value.details().startswith(message), caught.value.details()
         ok = await client.build_pairs([arith("a")], [sample("a", 0, RIGHT), sample("a", 1, WRONG)], round=1)
     assert len(ok.pairs) == 1
+
+
+PLUGINS = """
+import os
+from pathlib import Path
+
+CALLS = Path({calls!r})
+
+
+def _seen(record):
+    (CALLS / f"{{os.getpid()}}-{{record.task}}-{{record.id}}").touch()
+
+
+def words(response, record):
+    \"\"\"Right when the truth is one of the response's words: the whole response, no final answer needed.\"\"\"
+    _seen(record)
+    return record.answer in response.split()
+
+
+def overlap(response, record):
+    \"\"\"A score: the share of the truth's words in the response.\"\"\"
+    _seen(record)
+    truth = record.answer.split()
+    return sum(word in response.split() for word in truth) / len(truth)
+
+
+def fragile(response, record):
+    if "boom" in response:
+        raise ZeroDivisionError("boom")
+    return "maybe" if "maybe" in response else True
+"""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def plugged(services, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunningReward, Path, Path]:
+    """A reward service with 2 labelling workers and plug-ins from a directory outside the package: by path,
+    and by module name through a sys.path entry this process added after Ray started its workers' pool."""
+    root = tmp_path_factory.mktemp("plugins")
+    calls = root / "calls"
+    for folder in (calls, root / "by_path", root / "by_module"):
+        folder.mkdir()
+    source = PLUGINS.format(calls=str(calls))
+    path_file = root / "by_path" / "path_verifiers.py"
+    path_file.write_text(source)
+    (root / "by_module" / "reward_module_verifiers.py").write_text(source)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.syspath_prepend(str(root / "by_module"))
+        config = RewardConfig(
+            workers=2,
+            task_verifiers={"arith": "numeric"},
+            verifiers={
+                "words": f"{path_file}:words",
+                "overlap": "reward_module_verifiers:overlap",
+                "fragile": "reward_module_verifiers:fragile",
+            },
+            correct_threshold=0.6,
+            answer_pattern=r"ANSWER: (\S+)",
+            server=ServerConfig(limits=RequestLimits(known_tasks=["arith", "words", "overlap", "fragile"])),
+        )
+        reward = await start_reward(config)
+    yield reward, path_file, calls
+    await reward.stop(0)
+
+
+def prompt(prompt_id: str, task: str, answer: str) -> common_pb2.Prompt:
+    return common_pb2.Prompt(id=prompt_id, question="Which one?", task=task, answer=answer)
+
+
+async def test_plugin_verifiers_judge_in_every_labelling_worker(plugged) -> None:
+    reward, path_file, calls = plugged
+    # Split over the 2 workers as [words, arith] and [overlap]: each worker runs a plug-in.
+    prompts = [prompt("w", "words", "blue"), prompt("a", "arith", "19"), prompt("o", "overlap", "red green blue")]
+    samples = [
+        sample("w", 0, "It is blue"), sample("w", 1, "It is red"), sample("w", 2, "I am not sure"),
+        sample("a", 0, "12 + 7 = 19. ANSWER: 19"), sample("a", 1, "12 + 7 = 20. ANSWER: 20"),
+        sample("a", 2, "12 + 7 = 19, so \\boxed{19}"),
+        sample("o", 0, "red and green"), sample("o", 1, "red"), sample("o", 2, "blue, green, red"),
+    ]  # fmt: skip
+    async with RewardClient(reward.address) as client:
+        scored = await client.score(prompts, samples)
+        built = await client.build_pairs(prompts, samples, round=3)
+    by_path, by_module = f"{path_file}:words", "reward_module_verifiers:overlap"
+    verdicts = [(s.prompt_id, s.index, s.verdict, s.extracted_answer, s.verifier) for s in scored.scores]
+    correct, wrong = reward_pb2.VERDICT_CORRECT, reward_pb2.VERDICT_WRONG
+    # "o": 2/3 of the truth's words >= 0.6 is correct; "blue," and "green," are not its words, so only 1/3
+    assert verdicts == [
+        ("w", 0, correct, "", by_path), ("w", 1, wrong, "", by_path), ("w", 2, wrong, "", by_path),
+        ("a", 0, correct, "19", "numeric"), ("a", 1, wrong, "20", "numeric"), ("a", 2, correct, "19", "numeric"),
+        ("o", 0, correct, "", by_module), ("o", 1, wrong, "", by_module), ("o", 2, wrong, "", by_module),
+    ]  # fmt: skip
+    stats = scored.stats
+    assert (stats.correct, stats.wrong, stats.unparsable) == (4, 5, 0), "plug-ins judge; nothing is unparsable"
+    assert dict(stats.accuracy_by_task) == pytest.approx({"words": 1 / 3, "arith": 2 / 3, "overlap": 1 / 3})
+    pairs = {
+        (p.prompt.id, p.provenance.chosen_sample_index, p.provenance.rejected_sample_index): p for p in built.pairs
+    }
+    assert sorted(pairs) == [("a", 0, 1), ("a", 2, 1), ("o", 0, 1), ("o", 0, 2), ("w", 0, 1), ("w", 0, 2)]
+    assert pairs[("w", 0, 2)].provenance.verifier == by_path and pairs[("o", 0, 2)].provenance.verifier == by_module
+    assert built.stats.pairs_correctness == 6
+    seen = [name.split("-") for name in os.listdir(calls)]
+    workers = {pid for pid, _, _ in seen}
+    assert len(workers) == 2 and str(os.getpid()) not in workers, "each worker ran its prompts' plug-in"
+    assert {(task, prompt_id) for _, task, prompt_id in seen} == {("words", "w"), ("overlap", "o")}
+
+
+async def test_a_failing_plugin_is_failed_precondition_and_the_service_keeps_serving(plugged) -> None:
+    reward, _, _ = plugged
+    fragile = [prompt("ok", "fragile", "x"), prompt("f", "fragile", "x")]
+    cases = [
+        ("it went boom", "prompts[1]: verifier 'reward_module_verifiers:fragile' of task 'fragile' raised "
+         "ZeroDivisionError: boom (sample 0)"),
+        ("maybe so", "prompts[1]: verifier 'reward_module_verifiers:fragile' of task 'fragile' returned 'maybe' "
+         "(str); a verifier returns a bool or a number in [0, 1] (sample 0)"),
+    ]  # fmt: skip
+    async with RewardClient(reward.address) as client:
+        for text, message in cases:
+            for call in (client.score, lambda p, s: client.build_pairs(p, s, round=1)):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call(fragile, [sample("ok", 0, "fine"), sample("f", 0, text)])
+                assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert caught.value.details() == message
+        after = await client.score(fragile, [sample("ok", 0, "fine"), sample("f", 0, "fine too")])
+    assert [s.verdict for s in after.scores] == [reward_pb2.VERDICT_CORRECT] * 2
+
+
+async def test_a_worker_that_cannot_load_a_plugin_stops_the_start(services, tmp_path: Path) -> None:
+    """The config check loads the file here; the workers load it themselves, and it is gone by then."""
+    path_file = tmp_path / "vanishing.py"
+    path_file.write_text("def check(response, record):\n    return True\n")
+    config = RewardConfig(workers=2, verifiers={"describe": f"{path_file}:check"}, task_verifiers={"arith": "numeric"})
+    path_file.unlink()
+    with pytest.raises(ValueError, match=r"^a labelling worker cannot load reward.verifiers: no such file: "):
+        await start_reward(config)

@@ -4,18 +4,21 @@ properties of the numeric matcher, and the registry's errors."""
 from __future__ import annotations
 
 import random
+import re
+import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpo.data.tasks import TASKS
 from mpo.services.reward import verifiers
-from mpo.services.reward.answers import extract_final_answer
+from mpo.services.reward.answers import compile_answer_pattern, extract_final_answer
 from mpo.services.reward.verifiers import (
     TASK_VERIFIERS,
     VERIFIERS,
+    MathVerifier,
     NumericVerifier,
     Verifier,
     register_verifier,
@@ -58,6 +61,19 @@ EXTRACTION_CASES = [
     (R + "Final answer: $x$ or $y$", "$x$ or $y$"),
     (R + "Final answer: (B).", "(B)"),
     (R + "Final answer: 2*3", "2*3"),
+    # \boxed{...} when there is no "Final answer:" (these were all unparsable before boxed answers were read)
+    (R + "So the sum is \\boxed{42}.", "42"),
+    (R + "\\boxed{1} at first, then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    (R + "\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
+    (R + "\\boxed{\\boxed{7}}", "7"),
+    (R + "\\boxed{ $12$ }", "12"),
+    (R + "\\boxed{3} and then \\boxed{4", "3"),
+    (R + "\\boxed{}", None),
+    ("\\boxed{42}", None),
+    (R + "\\boxed 42", None),
+    # "Final answer:" wins over \boxed, malformed or not
+    (R + "\\boxed{3}\nFinal answer: 4", "4"),
+    (R + "Final answer: 4\nbut \\boxed{5}", None),
 ]
 
 
@@ -67,6 +83,52 @@ def test_extraction_table(response: str, expected: str | None) -> None:
     assert extraction.answer == expected, extraction.problem
     assert extraction.parsable == (expected is not None)
     assert (extraction.problem is None) == (expected is not None)
+
+
+ANSWER_PATTERN = compile_answer_pattern(r"ANSWER:\s*(\S+)")
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (R + "ANSWER: 12", "12"),
+        (R + "ANSWER: 1, no, ANSWER: 2", "2"),
+        (R + "ANSWER: 12 though \\boxed{13}", "12"),
+        (R + "\\boxed{13}", "13"),
+        (R + "ANSWER: 12\nFinal answer: 7", "7"),
+        (R + "ANSWER: **", None),
+        ("ANSWER: 12", None),
+    ],
+)
+def test_the_answer_pattern_is_tried_after_the_marker_and_before_boxed(response: str, expected: str | None) -> None:
+    extraction = extract_final_answer(response, ANSWER_PATTERN)
+    assert extraction.answer == expected, extraction.problem
+    if expected is not None:
+        assert extraction.rationale.startswith(R)
+
+
+def test_a_pattern_match_without_its_group_is_skipped() -> None:
+    either = compile_answer_pattern(r"ANSWER: (\d+)|N/A")
+    assert extract_final_answer(R + "ANSWER: 5, or N/A", either).answer == "5"
+    assert extract_final_answer(R + "N/A", either).problem == (
+        "no 'Final answer:', no match of the answer pattern and no \\boxed{...}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [("ANSWER: (", "not a regular expression"), ("ANSWER", "found 0"), ("(A)(B)", "found 2")],
+)
+def test_an_answer_pattern_needs_exactly_one_capture_group(pattern: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compile_answer_pattern(pattern)
+
+
+def test_boxed_extraction_takes_linear_time() -> None:
+    hostile = R + "\\boxed{" * 50_000 + "\\boxed{9}" + "}" * 3 + "{" * 50_000
+    started = time.monotonic()
+    assert extract_final_answer(hostile).answer == "9"  # the outermost of the four that close, unwrapped
+    assert time.monotonic() - started < 1.0
 
 
 COLOURS = ["red", "blue", "green"]
@@ -173,7 +235,26 @@ MATCH_CASES = [
     ("math", "50%", "1/2", None, True),
     ("math", "9^9^9", "1", None, False),
     ("math", "(x+y+z)^999-1", "x", None, False),
-    ("math", "x = 2", "2", None, False),
+    ("math", "x = 2", "2", None, True),  # math-verify reads an assignment's value (the old verifier refused it)
+    ("math", "x = 3", "2", None, False),
+    ("math", "\\dfrac{3}{4}", "0.75", None, True),
+    ("math", "\\frac{6}{8}", "\\frac{3}{4}", None, True),
+    ("math", "\\frac{2}{3}", "\\frac{3}{4}", None, False),
+    ("math", "\\frac{1}{3}", "0.333333", None, True),
+    ("math", "3\\sqrt{2}", "\\sqrt{18}", None, True),
+    ("math", "\\{2, 1\\}", "\\{1, 2\\}", None, True),
+    ("math", "\\{1, 2, 2\\}", "\\{1, 2\\}", None, True),
+    ("math", "\\{1, 3\\}", "\\{1, 2\\}", None, False),
+    ("math", "[0, 1)", "[0,1)", None, True),
+    ("math", "[0, 1]", "[0,1)", None, False),
+    ("math", "(-\\infty, 2] \\cup (3, \\infty)", "(-\\infty,2]\\cup(3,\\infty)", None, True),
+    ("math", "(-\\infty, 2]", "x \\le 2", None, True),
+    ("math", "9^{9^{9}}", "1", None, False),
+    ("math", "(x+y+z)^{999}-1", "x", None, False),
+    ("math", "10^{10^{10}}!", "1", None, False),
+    ("math", "e^{10^{5}}", "1", None, False),
+    ("math", "(" * 9 + "x" + ")" * 9, "x", None, False),
+    ("math", "x" * 301, "x", None, False),
     ("math", "__import__('os').system('true')", "1", None, False),
     ("math", "e.n", "1", None, False),
     ("math", "1/0", "1", None, False),
@@ -188,6 +269,35 @@ MATCH_CASES = [
 @pytest.mark.parametrize(("name", "predicted", "truth", "choices", "correct"), MATCH_CASES)
 def test_matching_table(name: str, predicted: str, truth: str, choices: list[str] | None, correct: bool) -> None:
     assert verify_with(name, predicted, truth, choices)[0] is correct
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["9^9^9", "9^{9^{9}}", "(x+y+z)^{999}-1", "x^{1001}", "10^{10^{10}}!", "e^{10^{5}}", "(" * 80 + "x" + ")" * 80],
+)
+def test_hostile_math_answers_are_wrong_at_once(answer: str) -> None:
+    verifier = VERIFIERS["math"]
+    assert verifier.verify("x", "x", None)  # the sandbox is up
+    started = time.monotonic()
+    assert not verifier.verify(answer, "x", None)
+    assert time.monotonic() - started < 2.5, "well within the 5 s limit: refused by the bounds, not killed"
+
+
+def test_a_comparison_that_overruns_its_time_limit_is_wrong_and_the_next_one_works() -> None:
+    """A binomial that math-verify's LaTeX parser evaluates at once (C-level big integers: no signal stops
+    them) and trigonometry that sympy's simplify takes a minute over: the sandbox is killed after the limit."""
+    verifier = MathVerifier(time_limit=1.0)
+    assert verifier.verify("\\frac{1}{2}", "0.5")
+    slow = [
+        ("\\binom{100000000}{50000000}", "1"),
+        ("\\tan(z)^{6}\\sin(y)^{5}+\\cos(x+y+z)^{6}", "\\sin(x)^{6}\\cos(y)^{6}"),
+    ]
+    for predicted, truth in slow:
+        assert verifier.verify("x", "x")  # a fresh sandbox when the last one was killed
+        started = time.monotonic()
+        assert not verifier.verify(predicted, truth)
+        assert 1.0 <= time.monotonic() - started < 2.0
+    assert verifier.verify("\\{2, 1\\}", "\\{1, 2\\}")
 
 
 def test_tolerances_are_configurable() -> None:
@@ -234,6 +344,7 @@ def test_integers_compare_exactly(n: int) -> None:
     assert not numeric.verify(str(n + 1), str(n), None)
 
 
+@settings(deadline=None)  # the math verifier's first call starts its sandbox process
 @given(st.text(max_size=60))
 def test_no_prediction_makes_a_verifier_raise(predicted: str) -> None:
     """Predictions are untrusted model output; only a bad ground truth is an error."""
@@ -270,7 +381,9 @@ def test_unknown_verifier_lists_the_registered_ones(monkeypatch: pytest.MonkeyPa
         ("multiple_choice", "maybe", YES_NO),
         ("numeric", "twelve", None),
         ("exact", " . ", None),
-        ("math", "x = 2", None),
+        ("math", "\\frac{1}", None),
+        ("math", "(" * 9 + "x" + ")" * 9, None),
+        ("math", " ", None),
     ],
 )
 def test_an_unusable_truth_is_an_error_not_a_wrong_answer(name: str, truth: str, choices: list[str] | None) -> None:

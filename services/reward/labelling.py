@@ -10,19 +10,22 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import grpc
+
+from mpo.data.records import PromptRecord
 from mpo.services.common.validation import InvalidRequest
-from mpo.services.reward.answers import extract_final_answer
 from mpo.services.reward.pairs import (
     SKIP_ALL_CORRECT,
     SKIP_ALL_WRONG,
     SKIP_CONTAINS_TRUTH,
+    SKIP_EMPTY,
     SKIP_IDENTICAL,
     SKIP_NO_SAMPLES,
     LabelledSample,
     correctness_pairs,
 )
 from mpo.services.reward.step_checks import STEP_CHECKS, StepCheck
-from mpo.services.reward.verifiers import AUTO, verify_with
+from mpo.services.reward.verify import Grader, VerifierFailed
 from mpo.v1 import common_pb2, reward_pb2
 
 #: Reasons a prompt gave no pair, as reported in `BuildPairsResponse.skipped_prompts`.
@@ -32,6 +35,7 @@ SKIP_CODES = {
     SKIP_ALL_WRONG: "all_wrong",
     SKIP_IDENTICAL: "identical_responses",
     SKIP_CONTAINS_TRUTH: "wrong_answers_state_the_truth",
+    SKIP_EMPTY: "empty_responses",
 }
 
 
@@ -89,44 +93,64 @@ class LabelledBatch:
     tally: Tally
 
 
-def _score(
-    prompt: common_pb2.Prompt, field_name: str, sample: common_pb2.Sample, verifier: str, step_check: StepCheck | None
-) -> tuple[reward_pb2.SampleScore, LabelledSample]:
-    extraction = extract_final_answer(sample.text)
-    score = reward_pb2.SampleScore(
-        prompt_id=sample.prompt_id, index=sample.index, extracted_answer=extraction.answer or ""
+_VERDICTS = {
+    "correct": reward_pb2.VERDICT_CORRECT,
+    "wrong": reward_pb2.VERDICT_WRONG,
+    "unparsable": reward_pb2.VERDICT_UNPARSABLE,
+    "no_ground_truth": reward_pb2.VERDICT_NO_GROUND_TRUTH,
+}
+
+
+def _record(prompt: common_pb2.Prompt) -> PromptRecord:
+    """What a plug-in verifier sees of a request's prompt: no images, and an empty `meta` (a gRPC prompt
+    carries none)."""
+    answer = prompt.answer if prompt.HasField("answer") else None
+    return PromptRecord(
+        id=prompt.id, question=prompt.question, answer=answer, choices=list(prompt.choices) or None, task=prompt.task
     )
-    if not prompt.HasField("answer"):
-        score.verdict = reward_pb2.VERDICT_NO_GROUND_TRUTH
-        return score, LabelledSample(sample.index, sample.text, extraction.answer, False)
-    if extraction.answer is None:
-        score.verdict = reward_pb2.VERDICT_UNPARSABLE
-        return score, LabelledSample(sample.index, sample.text, None, False)
+
+
+def _score(
+    record: PromptRecord, field_name: str, sample: common_pb2.Sample, grader: Grader, step_check: StepCheck | None
+) -> tuple[reward_pb2.SampleScore, LabelledSample]:
     try:
-        correct, used = verify_with(verifier, extraction.answer, prompt.answer, list(prompt.choices) or None)
+        judgement = grader.judge(sample.text, record)
+    except VerifierFailed as exc:  # the deployment's verifier, not the client's data: retrying will not help
+        raise InvalidRequest(field_name, f"{exc} (sample {sample.index})", grpc.StatusCode.FAILED_PRECONDITION) from exc
     except ValueError as exc:  # the ground truth itself is unusable: the client's data, not the sample
         raise InvalidRequest(f"{field_name}.answer", str(exc)) from exc
-    score.verifier = used
-    score.verdict = reward_pb2.VERDICT_CORRECT if correct else reward_pb2.VERDICT_WRONG
-    if correct and step_check is not None and not step_check.check(prompt.question, extraction.rationale):
+    extraction = judgement.extraction
+    score = reward_pb2.SampleScore(
+        prompt_id=sample.prompt_id,
+        index=sample.index,
+        extracted_answer=extraction.answer or "",
+        verdict=_VERDICTS[judgement.verdict],
+        verifier=judgement.verifier,
+    )
+    correct = judgement.correct
+    if correct and step_check is not None and not step_check.check(record.question, extraction.rationale):
         score.verdict, correct = reward_pb2.VERDICT_WRONG_STEP, False
-    return score, LabelledSample(sample.index, sample.text, extraction.answer, correct)
+    # A plug-in judges the whole response: without an extracted answer its sample is still judged, not unparsable.
+    answer = None if judgement.verdict == "unparsable" else extraction.answer or ""
+    return score, LabelledSample(sample.index, sample.text, answer, correct)
 
 
 def label_batch(
     prompts: Sequence[tuple[int, common_pb2.Prompt]],
     samples: Sequence[common_pb2.Sample],
     *,
-    task_verifiers: Mapping[str, str],
+    grader: Grader,
     task_step_checks: Mapping[str, str],
     build_pairs: bool,
     max_pairs: int,
     seed: int,
     round_index: int,
 ) -> LabelledBatch:
-    """Judge every sample; with `build_pairs`, correctness pairs for the prompts that have ground truth.
+    """Judge every sample with `grader`; with `build_pairs`, correctness pairs for the prompts that have
+    ground truth.
 
-    `prompts` carries each prompt's position in the request, so errors name the client's field.
+    `prompts` carries each prompt's position in the request, so errors name the client's field: an unusable
+    ground truth is INVALID_ARGUMENT, a failing plug-in verifier FAILED_PRECONDITION.
     """
     by_prompt: dict[str, list[common_pb2.Sample]] = {prompt.id: [] for _, prompt in prompts}
     for sample in samples:
@@ -134,7 +158,7 @@ def label_batch(
     result = LabelledBatch(scores={}, pairs=[], skipped={}, tally=Tally(prompts=len(prompts), samples=len(samples)))
     tally = result.tally
     for position, prompt in prompts:
-        verifier = task_verifiers.get(prompt.task, AUTO)
+        record = _record(prompt)
         step_check = None
         if prompt.task in task_step_checks and prompt.HasField("answer"):
             step_check = STEP_CHECKS[task_step_checks[prompt.task]]
@@ -144,8 +168,9 @@ def label_batch(
                 raise InvalidRequest(f"prompts[{position}].question", f"step check {step_check.name!r}: {exc}") from exc
         labelled, versions = [], {}
         for sample in by_prompt[prompt.id]:
-            score, label = _score(prompt, f"prompts[{position}]", sample, verifier, step_check)
+            score, label = _score(record, f"prompts[{position}]", sample, grader, step_check)
             tally.wrong_step += score.verdict == reward_pb2.VERDICT_WRONG_STEP
+            tally.unparsable += score.verdict == reward_pb2.VERDICT_UNPARSABLE
             result.scores[(sample.prompt_id, sample.index)] = score
             labelled.append(label)
             versions[sample.index] = sample.policy_version
@@ -154,7 +179,6 @@ def label_batch(
         n_correct = sum(label.correct for label in labelled)
         tally.correct += n_correct
         tally.wrong += len(labelled) - n_correct
-        tally.unparsable += sum(label.answer is None for label in labelled)
         tally.judged_by_task[prompt.task] += len(labelled)
         tally.correct_by_task[prompt.task] += n_correct
         tally.prompts_all_correct += bool(labelled) and n_correct == len(labelled)

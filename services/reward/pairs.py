@@ -14,6 +14,7 @@ SKIP_ALL_CORRECT = "all samples correct"
 SKIP_ALL_WRONG = "all samples wrong"
 SKIP_IDENTICAL = "every chosen response is identical to every rejected response"
 SKIP_CONTAINS_TRUTH = "every wrong answer contains the correct answer"
+SKIP_EMPTY = "every candidate pair has an empty response"
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ def correctness_pairs(
     1. Candidates: every (correct, wrong) combination of the prompt's samples; unparsable samples are wrong.
     2. Deduplicate: candidates whose (chosen.text, rejected.text) are equal after whitespace normalisation
        are one pair (identical responses sampled twice must not weigh twice); the one with the lowest
-       (chosen.index, rejected.index) stays. Candidates whose two texts are equal are dropped.
+       (chosen.index, rejected.index) stays. Candidates whose two texts are equal are dropped, and so are
+       candidates with an empty (or blank) response: there is nothing to train on (the trainer refuses them).
     3. Substring rule: drop a candidate whose rejected text contains `truth` (see `contains_truth`); such a
        "wrong" response states the right answer somewhere, so it is a noisy negative. `truth=None` skips
        the rule: for multiple choice the truth is an option letter, and "A" would match the article "a".
@@ -138,13 +140,16 @@ def correctness_pairs(
 
     # Candidates in (chosen.index, rejected.index) order, so the first of duplicates is the lowest.
     unique: dict[tuple[str, str], CorrectnessPair] = {}
+    blank = False
     for chosen in correct:
         for rejected in wrong:
             key = (_normalise_whitespace(chosen.text), _normalise_whitespace(rejected.text))
-            if key[0] != key[1]:
+            if not key[0] or not key[1]:
+                blank = True
+            elif key[0] != key[1]:
                 unique.setdefault(key, CorrectnessPair(chosen, rejected))
     if not unique:
-        return PromptOutcome([], SKIP_IDENTICAL)
+        return PromptOutcome([], SKIP_EMPTY if blank else SKIP_IDENTICAL)
     valid = [pair for pair in unique.values() if truth is None or not contains_truth(pair.rejected.text, truth)]
     if not valid:
         return PromptOutcome([], SKIP_CONTAINS_TRUTH)

@@ -8,6 +8,7 @@ on the split); correctness pairs come back from the workers, DropoutNTP pairs fr
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import grpc
 import ray
 
 from mpo.config import RewardConfig
+from mpo.plugins import import_roots
 from mpo.services.common.auth import token_from_env
 from mpo.services.common.clients import RolloutClient
 from mpo.services.common.server import ServiceServer, bind
@@ -23,15 +25,33 @@ from mpo.services.common.validation import InvalidRequest
 from mpo.services.reward import dropout_ntp
 from mpo.services.reward.labelling import LabelledBatch, Tally, label_batch
 from mpo.services.reward.scorer import Scorer, create_scorer
+from mpo.services.reward.verify import Grader
 from mpo.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 
 class LabellingWorker:
     """Deployed with `ray.remote`; returns a client error as a value (it must cross the actor boundary
-    intact, with its field and code)."""
+    intact, with its field and code).
 
-    def __init__(self, task_verifiers: dict[str, str], task_step_checks: dict[str, str]) -> None:
-        self.task_verifiers, self.task_step_checks = task_verifiers, task_step_checks
+    Each worker builds its own `Grader` from the config it is given, importing the plug-in verifiers itself
+    (path forms straight from their files; module forms by name, after appending `plugin_paths`, the sys.path
+    entries where the config check found them, to its own sys.path). A plug-in that fails to load here is
+    reported by `ready` at start and, should a restarted worker hit it, by every call (FAILED_PRECONDITION).
+    """
+
+    def __init__(self, config: RewardConfig, plugin_paths: list[str]) -> None:
+        sys.path.extend(path for path in plugin_paths if path not in sys.path)
+        self.task_step_checks = dict(config.task_step_checks)
+        self.grader: Grader | None = None
+        self.problem: str | None = None
+        try:
+            self.grader = Grader.from_config(config)
+        except ValueError as exc:
+            self.problem = f"a labelling worker cannot load reward.verifiers: {exc}"
+
+    def ready(self) -> str | None:
+        """None once the worker can label; otherwise why it cannot."""
+        return self.problem
 
     def label(
         self,
@@ -39,14 +59,10 @@ class LabellingWorker:
         samples: list[common_pb2.Sample],
         options: dict[str, Any],
     ) -> LabelledBatch | InvalidRequest:
+        if self.grader is None:
+            return InvalidRequest("prompts", self.problem or "", grpc.StatusCode.FAILED_PRECONDITION)
         try:
-            return label_batch(
-                prompts,
-                samples,
-                task_verifiers=self.task_verifiers,
-                task_step_checks=self.task_step_checks,
-                **options,
-            )
+            return label_batch(prompts, samples, grader=self.grader, task_step_checks=self.task_step_checks, **options)
         except InvalidRequest as error:
             return error
 
@@ -169,8 +185,15 @@ class RunningReward:
 
 
 async def start_reward(config: RewardConfig) -> RunningReward:
+    """The service, serving once every labelling worker has loaded the verifiers; ValueError when one cannot."""
     remote = ray.remote(LabellingWorker).options(num_cpus=0, max_restarts=-1)
-    workers = [remote.remote(dict(config.task_verifiers), dict(config.task_step_checks)) for _ in range(config.workers)]
+    roots = import_roots(config.verifiers.values())
+    workers = [remote.remote(config, roots) for _ in range(config.workers)]
+    problems = [problem for problem in await asyncio.gather(*(w.ready.remote() for w in workers)) if problem]
+    if problems:
+        for worker in workers:
+            ray.kill(worker)
+        raise ValueError(problems[0])
     # One token per cluster: the reward service presents its own server's token to the rollout service.
     token = token_from_env(config.server.auth_token_env)
     rollout = RolloutClient(config.rollout_address, token=token, timeout=600) if config.rollout_address else None
