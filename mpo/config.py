@@ -80,7 +80,7 @@ class PromptConfig(_Strict):
         None,
         min_length=1,
         description="A system turn before the question; unset: none (templates that add a default system "
-        "prompt, such as Qwen's, still add theirs). Refused at start for templates without a system role (Gemma).",
+        "prompt, such as Qwen's, still add theirs). Refused at start by templates without a system role (Gemma 2).",
     )
     instruction: str = Field(
         COT_INSTRUCTION,
