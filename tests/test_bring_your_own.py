@@ -108,7 +108,7 @@ def assert_trained_and_trl_readable(tmp_path: Path, renderer: ChatRenderer, proc
     records = store.round_records("byo")
     assert [r.round for r in records] == [1, 2, 3]
     assert sum(r.labels.pairs_correctness + r.labels.pairs_dropout_ntp for r in records) > 0
-    assert sum(r.train.steps for r in records if r.HasField("train")) > 0
+    assert sum(r.train_steps for r in records) > 0
     shards = sorted((tmp_path / "store" / "runs" / "byo" / "pairs").glob("*.parquet"))
     rows = [row for shard in shards for row in datasets.load_dataset("parquet", data_files=str(shard), split="train")]
     assert rows
@@ -138,7 +138,7 @@ def test_qwen25_family_with_gsm8k_jsonl_and_a_verifier_from_outside_the_package(
     user_code = tmp_path / "user_code"
     user_code.mkdir()
     (user_code / "gsm8k_check.py").write_text(GSM8K_VERIFIER)
-    config = common_config(tmp_path, tmp_path / "base", data, rollout={})
+    config = common_config(tmp_path, tmp_path / "base", data)
     result = mpo_run(
         "--config", str(config),
         "--set", f"reward.verifiers={{gsm8k: {user_code / 'gsm8k_check.py'}:last_number_matches}}",
@@ -225,7 +225,10 @@ def test_a_users_mistakes_fail_with_the_field_named_before_anything_starts(
     missing_column = refused("--set", fine, "--set", "data.columns={question: problem}")
     assert "data.columns.question" in missing_column and "problem" in missing_column and "answer" in missing_column
     tagged = write_jsonl([{**row, "subject": "geometry"} for row in gsm8k_rows(4, 0)], tmp_path / "tagged.jsonl")
-    unknown = refused("--set", fine, "--set", f"data.train={tagged}", "--set", "data.columns={task: subject}")
+    unknown = refused(
+        "--set", fine, "--set", f"data.train={tagged}", "--set", f"data.heldout={tagged}",
+        "--set", "data.columns={task: subject}",
+    )  # fmt: skip
     assert "data.train: task 'geometry'" in unknown and "reward.verifiers" in unknown
     strict = tmp_path / "strict-template"
     shutil.copytree(model, strict)

@@ -242,8 +242,8 @@ def test_mapping_a_missing_column_is_one_file_error_naming_the_key_and_the_colum
         load_split(data_config(path, columns=columns, task="mathvista"), "train", image_dir=tmp_path / "img")
     message = str(caught.value)
     assert message == (
-        f"{path}: columns.question names column 'prompt'; columns.answer names column 'solution', which it does "
-        "not have; its columns: pid, question, image, decoded_image, choices, unit, precision, answer, "
+        f"{path}: data.columns.question names column 'prompt'; data.columns.answer names column 'solution', "
+        "which it does not have; its columns: pid, question, image, decoded_image, choices, unit, precision, answer, "
         "question_type, answer_type, metadata, query"
     )
     assert caught.value.bad_rows == [] and not (tmp_path / "img").exists(), "nothing read, nothing written"

@@ -62,7 +62,9 @@ def resolve(source: str, present: list[str], columns: Mapping[str, str] | None, 
     columns (listing the columns there are), or saying how to give a task when there is no task column."""
     listed = ", ".join(present) or "(none)"
     mapping = dict(columns or {})
-    missing = [f"columns.{field} names column {column!r}" for field, column in mapping.items() if column not in present]
+    missing = [
+        f"data.columns.{field} names column {column!r}" for field, column in mapping.items() if column not in present
+    ]
     if missing:
         raise DataError(f"{source}: {'; '.join(missing)}, which it does not have; its columns: {listed}")
     source_of = {field: mapping.get(field, field) for field in FIELDS if mapping.get(field, field) in present}
