@@ -15,6 +15,7 @@ from mpo.data.prompting import COT_INSTRUCTION
 from mpo.data.records import PromptRecord
 from mpo.models.families import FAMILIES, build_family_model
 from mpo.models.generate import TransformersGenerator
+from mpo.models.loading import load_model
 from mpo.trainer.batching import PairEncoder, pair_batch
 from mpo.trainer.logprobs import model_logprobs
 from mpo.trainer.sft import DemonstrationBatcher
@@ -131,3 +132,39 @@ def test_rollout_trainer_and_warm_start_render_the_same_prompt(
     assert demo["input_ids"][0, : len(pair.prompt_ids)].tolist() == pair.prompt_ids.tolist()
     logps = model_logprobs(generator.model, pair_batch([pair, pair], encoder.tokenizer.pad_token_id or 0), 4)
     assert torch.isfinite(logps.summed).all() and logps.token_counts.tolist()[0] == len(pair.chosen_ids)
+
+
+REMOTE_CODE = """
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+
+class ShippedConfig(Qwen2Config):
+    model_type = "mpo_shipped_qwen2"
+
+
+class ShippedModel(Qwen2ForCausalLM):
+    config_class = ShippedConfig
+"""
+
+
+def test_remote_code_runs_only_when_trust_remote_code_says_so(families: dict[str, Path], tmp_path: Path) -> None:
+    """A checkpoint that ships its own modelling code (as the original InternVL releases do) loads only with
+    the explicit flag, which every loader passes on."""
+    model = shutil.copytree(families["qwen2.5"], tmp_path / "shipped")
+    (model / "modeling_shipped.py").write_text(REMOTE_CODE)
+    config = json.loads((model / "config.json").read_text())
+    config |= {
+        "model_type": "mpo_shipped_qwen2",
+        "architectures": ["ShippedModel"],
+        "auto_map": {
+            "AutoConfig": "modeling_shipped.ShippedConfig",
+            "AutoModelForCausalLM": "modeling_shipped.ShippedModel",
+        },
+    }
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_model(model)
+    loaded = load_model(model, trust_remote_code=True)
+    assert type(loaded).__name__ == "ShippedModel"
+    generator = TransformersGenerator(model, trust_remote_code=True)
+    assert type(generator.model).__name__ == "ShippedModel" and generator.renderer.end_of_turn == "<|im_end|>"

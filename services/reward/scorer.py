@@ -29,8 +29,8 @@ class Scorer(Protocol):
 
 
 class LogProbScorer:
-    def __init__(self, model_dir: Path, *, batch_size: int = 32) -> None:
-        self.generator = TransformersGenerator(model_dir)
+    def __init__(self, model_dir: Path, *, batch_size: int = 32, trust_remote_code: bool = False) -> None:
+        self.generator = TransformersGenerator(model_dir, trust_remote_code=trust_remote_code)
         if self.generator.image_text:
             raise ValueError(f"LogProbScorer takes a text model; {model_dir} is image-text")
         self.generator.model.eval()
@@ -53,4 +53,4 @@ class LogProbScorer:
 def create_scorer(config: ScorerConfig | None) -> Scorer | None:
     if config is None:
         return None
-    return LogProbScorer(config.model)
+    return LogProbScorer(config.model, trust_remote_code=config.trust_remote_code)

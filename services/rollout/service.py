@@ -71,7 +71,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             prompt=config.prompt,
             trust_remote_code=config.trust_remote_code,
         )
-        self.signature: WeightSignature = model_signature(config.model)
+        self.signature: WeightSignature = model_signature(config.model, trust_remote_code=config.trust_remote_code)
         self.ledger = WeightLedger(config.weights_dir)
         self.version = committed.version if (committed := self.ledger.current()) else 0
         self.max_model_len = max_model_len

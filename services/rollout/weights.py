@@ -44,12 +44,14 @@ class TensorSpec:
 WeightSignature = dict[str, TensorSpec]
 
 
-def model_signature(model_dir: Path) -> WeightSignature:
+def model_signature(model_dir: Path, *, trust_remote_code: bool = False) -> WeightSignature:
     """Names, shapes and dtypes an update must carry, from the model built on the meta device (no RAM)."""
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     loader = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
     with torch.device("meta"):
-        model = loader.from_config(config, dtype=getattr(config, "dtype", None) or torch.float32)
+        model = loader.from_config(
+            config, dtype=getattr(config, "dtype", None) or torch.float32, trust_remote_code=trust_remote_code
+        )
     return {name: TensorSpec(tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
 
 
