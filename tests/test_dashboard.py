@@ -402,3 +402,21 @@ def test_mpo_dashboard_serves_a_store_until_sigterm(store_dir: Path, tmp_path: P
         assert process.wait(timeout=30) == 0
     finally:
         process.kill()
+
+
+def test_the_pair_browser_reads_text_shards_with_string_content(tmp_path: Path) -> None:
+    """Text-only rounds are stored with TRL's string content, shards with images with content parts: the
+    pair browser shows the texts of both."""
+    from tests.test_run_store import pairs_of
+
+    store = RunStore(tmp_path / "store")
+    start_run(store, "text-run")
+    text_shard = store.commit_pairs("text-run", 1, pairs_of(1, 2)).shard
+    image_shard = store.commit_pairs("text-run", 2, pairs_of(2, 1, with_image=True)).shard
+    rows, total = views.pair_page([text_shard, image_shard])
+    assert total == 3 and [row["images"] for row in rows] == [0, 0, 1]
+    assert [row["chosen"] for row in rows] == [
+        "0 + 1 = 1. Final answer: 1",
+        "1 + 1 = 2. Final answer: 2",
+        "0 + 1 = 1. Final answer: 1",
+    ]

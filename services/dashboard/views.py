@@ -65,7 +65,15 @@ def rounds_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _text(turns: list[dict[str, Any]]) -> str:
-    return "\n".join(part["text"] for turn in turns for part in turn["content"] if part["type"] == "text")
+    """A conversation's text: string content (text shards) or its text parts (shards with images)."""
+    texts: list[str] = []
+    for turn in turns:
+        content = turn["content"]
+        if isinstance(content, str):
+            texts.append(content)
+        else:
+            texts.extend(part["text"] for part in content if part["type"] == "text")
+    return "\n".join(texts)
 
 
 #: What the pair browser shows: read only from the shards that hold the requested page (texts, images, the pair record).
