@@ -1,4 +1,4 @@
-"""Final-answer extraction (DESIGN §4): the answer a response states, with the rationale before it.
+"""Final-answer extraction: the answer a response states, with the rationale before it.
 
 Tried in this order, the first form present deciding:
 1. "Final answer:" (any case, bold markers allowed): the text after the *last* one, on one line. Once the
