@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -20,3 +21,20 @@ def fsync_tree(root: Path) -> None:
         for name in files:
             fsync(Path(directory) / name)
         fsync(Path(directory))
+
+
+def atomic_write(target: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """`target` holds `data` whole or not at all: a temporary file beside it, fsync, rename, fsync of the
+    folder. `mode` replaces mkstemp's 0600, which would hide the file from other users of a shared store."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, mode)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+        fsync(target.parent)
+    finally:
+        Path(temporary).unlink(missing_ok=True)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from mpo.data.formats import absolute
+from mpo.durable import atomic_write
 
 #: PIL format -> file suffix where the lower-cased format name is not the usual suffix.
 _SUFFIXES = {"JPEG": ".jpg", "TIFF": ".tif", "MPO": ".jpg"}
@@ -56,19 +55,6 @@ class ImageStore:
         if key not in self._stored:
             target = self.root / f"{key}{image_suffix(data)}"
             if not target.is_file():
-                self._write(target, data)
+                atomic_write(target, data)
             self._stored[key] = target
         return self._stored[key]
-
-    def _write(self, target: Path, data: bytes) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide the images from other users of a shared store
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
