@@ -242,7 +242,7 @@ def _starting_the_run(
 
     async def start_and_run(config: Any) -> Any:
         running = await start(config)
-        token = token_from_env(config.server.auth_token_env)
+        token = token_from_env(config.server.auth.control_token_env)
         try:
             async with ControllerClient(running.address, token=token, timeout=120) as client:
                 for other in await client.list_runs():

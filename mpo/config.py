@@ -41,6 +41,10 @@ def _distinct_cores(cores: list[int]) -> list[int]:
 CpuCores = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), AfterValidator(_distinct_cores)]
 
 
+#: Run ids name folders of the run store: a slug, so no id can reach outside it ("..", "/", NUL).
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -136,10 +140,45 @@ class RequestLimits(_Strict):
     max_question_chars: int = Field(32_768, ge=1, description="Longest question text.")
     max_pairs_per_request: int = Field(4096, ge=1, description="Most preference pairs in one Train call.")
     max_samples_per_request: int = Field(16_384, ge=1, description="Most samples in one Score/BuildPairs call.")
+    max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Most pixels (width x height, times frames) of one image, read from its header before any "
+        "decoding: bounds the memory a decode costs.",
+    )
+    max_stop_strings: int = Field(16, ge=0, description="Most `SamplingParams.stop` strings.")
+    max_stop_chars: int = Field(256, ge=1, description="Longest `SamplingParams.stop` string.")
+    max_prefix_chars: int = Field(32_768, ge=1, description="Longest `Continue` prefix.")
+    max_epochs: int = Field(16, ge=1, description="Largest `Train.epochs`.")
     known_tasks: list[str] = Field(
         default_factory=lambda: ["arith", "shapes", "describe"],
         min_length=1,
         description="Task names prompts may carry; each selects a verifier.",
+    )
+
+
+class AuthConfig(_Strict):
+    """Who may call what: two bearer tokens, read from environment variables (see docs/security.md).
+
+    The control token may call every method; the user token only sampling and reading (Generate,
+    GenerateStream, Continue, Score, BuildPairs, GetStatus, the controller's reads, the dashboard).
+    Health and reflection need no token. A server without a control token serves only on a loopback
+    interface, unless `open` says so explicitly.
+    """
+
+    control_token_env: str = Field(
+        "MPO_CONTROL_TOKEN",
+        description="Environment variable holding the control token (weights, training, run changes, and all reads).",
+    )
+    user_token_env: str = Field(
+        "MPO_USER_TOKEN",
+        description="Environment variable holding the user token (sampling and reads only); unset: only the "
+        "control token is accepted.",
+    )
+    open: bool = Field(
+        False,
+        description="Serve without tokens on a non-loopback interface (anyone who reaches the port may call "
+        "every method). Only behind a network you trust.",
     )
 
 
@@ -152,11 +191,18 @@ class ServerConfig(_Strict):
         256 * 2**20, ge=1024, description="Largest request/response message (weight chunks are the big ones)."
     )
     max_concurrent_rpcs: int = Field(
-        64, ge=1, description="In-flight calls above this are refused with RESOURCE_EXHAUSTED."
+        64,
+        ge=1,
+        description="In-flight calls above this are refused with RESOURCE_EXHAUSTED (health and "
+        "reflection not counted).",
     )
-    auth_token_env: str = Field(
-        "MPO_AUTH_TOKEN", description="Environment variable holding the bearer token; auth is off when unset."
+    max_infrastructure_calls: int = Field(
+        16,
+        ge=1,
+        description="Health and reflection calls open at once (they need no token): their own budget, so idle "
+        "watch streams never starve real calls; above it: RESOURCE_EXHAUSTED.",
     )
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain; TLS is on when set (with the key).")
     tls_key_file: Path | None = Field(None, description="PEM private key matching tls_cert_file.")
     shutdown_grace_seconds: float = Field(
@@ -212,6 +258,12 @@ class RolloutConfig(_Strict):
     readable_roots: list[Path] = Field(
         default_factory=list,
         description="Directories whose files requests may name (image URIs, LoadWeightsFromStorage); none by default.",
+    )
+    weight_stream_idle_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A LoadWeights stream that sends nothing for this long is aborted (DEADLINE_EXCEEDED): its "
+        "staged files are removed and the next update may load.",
     )
     seed: int = Field(0, description="Engine seed for requests without their own.")
     prompt: PromptConfig = Field(
@@ -463,8 +515,12 @@ class DashboardConfig(_Strict):
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside containers.")
     port: int = Field(0, ge=0, le=65535, description="HTTP port; 0 picks a free one (embedded mode).")
     auth_token_env: str = Field(
-        "MPO_DASHBOARD_TOKEN",
-        description="Environment variable holding the token (bearer, or basic auth password); auth is off when unset.",
+        "MPO_USER_TOKEN",
+        description="Environment variable holding the token (bearer, or basic auth password): the user token by "
+        "default, since the dashboard only reads. Unset: the dashboard serves only on a loopback interface.",
+    )
+    open: bool = Field(
+        False, description="Serve without a token on a non-loopback interface. Only behind a network you trust."
     )
 
 
@@ -473,6 +529,11 @@ class ControllerConfig(_Strict):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    data_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories the data files of a StartRun (data.train, data.heldout, their images) must lie "
+        "in; none: StartRun names no files (the embedded runner fills in its own data's folders).",
+    )
     tensorboard: bool = Field(
         True, description="Write TensorBoard event files under <store_dir>/runs/<run_id>/tensorboard."
     )
@@ -584,7 +645,12 @@ class RunConfig(_Strict):
     then says what is missing.
     """
 
-    run_id: str | None = Field(None, min_length=1, description="Name of the run; a stored run of that name resumes.")
+    run_id: str | None = Field(
+        None,
+        pattern=RUN_ID_PATTERN,
+        description="Name of the run; a stored run of that name resumes. A slug: letters, digits, '.', '_', '-' "
+        "(not first), at most 64 characters.",
+    )
     model: Path | None = Field(None, description="Hugging Face model directory of the base policy.")
     trust_remote_code: bool = Field(
         False,

@@ -79,7 +79,7 @@ class ServiceServer:
             interceptors=[
                 RpcGuard(
                     service=self.name,
-                    authenticator=Authenticator(token_from_env(config.auth_token_env)),
+                    authenticator=Authenticator(token_from_env(config.auth.control_token_env)),
                     limits=config.limits,
                     metrics=self.metrics,
                 )

@@ -101,7 +101,7 @@ class ControllerActor:
 
     async def _start(self) -> None:
         # One token per cluster: the controller presents its own server's token to the services it drives.
-        token = token_from_env(self.config.server.auth_token_env)
+        token = token_from_env(self.config.server.auth.control_token_env)
         clients = ServiceClients(
             RolloutClient(self.addresses["rollout"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),
             RewardClient(self.addresses["reward"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),

@@ -195,7 +195,7 @@ async def start_reward(config: RewardConfig) -> RunningReward:
             ray.kill(worker)
         raise ValueError(problems[0])
     # One token per cluster: the reward service presents its own server's token to the rollout service.
-    token = token_from_env(config.server.auth_token_env)
+    token = token_from_env(config.server.auth.control_token_env)
     rollout = RolloutClient(config.rollout_address, token=token, timeout=600) if config.rollout_address else None
     service = RewardService(config, workers, rollout, await asyncio.to_thread(create_scorer, config.scorer))
     server = ServiceServer(config.server, [bind(service)], name="reward")

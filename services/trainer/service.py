@@ -177,7 +177,7 @@ async def start_trainer(config: TrainerConfig) -> RunningTrainer:
         await host.stop()
         raise
     # One token per cluster: the trainer presents its own server's token to the rollout service.
-    token = token_from_env(config.server.auth_token_env)
+    token = token_from_env(config.server.auth.control_token_env)
     rollout = RolloutClient(config.rollout_address, token=token, timeout=3600) if config.rollout_address else None
     service = TrainerService(config, host, rollout)
     server = ServiceServer(config.server, [bind(service)], name="trainer")
