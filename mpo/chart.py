@@ -135,10 +135,19 @@ class IngressValues(_Values):
 
 
 class AuthValues(_Values):
-    token: str = Field(
-        "", description="Bearer token of every gRPC service and the dashboard; empty: generated once and kept."
+    control_token: str = Field(
+        "",
+        description="Control token (weights, training, runs; held by the services themselves); empty: generated "
+        "once and kept.",
     )
-    existing_secret: str = Field("", description="Use the key 'token' of this Secret instead.")
+    user_token: str = Field(
+        "",
+        description="User token (sampling and reads: your gRPC clients and the dashboard); empty: generated once "
+        "and kept.",
+    )
+    existing_secret: str = Field(
+        "", description="Use the keys 'control-token' and 'user-token' of this Secret instead."
+    )
 
 
 class NetworkPolicyValues(_Values):
@@ -168,7 +177,7 @@ CHART_OWNED: dict[str, tuple[str, ...]] = {
         "rollout_address",
     ),
     "ControllerConfig": ("dashboard",),
-    "ServerConfig": ("host", "port", "auth_token_env", "tls_cert_file", "tls_key_file", "metrics_port"),
+    "ServerConfig": ("host", "port", "auth", "tls_cert_file", "tls_key_file", "metrics_port"),
 }  # fmt: skip
 
 

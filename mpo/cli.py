@@ -177,6 +177,7 @@ def _serve(args: argparse.Namespace, config_class: type, overrides: dict[str, ob
     from pydantic import ValidationError
 
     from mpo.config import ConfigError, format_validation_error
+    from mpo.services.common.auth import serving_credentials
     from mpo.services.common.hosting import host_on_ray
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -195,6 +196,11 @@ def _serve(args: argparse.Namespace, config_class: type, overrides: dict[str, ob
         config = config_class.model_validate(raw)
     except ValidationError as exc:
         print(f"error: invalid {args.service} config\n{format_validation_error(exc)}", file=sys.stderr)
+        return 2
+    try:  # before Ray and the engines start: a server that would refuse to bind says so at once
+        serving_credentials(config.server.auth, config.server.host, args.service)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     module_name, _, function = start_name.rpartition(".")
     start = getattr(importlib.import_module(module_name), function)
@@ -231,7 +237,7 @@ def _starting_the_run(
     import grpc
 
     from mpo.config import load_config
-    from mpo.services.common.auth import token_from_env
+    from mpo.services.common.auth import Credentials
     from mpo.services.common.clients import ControllerClient
     from mpo.services.controller.runs import LIVE_STATES
     from mpo.services.controller.service import SERVICE_CALL_TIMEOUT_S
@@ -242,7 +248,7 @@ def _starting_the_run(
 
     async def start_and_run(config: Any) -> Any:
         running = await start(config)
-        token = token_from_env(config.server.auth.control_token_env)
+        token = Credentials.from_env(config.server.auth).control
         try:
             async with ControllerClient(running.address, token=token, timeout=120) as client:
                 for other in await client.list_runs():
@@ -443,7 +449,7 @@ def _cmd_client_generate(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from mpo.services.common.auth import token_from_env
+    from mpo.services.common.auth import read_token
     from mpo.services.common.clients import RolloutClient
     from mpo.v1 import common_pb2
 
@@ -465,7 +471,7 @@ def _cmd_client_generate(args: argparse.Namespace) -> int:
     )
 
     async def call() -> None:
-        async with RolloutClient(args.address, token=token_from_env(args.token_env), timeout=args.timeout) as client:
+        async with RolloutClient(args.address, token=read_token(args.token_env), timeout=args.timeout) as client:
             if args.stream:
                 async for delta in client.generate_stream([prompt], sampling):
                     print(json.dumps(MessageToDict(delta, **_JSON)), flush=True)
@@ -707,7 +713,7 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
         help="serve the web dashboard over a run store (e.g. after `mpo demo`)",
         description="Serve the read-only dashboard over a run store on disk, without a controller: runs, "
         "rounds, pairs; rounds of a run that is still active elsewhere appear as they are stored. "
-        "Set MPO_DASHBOARD_TOKEN to require a token.",
+        "Set MPO_USER_TOKEN to require a token (needed beyond loopback).",
     )
     dashboard.add_argument(
         "--store-dir", type=Path, default=Path("mpo-demo/store"), help="the run store (mpo demo's by default)"
@@ -773,7 +779,9 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--logprobs", action="store_true")
     generate.add_argument("--stream", action="store_true", help="print each streamed delta as a JSON line")
     generate.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
-    generate.add_argument("--token-env", default="MPO_AUTH_TOKEN", help="environment variable holding the token")
+    generate.add_argument(
+        "--token-env", default="MPO_USER_TOKEN", help="environment variable holding the token (the user token)"
+    )
     generate.set_defaults(handler=_cmd_client_generate)
 
 

@@ -63,7 +63,7 @@ async def services(sums_policy: Path, tmp_path_factory: pytest.TempPathFactory) 
     os.environ[failpoints.ENV] = str(root / "failpoints")
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")  # W&B without an account or network
     # Cluster mode's one token: every server requires it, and every service presents it to the others.
-    os.environ["MPO_AUTH_TOKEN"] = TOKEN
+    os.environ["MPO_CONTROL_TOKEN"] = TOKEN
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-controller-tests", log_to_driver=False)
     running = await start_round_services(sums_policy, root, global_batch_pairs=GLOBAL_BATCH)
     rollout, reward, trainer = running.rollout, running.reward, running.trainer
@@ -80,7 +80,7 @@ async def services(sums_policy: Path, tmp_path_factory: pytest.TempPathFactory) 
     await controller.stop()
     await running.stop()
     ray.shutdown()
-    for name in (failpoints.ENV, "WANDB_MODE", "WANDB_SILENT", "MPO_AUTH_TOKEN"):
+    for name in (failpoints.ENV, "WANDB_MODE", "WANDB_SILENT", "MPO_CONTROL_TOKEN"):
         del os.environ[name]
 
 

@@ -207,7 +207,7 @@ async def test_event_stream_follows_an_active_run_and_ends_with_it(store_dir: Pa
 
 
 async def test_token_is_required_as_bearer_or_basic_password(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MPO_DASHBOARD_TOKEN", TOKEN)
+    monkeypatch.setenv("MPO_USER_TOKEN", TOKEN)
     server = await start_dashboard(StoreSource(store_dir), DashboardConfig(port=0))
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
@@ -354,7 +354,7 @@ async def test_empty_store_services_panel_and_auth_in_the_browser(
 ) -> None:
     RunStore(tmp_path / "empty")
     empty = await start_dashboard(StoreSource(tmp_path / "empty"), DashboardConfig(port=0))
-    monkeypatch.setenv("MPO_DASHBOARD_TOKEN", TOKEN)
+    monkeypatch.setenv("MPO_USER_TOKEN", TOKEN)
     guarded = await start_dashboard(StoreSource(store_dir), DashboardConfig(port=0))
     try:
         async for page in open_page(empty.url):

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from mpo.chart import CHART_OWNED
 from mpo.cli import _run_config_section
-from mpo.config import ControllerServeConfig, RewardConfig, RolloutConfig, RunConfig, TrainerConfig
+from mpo.config import AuthConfig, ControllerServeConfig, RewardConfig, RolloutConfig, RunConfig, TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "onlinempo"
@@ -147,14 +147,15 @@ def test_chart_lints_strict_and_renders_valid_objects(values: list[str], tmp_pat
         )
     assert "--start-run" in jobs["mpo-onlinempo-controller"]["spec"]["entrypoint"]
 
-    # Non-root everywhere, read-only root file systems, the token from the Secret.
+    # Non-root everywhere, read-only root file systems, the two tokens from the Secret.
     ray_cluster = by_kind(docs, "RayCluster")[cluster]["spec"]
     pods = [ray_cluster["headGroupSpec"]["template"]] + [group["template"] for group in ray_cluster["workerGroupSpecs"]]
     for pod in pods:
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         container = pod["spec"]["containers"][0]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        assert {env["name"] for env in container["env"]} >= {"MPO_AUTH_TOKEN", "MPO_DASHBOARD_TOKEN"}
+        tokens = {env["name"]: env["valueFrom"]["secretKeyRef"]["key"] for env in container["env"] if "valueFrom" in env}
+        assert tokens == {"MPO_CONTROL_TOKEN": "control-token", "MPO_USER_TOKEN": "user-token"}
 
     # Only the Ray cluster's own pods reach reward, trainer and Ray; clients reach rollout, controller, dashboard.
     policies = by_kind(docs, "NetworkPolicy")
@@ -211,11 +212,13 @@ def test_the_production_example_is_a_run_config_that_would_run() -> None:
     assert "rounds.max_tokens (4096) leaves no room for a prompt within rollout.max_model_len (4096)" in message
 
 
-def test_generated_token_secret_and_a_given_token() -> None:
-    generated = by_kind(render(), "Secret")["mpo-onlinempo-auth"]
-    assert len(generated["data"]["token"]) > 40
-    given = by_kind(render("--set", "auth.token=abc"), "Secret")["mpo-onlinempo-auth"]
-    assert given["data"]["token"] == "YWJj"  # base64("abc")
+def test_generated_token_secret_and_given_tokens() -> None:
+    generated = by_kind(render(), "Secret")["mpo-onlinempo-auth"]["data"]
+    assert len(generated["control-token"]) > 40 and len(generated["user-token"]) > 40
+    assert generated["control-token"] != generated["user-token"], "two credentials, not one token twice"
+    given = by_kind(render("--set", "auth.control_token=abc"), "Secret")["mpo-onlinempo-auth"]["data"]
+    assert given["control-token"] == "YWJj"  # base64("abc")
+    assert len(given["user-token"]) > 40
 
 
 @pytest.mark.parametrize(
@@ -278,7 +281,8 @@ def test_chart_owned_fields_are_what_the_config_map_sets(tmp_path: Path) -> None
     assert validated.trainer.objective == validated.objective
     assert validated.reward.max_pairs_per_prompt == validated.rounds.max_pairs_per_prompt
     servers = {service: getattr(validated, service).server for service in services}
-    assert {s.auth_token_env for s in servers.values()} == {"MPO_AUTH_TOKEN"}, "the Secret's token everywhere"
+    assert {s.auth for s in servers.values()} == {AuthConfig()}, "the Secret's two tokens everywhere, never open"
+    assert validated.controller.dashboard.auth_token_env == "MPO_USER_TOKEN"
     assert not any(s.tls_cert_file or s.tls_key_file for s in servers.values())
     assert [s.metrics_port for s in servers.values()] == [None, None, None, 9090]
 

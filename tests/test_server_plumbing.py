@@ -17,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mpo.config import AuthConfig, ServerConfig
+from mpo.services.common.auth import USER_METHODS, Access, access_for, bearer_metadata
 from mpo.services.common.clients import RolloutClient
-from mpo.services.common.server import bind
+from mpo.services.common.server import ServiceServer, bind
 from mpo.v1 import rollout_pb2, rollout_pb2_grpc
 from tests.grpc_helpers import ScriptedRollout, generate_request, prompt, sampling, start_server
 
@@ -182,25 +184,133 @@ async def test_graceful_shutdown_completes_in_flight_calls() -> None:
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_bearer_token_auth(monkeypatch) -> None:
-    monkeypatch.setenv("MPO_TEST_TOKEN", "s3cret")
+CONTROL, USER = "c0ntrol-token", "us3r-token"
+
+
+@pytest.fixture
+def two_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPO_CONTROL_TOKEN", CONTROL)
+    monkeypatch.setenv("MPO_USER_TOKEN", USER)
+
+
+async def test_bearer_tokens_grant_user_and_control_calls(two_tokens) -> None:
     servicer = ScriptedRollout()
-    server = await start_server(servicer, auth_token_env="MPO_TEST_TOKEN")
+    server = await start_server(servicer)
     await server.set_ready(True)
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = rollout_pb2_grpc.RolloutServiceStub(channel)
-            for metadata in [(), (("authorization", "Bearer wrong"),), (("authorization", "s3cret"),)]:
+            for metadata in [(), bearer_metadata("wrong"), (("authorization", CONTROL),)]:
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.Generate(generate_request(), metadata=metadata)
                 assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert servicer.calls["Generate"] == 0
-            ok = await stub.Generate(generate_request(), metadata=(("authorization", "Bearer s3cret"),))
-            assert len(ok.samples) == 2
+            for token in (USER, CONTROL):  # the control token may do everything the user token may
+                assert len((await stub.Generate(generate_request(), metadata=bearer_metadata(token))).samples) == 2
         # Health stays reachable for load balancers without the token.
         assert await health(server.address) == health_pb2.HealthCheckResponse.SERVING
-        async with RolloutClient(server.address, token="s3cret") as client:
+        manifest = rollout_pb2.WeightManifest(
+            version=1, tensor_count=1, total_bytes=6, sha256="0" * 64, format="safetensors"
+        )
+        async with RolloutClient(server.address, token=USER) as client:
             assert (await client.status()).policy_version == 7
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.load_weights(manifest, [b"abc", b"def"])
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "LoadWeights needs the control token" in (caught.value.details() or "")
+        assert servicer.calls["LoadWeights"] == 0
+        async with RolloutClient(server.address, token=CONTROL) as client:
+            assert (await client.load_weights(manifest, [b"abc", b"def"])).bytes_received == 6
+    finally:
+        await server.stop(0)
+
+
+def test_every_method_needs_a_credential_and_only_reads_take_the_user_token() -> None:
+    """Fail closed: a method nobody classified needs the control token."""
+    from google.protobuf import descriptor_pool
+
+    from mpo.v1 import controller_pb2, reward_pb2, trainer_pb2  # noqa: F401 (registers the services)
+
+    pool = descriptor_pool.Default()
+    methods = {
+        f"/{service.full_name}/{method.name}"
+        for name in ("RolloutService", "RewardService", "TrainerService", "ControllerService")
+        for service in [pool.FindServiceByName(f"mpo.v1.{name}")]
+        for method in service.methods
+    }
+    assert methods >= USER_METHODS, "a user method that no service has"
+    control = {m for m in methods if access_for(m) is Access.CONTROL}
+    assert control == {
+        "/mpo.v1.RolloutService/LoadWeights",
+        "/mpo.v1.RolloutService/LoadWeightsFromStorage",
+        "/mpo.v1.TrainerService/Train",
+        "/mpo.v1.TrainerService/Checkpoint",
+        "/mpo.v1.TrainerService/PublishWeights",
+        "/mpo.v1.ControllerService/StartRun",
+        "/mpo.v1.ControllerService/PauseRun",
+        "/mpo.v1.ControllerService/ResumeRun",
+        "/mpo.v1.ControllerService/StopRun",
+    }
+    assert access_for("/mpo.v1.RolloutService/SomethingNew") is Access.CONTROL
+    assert access_for("/grpc.health.v1.Health/Watch") is Access.OPEN
+
+
+@pytest.mark.parametrize(
+    ("environment", "host", "problem"),
+    [
+        ({}, "127.0.0.1", None),  # loopback: open without tokens, like a developer's machine
+        ({}, "localhost", None),
+        ({}, "0.0.0.0", "is not a loopback address"),
+        ({"MPO_CONTROL_TOKEN": ""}, "127.0.0.1", "MPO_CONTROL_TOKEN is set but empty"),
+        ({"MPO_CONTROL_TOKEN": "c", "MPO_USER_TOKEN": " "}, "0.0.0.0", "MPO_USER_TOKEN is set but empty"),
+        ({"MPO_USER_TOKEN": "u"}, "0.0.0.0", "MPO_CONTROL_TOKEN is not"),
+        ({"MPO_CONTROL_TOKEN": "same", "MPO_USER_TOKEN": "same"}, "0.0.0.0", "use two different tokens"),
+        ({"MPO_CONTROL_TOKEN": "c"}, "0.0.0.0", None),
+    ],
+)
+async def test_a_server_without_a_token_serves_only_loopback_unless_open(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], host: str, problem: str | None
+) -> None:
+    for name in ("MPO_CONTROL_TOKEN", "MPO_USER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    server = ServiceServer(ServerConfig(host=host), [bind(ScriptedRollout())], name="rollout-test")
+    if problem is None:
+        await server.start()
+        await server.stop(0)
+        return
+    with pytest.raises(ValueError, match=problem):
+        await server.start()
+    assert server.port == 0, "refused before binding"
+    if "loopback" in problem:  # the explicit open mode is the one way past it
+        server = ServiceServer(
+            ServerConfig(host=host, auth=AuthConfig(open=True)), [bind(ScriptedRollout())], name="rollout-test"
+        )
+        await server.start()
+        await server.stop(0)
+
+
+async def test_idle_health_watches_have_their_own_budget_and_never_starve_real_calls() -> None:
+    server = await start_server(ScriptedRollout(), max_concurrent_rpcs=2, max_infrastructure_calls=3)
+    await server.set_ready(True)
+    try:
+        async with grpc.aio.insecure_channel(server.address, options=[("grpc.enable_retries", 0)]) as channel:
+            health_stub = health_pb2_grpc.HealthStub(channel)
+            watches = [health_stub.Watch(health_pb2.HealthCheckRequest()) for _ in range(3)]
+            for watch in watches:  # each stream is open (its first status arrived) and then idles
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await health_stub.Check(health_pb2.HealthCheckRequest())
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_infrastructure_calls" in (caught.value.details() or "")
+            stub = rollout_pb2_grpc.RolloutServiceStub(channel)
+            for _ in range(3):  # more than max_concurrent_rpcs in sequence: real calls have every slot
+                assert len((await stub.Generate(generate_request())).samples) == 2
+            for watch in watches:
+                watch.cancel()
+            await asyncio.sleep(0.2)
+            assert (await health_stub.Check(health_pb2.HealthCheckRequest())).status == 1, "slots come back"
     finally:
         await server.stop(0)
 

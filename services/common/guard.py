@@ -1,9 +1,15 @@
 """The server interceptor every service runs behind: request ids, auth, parsing, validation, telemetry.
 
-Order per call: assign a request id → authenticate → parse (undecodable bytes become
-INVALID_ARGUMENT instead of gRPC's generic INTERNAL) → validate (mpo.services.common.validation) →
-run the handler → record metrics and one JSON log line. An exception escaping a handler becomes
-INTERNAL with the request id, so a bad request can never take the server down.
+Order per call: admit from the metadata alone (budget of open calls, then the bearer token) → assign
+a request id → parse (undecodable bytes become INVALID_ARGUMENT instead of gRPC's generic INTERNAL)
+→ validate (mpo.services.common.validation) → run the handler → record metrics and one JSON log
+line. An exception escaping a handler becomes INTERNAL with the request id, so a bad request can
+never take the server down.
+
+A call refused on its metadata (no budget, bad token) is answered by a handler that never reads the
+request stream, so its body is neither parsed nor buffered beyond gRPC's flow-control window.
+Health and reflection calls, which need no token, have a budget of their own: idle watch streams
+cannot take the slots of real calls.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from mpo.config import RequestLimits
-from mpo.services.common.auth import Authenticator
+from mpo.services.common.auth import INFRASTRUCTURE_PREFIXES, Authenticator
 from mpo.services.common.telemetry import RpcMetrics, log_rpc
 from mpo.services.common.validation import InvalidRequest, stream_validator_for, validate_request
 
@@ -62,12 +68,43 @@ class _Rejected(Exception):
         self.code, self.detail = code, detail
 
 
+class _Budget:
+    """Calls of one kind open at once, and the most there may be."""
+
+    def __init__(self, limit: int, limit_name: str) -> None:
+        self.limit, self.limit_name, self.open = limit, limit_name, 0
+
+    @property
+    def full(self) -> bool:
+        return self.open >= self.limit
+
+    def refusal(self) -> _Rejected:
+        return _Rejected(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"server busy: {self.limit} calls of this kind are open ({self.limit_name}); retry later",
+        )
+
+
 class RpcGuard(grpc.aio.ServerInterceptor):
-    def __init__(self, *, service: str, authenticator: Authenticator, limits: RequestLimits, metrics: RpcMetrics):
+    def __init__(
+        self,
+        *,
+        service: str,
+        authenticator: Authenticator,
+        limits: RequestLimits,
+        metrics: RpcMetrics,
+        max_calls: int,
+        max_infrastructure_calls: int,
+    ):
         self._service = service
         self._auth = authenticator
         self._limits = limits
         self._metrics = metrics
+        self._calls = _Budget(max_calls, "max_concurrent_rpcs")
+        self._infrastructure = _Budget(max_infrastructure_calls, "max_infrastructure_calls")
+
+    def _budget(self, method: str) -> _Budget:
+        return self._infrastructure if method.startswith(INFRASTRUCTURE_PREFIXES) else self._calls
 
     async def intercept_service(
         self,
@@ -79,6 +116,9 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
         metadata = tuple(handler_call_details.invocation_metadata or ())
+        refusal = self._refusal(method, metadata)
+        if refusal is not None:
+            return self._refusing_handler(method, metadata, refusal, streaming=handler.response_streaming)
         if handler.request_streaming and handler.response_streaming:
             kind, behavior = "stream_stream", handler.stream_stream
         elif handler.request_streaming:
@@ -92,20 +132,47 @@ class RpcGuard(grpc.aio.ServerInterceptor):
             **{kind: wrapped, "request_deserializer": _safe_deserializer(handler.request_deserializer)}
         )
 
+    def _refusal(self, method: str, metadata: tuple) -> _Rejected | None:
+        """Why the call is refused on its metadata alone, or None."""
+        budget = self._budget(method)
+        if budget.full:
+            return budget.refusal()
+        denied = self._auth.check(method, metadata)
+        return _Rejected(*denied) if denied is not None else None
+
+    def _refusing_handler(
+        self, method: str, metadata: tuple, refusal: _Rejected, *, streaming: bool
+    ) -> grpc.RpcMethodHandler:
+        """A request-streaming handler, whatever the method's kind: gRPC reads a streaming request only
+        as the handler iterates it, and this one never does."""
+        guard = self
+
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+            async with _CallScope(guard, method, metadata, context, budget=None):
+                raise refusal
+
+        async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await refuse(requests, context)
+            yield  # pragma: no cover (never reached: makes this an async generator)
+
+        if streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse_stream)
+        return grpc.stream_unary_rpc_method_handler(refuse)
+
     def _wrap(self, method: str, metadata: tuple, behavior: Callable, kind: str) -> Callable:
         guard = self
 
         if kind.endswith("_unary"):
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with _CallScope(guard, method, metadata, context) as scope:
+                async with _CallScope(guard, method, metadata, context, budget=guard._budget(method)) as scope:
                     request = await scope.admit(request, kind)
                     return await behavior(request, context)
 
             return unary_response
 
         async def streaming_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with _CallScope(guard, method, metadata, context) as scope:
+            async with _CallScope(guard, method, metadata, context, budget=guard._budget(method)) as scope:
                 request = await scope.admit(request, kind)
                 produced = behavior(request, context)
                 if inspect.isasyncgen(produced):
@@ -118,10 +185,21 @@ class RpcGuard(grpc.aio.ServerInterceptor):
 
 
 class _CallScope:
-    """Everything that brackets one call: id, auth, validation, error mapping, telemetry."""
+    """Everything that brackets one call: id, budget, validation, error mapping, telemetry."""
 
-    def __init__(self, guard: RpcGuard, method: str, metadata: tuple, context: grpc.aio.ServicerContext) -> None:
+    def __init__(
+        self,
+        guard: RpcGuard,
+        method: str,
+        metadata: tuple,
+        context: grpc.aio.ServicerContext,
+        *,
+        budget: _Budget | None,
+    ) -> None:
+        """`budget`: the open calls this one counts against (None: a refusal, which holds no slot)."""
         self.guard, self.method, self.metadata, self.context = guard, method, metadata, context
+        self.budget: _Budget | None = None
+        self._claim = budget
         presented = next((v for k, v in metadata if k == REQUEST_ID_KEY), None)
         self.request_id = str(presented)[:64] if presented else uuid.uuid4().hex[:16]
 
@@ -135,10 +213,13 @@ class _CallScope:
         return self
 
     async def admit(self, request: Any, kind: str) -> Any:
-        """Authenticate, then check a unary request now or wrap a request stream to check each message."""
-        reason = self.guard._auth.check(self.method, self.metadata)
-        if reason is not None:
-            raise _Rejected(grpc.StatusCode.UNAUTHENTICATED, reason)
+        """Take a slot of the budget (calls admitted together may have passed its first check), then
+        check a unary request now or wrap a request stream to check each message."""
+        if self._claim is not None:
+            if self._claim.full:
+                raise self._claim.refusal()
+            self._claim.open += 1
+            self.budget = self._claim
         if kind.startswith("stream_"):
             return self._checked_stream(request)
         if isinstance(request, _Undecodable):
@@ -164,6 +245,8 @@ class _CallScope:
         code, detail, must_abort = self._outcome(exc)
         seconds = time.perf_counter() - self.started
         self.guard._metrics.in_flight.dec()
+        if self.budget is not None:
+            self.budget.open -= 1
         self.guard._metrics.observe(self.method, code.name, seconds)
         log_rpc(
             service=self.guard._service,

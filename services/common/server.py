@@ -1,8 +1,9 @@
 """One gRPC server bootstrap for every service (rollout, reward, trainer, controller).
 
 A service hands over its servicers and a `ServerConfig`; it gets health (SERVING only once it says
-it is ready), reflection, bearer-token auth, optional TLS, message-size and concurrency limits,
-request validation, Prometheus metrics, JSON request logs, and a graceful, draining shutdown.
+it is ready), reflection, bearer-token auth (two credentials, checked before a body is read), optional
+TLS, message-size and concurrency limits, request validation, Prometheus metrics, JSON request logs,
+and a graceful, draining shutdown.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from mpo.config import ServerConfig
-from mpo.services.common.auth import Authenticator, token_from_env
+from mpo.services.common.auth import Authenticator, serving_credentials
 from mpo.services.common.guard import RpcGuard
 from mpo.services.common.telemetry import RpcMetrics
 
@@ -74,14 +75,18 @@ class ServiceServer:
         return f"{self.config.host}:{self.port}"
 
     async def start(self) -> None:
+        """Raises ValueError (before binding) when auth is misconfigured: see `serving_credentials`."""
         config = self.config
+        credentials = serving_credentials(config.auth, config.host, self.name)
         server = grpc.aio.server(
             interceptors=[
                 RpcGuard(
                     service=self.name,
-                    authenticator=Authenticator(token_from_env(config.auth.control_token_env)),
+                    authenticator=Authenticator(credentials),
                     limits=config.limits,
                     metrics=self.metrics,
+                    max_calls=config.max_concurrent_rpcs,
+                    max_infrastructure_calls=config.max_infrastructure_calls,
                 )
             ],
             options=[
@@ -89,7 +94,8 @@ class ServiceServer:
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            # The guard keeps the two budgets apart; this outer bound refuses a flood before any handler.
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs + config.max_infrastructure_calls,
         )
         for service in self.services:
             service.add_to_server(service.servicer, server)
@@ -102,10 +108,8 @@ class ServiceServer:
 
         target = f"{config.host}:{config.port}"
         if config.tls_cert_file is not None and config.tls_key_file is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())]
-            )
-            self.port = server.add_secure_port(target, credentials)
+            tls = grpc.ssl_server_credentials([(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())])
+            self.port = server.add_secure_port(target, tls)
         else:
             self.port = server.add_insecure_port(target)
         if self.port == 0:
@@ -117,7 +121,12 @@ class ServiceServer:
                 config.metrics_port, addr=config.host, registry=self.metrics.registry
             )
         log.info(
-            "%s serving %s on %s (tls=%s)", self.name, ", ".join(names), self.address, config.tls_cert_file is not None
+            "%s serving %s on %s (tls=%s, auth=%s)",
+            self.name,
+            ", ".join(names),
+            self.address,
+            config.tls_cert_file is not None,
+            "two tokens" if credentials.user else "control token" if credentials.control else "off",
         )
 
     @property

@@ -20,7 +20,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mpo.config import ControllerConfig, ControllerServeConfig
-from mpo.services.common.auth import token_from_env
+from mpo.services.common.auth import Credentials
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.services.common.server import ServiceServer, bind
 from mpo.services.common.telemetry import RpcMetrics
@@ -100,8 +100,8 @@ class ControllerActor:
         self._started = asyncio.get_event_loop().create_task(self._start())
 
     async def _start(self) -> None:
-        # One token per cluster: the controller presents its own server's token to the services it drives.
-        token = token_from_env(self.config.server.auth.control_token_env)
+        # The controller trains and publishes: it presents the control token its own server accepts.
+        token = Credentials.from_env(self.config.server.auth).control
         clients = ServiceClients(
             RolloutClient(self.addresses["rollout"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),
             RewardClient(self.addresses["reward"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from mpo.config import DashboardConfig
-from mpo.services.common.auth import token_from_env
+from mpo.services.common.auth import is_loopback, read_token
 from mpo.services.dashboard.app import create_app
 from mpo.services.dashboard.sources import DashboardSource
 
@@ -44,7 +44,12 @@ class DashboardServer:
 
 async def start_dashboard(source: DashboardSource, config: DashboardConfig) -> DashboardServer:
     """Serve the dashboard over `source` on `config.host:config.port`; returns once it accepts connections."""
-    token = token_from_env(config.auth_token_env)
+    token = read_token(config.auth_token_env)
+    if token is None and not config.open and not is_loopback(config.host):
+        raise ValueError(
+            f"dashboard: no token in ${config.auth_token_env}, and {config.host!r} is not a loopback address: "
+            "set the token, or dashboard.open: true to show the runs to anyone who reaches the port"
+        )
     app = create_app(source, token=token)
     server = _HostedServer(
         uvicorn.Config(

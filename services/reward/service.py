@@ -18,7 +18,7 @@ import ray
 
 from mpo.config import RewardConfig
 from mpo.plugins import import_roots
-from mpo.services.common.auth import token_from_env
+from mpo.services.common.auth import Credentials
 from mpo.services.common.clients import RolloutClient
 from mpo.services.common.server import ServiceServer, bind
 from mpo.services.common.validation import InvalidRequest
@@ -194,8 +194,8 @@ async def start_reward(config: RewardConfig) -> RunningReward:
         for worker in workers:
             ray.kill(worker)
         raise ValueError(problems[0])
-    # One token per cluster: the reward service presents its own server's token to the rollout service.
-    token = token_from_env(config.server.auth.control_token_env)
+    # DropoutNTP only samples (Continue): the reward service presents the user token when there is one.
+    token = Credentials.from_env(config.server.auth).for_sampling
     rollout = RolloutClient(config.rollout_address, token=token, timeout=600) if config.rollout_address else None
     service = RewardService(config, workers, rollout, await asyncio.to_thread(create_scorer, config.scorer))
     server = ServiceServer(config.server, [bind(service)], name="reward")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 
 from mpo.config import TrainerConfig
-from mpo.services.common.auth import token_from_env
+from mpo.services.common.auth import Credentials
 from mpo.services.common.clients import RolloutClient
 from mpo.services.common.server import ServiceServer, bind
 from mpo.services.common.validation import InvalidRequest
@@ -176,8 +176,8 @@ async def start_trainer(config: TrainerConfig) -> RunningTrainer:
     except BaseException:
         await host.stop()
         raise
-    # One token per cluster: the trainer presents its own server's token to the rollout service.
-    token = token_from_env(config.server.auth.control_token_env)
+    # Loading weights needs the control token: the trainer presents the one its own server accepts.
+    token = Credentials.from_env(config.server.auth).control
     rollout = RolloutClient(config.rollout_address, token=token, timeout=3600) if config.rollout_address else None
     service = TrainerService(config, host, rollout)
     server = ServiceServer(config.server, [bind(service)], name="trainer")

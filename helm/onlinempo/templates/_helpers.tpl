@@ -57,18 +57,19 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
-{{/* Environment of every Ray container: the cluster token for gRPC and the dashboard. */}}
+{{/* Environment of every Ray container: the two tokens (control: the services' own calls; user:
+sampling clients and the dashboard). */}}
 {{- define "onlinempo.env" -}}
-- name: MPO_AUTH_TOKEN
+- name: MPO_CONTROL_TOKEN
   valueFrom:
     secretKeyRef:
       name: {{ include "onlinempo.authSecret" . }}
-      key: token
-- name: MPO_DASHBOARD_TOKEN
+      key: control-token
+- name: MPO_USER_TOKEN
   valueFrom:
     secretKeyRef:
       name: {{ include "onlinempo.authSecret" . }}
-      key: token
+      key: user-token
 - name: HF_HUB_OFFLINE
   value: "1"
 {{- end -}}
