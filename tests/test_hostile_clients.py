@@ -7,7 +7,10 @@ backend, a reward service in front of it and a controller), with both tokens on,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ import psutil
 import pytest
 import pytest_asyncio
 import ray
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mpo import failpoints
 from mpo.config import (
@@ -33,7 +37,7 @@ from mpo.services.common.auth import bearer_metadata
 from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.reward.service import RunningReward, start_reward
 from mpo.services.rollout.server import RunningRollout, start_rollout
-from mpo.v1 import common_pb2, controller_pb2_grpc, reward_pb2_grpc, rollout_pb2, rollout_pb2_grpc
+from mpo.v1 import common_pb2, controller_pb2, controller_pb2_grpc, reward_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 from tests.rollout_helpers import CORPUS, SMALL, VISION, png
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -153,6 +157,90 @@ def generate_request(*prompts: common_pb2.Prompt, max_tokens: int = 8) -> rollou
 
 
 # --- auth, budgets, bodies (lead) ---------------------------------------------------------------------------
+
+
+async def test_idle_unauthenticated_health_streams_never_starve_real_calls(services: Services) -> None:
+    """80 idle Health/Watch streams without a token used to take every slot of max_concurrent_rpcs."""
+    opened = channel(services.rollout.address)
+    async with opened:
+        health = health_pb2_grpc.HealthStub(opened)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(80)]
+        statuses = await asyncio.gather(*(_first_status(watch) for watch in watches))
+        budget = services.rollout.server.config.max_infrastructure_calls
+        assert statuses.count(grpc.StatusCode.OK) == budget
+        assert statuses.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 80 - budget
+        await assert_generate_works(services)  # while the admitted watches are still open
+        for watch in watches:
+            watch.cancel()
+
+
+async def _first_status(watch: grpc.aio.UnaryStreamCall) -> grpc.StatusCode:
+    """OK once the stream delivered its first health status (it then stays open), else its error code."""
+    try:
+        await watch.read()
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+#: Sends one Generate of ~BODY_BYTES with a wrong token from another process (its own memory is not ours).
+_LARGE_BODY_CLIENT = """
+import sys, grpc
+from mpo.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
+size = int(sys.argv[2])
+prompt = common_pb2.Prompt(id="big", question="x" * size, task="shapes")
+request = rollout_pb2.GenerateRequest(prompts=[prompt], sampling=common_pb2.SamplingParams(n=1, max_tokens=4))
+options = [("grpc.max_send_message_length", 2 * size), ("grpc.enable_retries", 0)]
+with grpc.insecure_channel(sys.argv[1], options=options) as channel:
+    try:
+        rollout_pb2_grpc.RolloutServiceStub(channel).Generate(
+            request, metadata=(("authorization", "Bearer " + sys.argv[3]),), timeout=120
+        )
+        print("OK")
+    except grpc.RpcError as error:
+        print(error.code().name)
+"""
+
+
+@pytest.mark.parametrize("token", ["not-a-token", ""], ids=["wrong-token", "no-token"])
+async def test_large_unauthenticated_bodies_are_refused_before_they_are_read(services: Services, token: str) -> None:
+    body = 200 * 2**20  # below max_message_bytes (256 MiB): only auth stands in its way
+    before = rss()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LARGE_BODY_CLIENT, services.rollout.address, str(body), token,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    peak = before
+    while process.returncode is None:  # sample while the body is in flight: a parsed copy would show
+        peak = max(peak, rss())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 0.05)
+    output = (await process.stdout.read()).decode().split()  # type: ignore[union-attr]
+    assert output == ["UNAUTHENTICATED"]
+    assert peak - before < body // 4, f"the server grew by {(peak - before) >> 20} MiB for a refused body"
+    await assert_generate_works(services)
+
+
+async def test_the_user_token_samples_and_reads_but_changes_nothing(services: Services) -> None:
+    opened, stub = rollout_stub(services)
+    async with opened:
+        status = await stub.GetStatus(rollout_pb2.GetStatusRequest(), metadata=USER)
+        manifest = rollout_pb2.WeightManifest(
+            version=status.policy_version + 1, tensor_count=1, total_bytes=1, sha256="0" * 64, format="safetensors"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.LoadWeights(iter([rollout_pb2.LoadWeightsRequest(manifest=manifest)]), metadata=USER)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (await stub.GetStatus(rollout_pb2.GetStatusRequest(), metadata=USER)).policy_version == (
+            status.policy_version
+        )
+    opened, controller = controller_stub(services)
+    async with opened:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await controller.StartRun(controller_pb2.StartRunRequest(config_yaml="rounds: {rounds: 1}"), metadata=USER)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        listed = await controller.ListRuns(controller_pb2.ListRunsRequest(), metadata=USER)
+        assert list(listed.runs) == []
 
 
 # --- rollout requests: images, URIs, sampling (helper R1) ----------------------------------------------------
