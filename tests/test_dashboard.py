@@ -224,6 +224,20 @@ async def test_token_is_required_as_bearer_or_basic_password(store_dir: Path, mo
         await server.stop()
 
 
+async def test_without_a_token_the_dashboard_serves_only_loopback(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MPO_USER_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="is not a loopback address"):
+        await start_dashboard(StoreSource(store_dir), DashboardConfig(host="0.0.0.0", port=0))
+    server = await start_dashboard(StoreSource(store_dir), DashboardConfig(host="0.0.0.0", port=0, open=True))
+    try:  # explicitly open: anyone who reaches the port reads the runs
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            assert (await client.get("/api/runs")).status_code == 200
+    finally:
+        await server.stop()
+
+
 async def test_pages_include_the_vendored_chart_library_from_npm() -> None:
     """The uPlot copy the package serves is the one package-lock.json pins (node_modules from `npm ci`)."""
     vendored = ROOT / "services" / "dashboard" / "static" / "vendor"
