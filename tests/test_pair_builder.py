@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
+from mpo.services.reward import pairs as pairs_module
 from mpo.services.reward.pairs import (
     SKIP_ALL_CORRECT,
     SKIP_ALL_WRONG,
@@ -227,3 +230,91 @@ def test_pair_count_property(labels, texts, max_pairs, seed):
     assert all(pair.chosen.correct and not pair.rejected.correct for pair in outcome.pairs)
     keys = [(normalised[p.chosen.index], normalised[p.rejected.index]) for p in outcome.pairs]
     assert len(set(keys)) == len(keys)
+
+
+# --- the builder against a listing of every candidate (issue #25: it used to list them all) -----------------
+
+
+def listed_pairs(samples: list[LabelledSample], truth: str | None, max_pairs: int, seed: int) -> PromptOutcome:
+    """The rules of `correctness_pairs` done the straightforward way: list every candidate, then filter and
+    sample the list. Quadratic, so only for small cases; the builder must agree with it exactly."""
+    if not samples:
+        return PromptOutcome([], SKIP_NO_SAMPLES)
+    ordered = sorted(samples, key=lambda sample: sample.index)
+    correct = [sample for sample in ordered if sample.correct]
+    wrong = [sample for sample in ordered if not sample.correct]
+    if not wrong:
+        return PromptOutcome([], SKIP_ALL_CORRECT)
+    if not correct:
+        return PromptOutcome([], SKIP_ALL_WRONG)
+    unique: dict[tuple[str, str], CorrectnessPair] = {}
+    blank = False
+    for chosen in correct:
+        for rejected in wrong:
+            key = (" ".join(chosen.text.split()), " ".join(rejected.text.split()))
+            if not key[0] or not key[1]:
+                blank = True
+            elif key[0] != key[1]:
+                unique.setdefault(key, CorrectnessPair(chosen, rejected))
+    if not unique:
+        return PromptOutcome([], SKIP_EMPTY if blank else SKIP_IDENTICAL)
+    valid = [pair for pair in unique.values() if truth is None or not contains_truth(pair.rejected.text, truth)]
+    if not valid:
+        return PromptOutcome([], SKIP_CONTAINS_TRUTH)
+    if len(valid) > max_pairs:
+        valid = random.Random(f"{seed}:p").sample(valid, max_pairs)
+    return PromptOutcome(sorted(valid, key=lambda pair: (pair.chosen.index, pair.rejected.index)), None)
+
+
+#: Few texts, so duplicates, equal chosen and rejected texts, blanks and stated truths are all common.
+TEXT_POOL = ["a", "a ", "b", "b\n", "c 42", "d", "d  e", "d e", "f", " ", "", "so 42?", "42 f", "g"]
+
+
+@settings(max_examples=600, derandomize=True, deadline=None, database=None)
+@given(
+    cases=st.lists(
+        st.tuples(st.sampled_from(["right", "wrong", "unparsable"]), st.sampled_from(TEXT_POOL)), max_size=14
+    ),
+    indices=st.randoms(use_true_random=False),
+    truth=st.sampled_from([TRUTH, None]),
+    max_pairs=st.integers(1, 12),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_builder_agrees_with_listing_every_candidate(cases, indices, truth, max_pairs, seed):
+    positions = indices.sample(range(100), len(cases))  # sparse, shuffled indices: order must not matter
+    samples = [
+        LabelledSample(position, text, None if label == "unparsable" else "x", label == "right")
+        for position, (label, text) in zip(positions, cases, strict=True)
+    ]
+    built = correctness_pairs("p", samples, truth=truth, max_pairs=max_pairs, seed=seed)
+    assert built == listed_pairs(samples, truth, max_pairs, seed)
+
+
+def test_candidates_are_counted_not_listed(monkeypatch):
+    """300 x 300 answers are 90,000 candidates; only the pairs returned are ever built."""
+    built = []
+
+    class CountedPair(CorrectnessPair):
+        def __init__(self, chosen: LabelledSample, rejected: LabelledSample) -> None:
+            super().__init__(chosen, rejected)
+            built.append(self)
+
+    monkeypatch.setattr(pairs_module, "CorrectnessPair", CountedPair)
+    samples = [right(i, f"{i} steps. Final answer: 42") for i in range(300)]
+    samples += [wrong(300 + i, f"{i} steps. Final answer: {i + 100}") for i in range(300)]
+    outcome = build(samples, max_pairs=5)
+    assert len(outcome.pairs) == 5
+    assert len(built) == 5
+
+
+def test_thousands_of_right_and_wrong_answers_give_exactly_the_cap():
+    """8,000 right x 8,000 wrong distinct answers: 64 million candidates, the cap's worth of pairs."""
+    samples = [right(i, f"Step {i}. Final answer: 42") for i in range(8000)]
+    samples += [wrong(8000 + i, f"Step {i}. Final answer: {i + 100}") for i in range(8000)]
+    for max_pairs in (15, 4096):
+        outcome = build(samples, max_pairs=max_pairs, seed=3)
+        assert outcome.skipped is None and len(outcome.pairs) == max_pairs
+        assert len(set(index_pairs(outcome))) == max_pairs
+        assert index_pairs(outcome) == sorted(index_pairs(outcome))
+        assert all(pair.chosen.correct and not pair.rejected.correct for pair in outcome.pairs)
+    assert build(samples, max_pairs=15, seed=3) == build(samples[::-1], max_pairs=15, seed=3)

@@ -6,7 +6,7 @@ tested without a model and the service only maps protos in and out.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 SKIP_NO_SAMPLES = "no samples"
@@ -85,17 +85,22 @@ def contains_truth(text: str, truth: str) -> bool:
 
 
 def _whole_token(text: str, start: int, end: int, needle: str) -> bool:
-    before, after = text[:start], text[end:]
-    if _is_word(needle[0]) and before and _is_word(before[-1]):
+    """Looks at the two characters on each side by index: slicing the text at every occurrence would cost
+    quadratic time on a long response that repeats the truth."""
+    before = text[start - 1] if start >= 1 else ""
+    before_that = text[start - 2] if start >= 2 else ""
+    after = text[end] if end < len(text) else ""
+    after_that = text[end + 1] if end + 1 < len(text) else ""
+    if _is_word(needle[0]) and before and _is_word(before):
         return False
-    if _is_word(needle[-1]) and after and _is_word(after[0]):
+    if _is_word(needle[-1]) and after and _is_word(after):
         return False
     if needle[0].isdigit() and before:
-        if len(before) >= 2 and before[-1] in ".," and before[-2].isdigit():
+        if before_that and before in ".," and before_that.isdigit():
             return False
-        if before[-1] in "-+" and (len(before) < 2 or not before[-2].isalnum()):
+        if before in "-+" and not before_that.isalnum():
             return False
-    return not (needle[-1].isdigit() and len(after) >= 2 and after[0] in ".," and after[1].isdigit())
+    return not (needle[-1].isdigit() and after_that and after in ".," and after_that.isdigit())
 
 
 def correctness_pairs(
@@ -118,6 +123,9 @@ def correctness_pairs(
     A prompt without pairs says why in `skipped`: no samples, all correct, all wrong (both tell how hard
     the prompts are), or every candidate dropped by rule 2 or 3.
 
+    The candidates are counted, never listed: the cost is linear in the samples plus `max_pairs`, so one
+    prompt with thousands of right and wrong answers (millions of candidates) stays cheap.
+
     Raises ValueError for `max_pairs` < 1, a blank `truth` or duplicate sample indices (the service
     answers INVALID_ARGUMENT).
     """
@@ -138,22 +146,55 @@ def correctness_pairs(
     if not correct:
         return PromptOutcome([], SKIP_ALL_WRONG)
 
-    # Candidates in (chosen.index, rejected.index) order, so the first of duplicates is the lowest.
-    unique: dict[tuple[str, str], CorrectnessPair] = {}
-    blank = False
-    for chosen in correct:
-        for rejected in wrong:
-            key = (_normalise_whitespace(chosen.text), _normalise_whitespace(rejected.text))
-            if not key[0] or not key[1]:
-                blank = True
-            elif key[0] != key[1]:
-                unique.setdefault(key, CorrectnessPair(chosen, rejected))
-    if not unique:
-        return PromptOutcome([], SKIP_EMPTY if blank else SKIP_IDENTICAL)
-    valid = [pair for pair in unique.values() if truth is None or not contains_truth(pair.rejected.text, truth)]
-    if not valid:
+    chosen, rejected = _distinct_texts(correct), _distinct_texts(wrong)
+    if not chosen or not rejected or (len(chosen) == len(rejected) == 1 and chosen.keys() == rejected.keys()):
+        return PromptOutcome([], SKIP_EMPTY if _any_blank(ordered) else SKIP_IDENTICAL)
+    kept = {key: sample for key, sample in rejected.items() if truth is None or not contains_truth(sample.text, truth)}
+    column_of = {key: column for column, key in enumerate(kept)}
+    # Row r is the chosen text r against every kept rejected text but its own (the column skipped).
+    rows = [(sample, column_of.get(key)) for key, sample in chosen.items()]
+    count = sum(len(kept) - (skipped is not None) for _, skipped in rows)
+    if not count:
         return PromptOutcome([], SKIP_CONTAINS_TRUTH)
-    if len(valid) > max_pairs:
-        valid = random.Random(f"{seed}:{prompt_id}").sample(valid, max_pairs)
-    valid.sort(key=lambda pair: (pair.chosen.index, pair.rejected.index))
-    return PromptOutcome(valid, None)
+    # Sampling positions from range(count) picks what sampling the listed candidates would, for the same seed.
+    ranks = (
+        range(count)
+        if count <= max_pairs
+        else sorted(random.Random(f"{seed}:{prompt_id}").sample(range(count), max_pairs))
+    )
+    return PromptOutcome(_candidates_at(ranks, rows, list(kept.values())), None)
+
+
+def _distinct_texts(samples: Sequence[LabelledSample]) -> dict[str, LabelledSample]:
+    """Each non-blank normalised text with its lowest-index sample (`samples` come in index order)."""
+    distinct: dict[str, LabelledSample] = {}
+    for sample in samples:
+        key = _normalise_whitespace(sample.text)
+        if key:
+            distinct.setdefault(key, sample)
+    return distinct
+
+
+def _any_blank(samples: Sequence[LabelledSample]) -> bool:
+    return any(not _normalise_whitespace(sample.text) for sample in samples)
+
+
+def _candidates_at(
+    ranks: Iterable[int], rows: Sequence[tuple[LabelledSample, int | None]], columns: Sequence[LabelledSample]
+) -> list[CorrectnessPair]:
+    """The candidates at the sorted `ranks` of the row-major order of `rows` x `columns`, each row without
+    its skipped column: one pass over the rows, whatever the number of candidates."""
+    pairs: list[CorrectnessPair] = []
+    pending = iter(ranks)
+    rank = next(pending, None)
+    start = 0
+    for chosen, skipped in rows:
+        width = len(columns) - (skipped is not None)
+        while rank is not None and rank < start + width:
+            column = rank - start
+            if skipped is not None and column >= skipped:
+                column += 1
+            pairs.append(CorrectnessPair(chosen, columns[column]))
+            rank = next(pending, None)
+        start += width
+    return pairs
