@@ -1,9 +1,13 @@
-"""Failpoints: named places where a crash test makes the process die by SIGKILL, exactly there, once.
+"""Failpoints: named places where a fault test makes the process fail exactly there, once.
 
-Off unless the environment variable `MPO_FAILPOINTS` names a file; the file lists armed failpoint
-names, one per line. A process reaching an armed one removes it from the file (durably, so the
-process that replaces it passes) and kills itself with SIGKILL: no cleanup handler runs, as in a real
-crash. With the variable unset a failpoint costs one environment lookup.
+Off unless the environment variable `MPO_FAILPOINTS` names a file; the file lists armed failpoints,
+one per line, each as `name` or `name=raise`. A process reaching an armed one removes its line from the
+file (durably, so the process that replaces it passes) and then fails:
+
+- `name`: kills itself with SIGKILL: no cleanup handler runs, as in a real crash;
+- `name=raise`: raises `FailpointError` there, a fault the code around it must survive or contain.
+
+With the variable unset a failpoint costs one environment lookup.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ from pathlib import Path
 from mpo.durable import fsync
 
 ENV = "MPO_FAILPOINTS"
+RAISE = "raise"
+
+
+class FailpointError(RuntimeError):
+    """The fault of a failpoint armed as `name=raise`."""
 
 
 def failpoint(name: str) -> None:
@@ -26,12 +35,15 @@ def failpoint(name: str) -> None:
         armed = armed_file.read_text().split()
     except FileNotFoundError:
         return
-    if name not in armed:
+    entry = next((e for e in armed if e.partition("=")[0] == name), None)
+    if entry is None:
         return
-    armed.remove(name)
+    armed.remove(entry)
     temporary = armed_file.with_suffix(".tmp")
-    temporary.write_text("".join(f"{entry}\n" for entry in armed))
+    temporary.write_text("".join(f"{e}\n" for e in armed))
     fsync(temporary)
     os.replace(temporary, armed_file)
     fsync(armed_file.parent)
+    if entry.partition("=")[2] == RAISE:
+        raise FailpointError(f"failpoint {name} fired")
     os.kill(os.getpid(), signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""Weight updates on the wire and on disk: packing, full verification, and the crash-safe ledger."""
+"""Weight updates on the wire and on disk: packing, bounds, full verification, and the crash-safe ledger."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from mpo import failpoints
+from mpo.failpoints import FailpointError
 from mpo.services.common.validation import InvalidRequest
 from mpo.services.rollout.weights import (
+    FAILPOINT_AFTER_FIRST_TENSOR,
+    HEADER_BYTES_PER_TENSOR,
+    UPDATE_SLACK_BYTES,
     TensorSpec,
     WeightLedger,
+    check_update_size,
     iter_tensors,
     manifest_for,
+    max_update_bytes,
     model_signature,
     pack,
     verify_files,
@@ -107,8 +114,8 @@ def test_ledger_commits_prunes_and_refuses_old_versions(tmp_path: Path) -> None:
     assert ledger.current() is None
     for version in (1, 2):
         manifest, blobs = pack(state(), version=version)
-        staging = ledger.staging_dir(version)
-        committed = ledger.commit(version, write_shards(blobs, staging), manifest)
+        with ledger.staging(version) as staging:
+            committed = ledger.commit(version, write_shards(blobs, staging), manifest)
         assert committed.version == version and not staging.exists()
     current = WeightLedger(tmp_path / "ledger").current()  # a new process reads the same state
     assert current is not None and current.version == 2 and current.manifest.sha256 == manifest.sha256
@@ -117,6 +124,65 @@ def test_ledger_commits_prunes_and_refuses_old_versions(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest) as caught:
         ledger.commit(2, write_shards(blobs, tmp_path / "again"), manifest)
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_ledger_versions_advance_one_at_a_time(tmp_path: Path) -> None:
+    """A client that could commit any larger version could commit 2**64-1 and lock every publish out."""
+    ledger = WeightLedger(tmp_path / "ledger")
+    manifest, blobs = pack(state(), version=1)
+    source = write_shards(blobs, tmp_path / "shards")
+    for version, serving in [(2, 0), (2**63, 0), (0, 0)]:
+        with pytest.raises(InvalidRequest) as caught:
+            ledger.commit(version, source, manifest)
+        assert (caught.value.field, caught.value.code) == ("manifest.version", grpc.StatusCode.FAILED_PRECONDITION)
+        assert f"must be {serving + 1} (the serving version {serving} + 1), got {version}" in caught.value.reason
+    assert ledger.current() is None, "a refused version commits nothing"
+    ledger.commit(1, source, manifest)
+    with pytest.raises(InvalidRequest, match=r"must be 2 \(the serving version 1 \+ 1\), got 3"):
+        ledger.commit(3, source, manifest)
+    assert ledger.commit(2, source, manifest).version == 2
+
+
+def test_size_cap_holds_every_honest_update_of_the_model(tmp_path: Path) -> None:
+    from transformers import Qwen2ForCausalLM
+
+    model = Qwen2ForCausalLM(tiny_qwen2_config())
+    model.save_pretrained(tmp_path)
+    signature = model_signature(tmp_path)
+    cap = max_update_bytes(signature)
+    numel = sum(t.numel() for t in model.state_dict().values())
+    names = sum(len(name) for name in signature)
+    assert cap == 8 * numel + names + HEADER_BYTES_PER_TENSOR * len(signature) + UPDATE_SLACK_BYTES
+    # The largest honest update: float64, one tensor per blob (the most headers there can be).
+    widest, blobs = pack({k: v.double() for k, v in model.state_dict().items()}, version=1, bucket_bytes=1)
+    assert len(blobs) == len(signature) and widest.total_bytes <= cap
+    check_update_size(cap, cap, "manifest.total_bytes")
+    with pytest.raises(InvalidRequest) as caught:
+        check_update_size(cap + 1, cap, "manifest.total_bytes")
+    assert caught.value.field == "manifest.total_bytes" and caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{cap + 1} bytes is more than the cap of {cap} bytes" in caught.value.reason
+
+
+def test_staging_is_removed_however_the_upload_ends(tmp_path: Path) -> None:
+    ledger = WeightLedger(tmp_path / "ledger")
+    with pytest.raises(InvalidRequest), ledger.staging(1) as staging:
+        write_shards([b"partial"], staging)
+        raise InvalidRequest("chunk.payload", "a bad chunk")
+    assert not staging.exists()
+    assert list((tmp_path / "ledger").iterdir()) == []
+
+
+def test_failpoint_fires_after_the_first_tensor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    armed = tmp_path / "failpoints"
+    armed.write_text(f"{FAILPOINT_AFTER_FIRST_TENSOR}=raise\n")
+    monkeypatch.setenv(failpoints.ENV, str(armed))
+    _, blobs = pack(state(), version=1, bucket_bytes=40)
+    taken = []
+    with pytest.raises(FailpointError):
+        for name, _ in iter_tensors(write_shards(blobs, tmp_path / "shards")):
+            taken.append(name)
+    assert taken == ["a.weight"], "the engine had the first tensor, and only it, when the load failed"
+    assert len(dict(iter_tensors(write_shards(blobs, tmp_path / "again")))) == 3, "fired once"
 
 
 def test_ledger_commit_from_storage_links_and_leaves_the_source(tmp_path: Path) -> None:
@@ -137,7 +203,8 @@ version = 0
 while True:
     version += 1
     manifest, blobs = pack(state, version=version, bucket_bytes=2**18)
-    ledger.commit(version, write_shards(blobs, ledger.staging_dir(version)), manifest)
+    with ledger.staging(version) as staging:
+        ledger.commit(version, write_shards(blobs, staging), manifest)
     if version == 1:
         print("committed", flush=True)
 """

@@ -4,7 +4,13 @@ Why Ray actors behind our own gRPC ingress rather than Ray Serve's gRPC proxy: a
 reach *every* replica (Serve routes each call to one), LoadWeights is client-streaming (Serve's
 proxy takes unary and server-streaming calls only), and the ingress reuses the shared plumbing
 (auth, validation, health, metrics) that every other service has. Routing is least-in-flight with
-a per-replica bound; Ray restarts a dead replica, which reloads the committed weights before serving.
+a per-replica bound.
+
+A replica is up (routed to) or down: from the moment a call finds it gone until the restarted actor
+answers `describe`, which it does only once it has loaded the committed weights from the ledger. A
+replica goes down when it dies, and also when a weight reload fails in it: it then exits rather than
+serve half-loaded weights (see replica.py), and `load` waits for it to come back at the committed
+version.
 """
 
 from __future__ import annotations
@@ -139,8 +145,9 @@ class ReplicaPool:
     async def load(self, version: int, files: list[Path], tensor_count: int) -> int:
         """Every replica serves `version` when this returns; the count of replicas that loaded it.
 
-        A replica that is down, or dies during the load, is waited for and asked again: restarted, it has
-        caught up from the ledger already, or loads now. Callers hold `load_lock`.
+        A replica that is down, or dies during the load (its reload failed, or it crashed), is waited for
+        and asked again: restarted, it has caught up from the ledger already (the version is committed
+        before this is called), or loads now. Callers hold `load_lock`.
         """
 
         async def one(slot: _Slot) -> int:

@@ -1,9 +1,18 @@
 """One engine replica, hosted in a Ray actor: serves requests, and swaps weights between them.
 
-A weight load first stops admitting requests, waits for the in-flight ones to finish, loads, and
-only then admits again, so every sample is made by exactly one policy version (the one it is tagged
-with). The replica starts from the committed weights in the ledger, so after a crash and restart it
-never serves an old version.
+Its states, and why every sample is made by exactly one committed policy version (the one it is
+tagged with):
+
+- starting: the engine comes up and loads the ledger's committed version; no request is admitted
+  until that is done.
+- serving version v: requests are admitted and tagged v.
+- loading v + 1: admission stops, the in-flight requests finish, the engine reloads in place; on
+  success the replica serves v + 1.
+- failed load: a reload that raised (anything: an engine error, a short count, a cancelled call) may
+  have replaced some tensors and not others. Those mixed weights are never served: the process exits
+  at once, Ray restarts the actor, and it is starting again, from the ledger (which already names the
+  new version: the service commits before it broadcasts). An engine that died while serving takes the
+  same way out.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ T = TypeVar("T")
 
 
 class WeightLoadError(RuntimeError):
-    """The engine did not take the update whole; the replica stays on its previous version."""
+    """The engine did not take the update whole: the replica exits rather than serve what it holds."""
 
 
 class RolloutReplica:
@@ -55,9 +64,17 @@ class RolloutReplica:
         return self._engine
 
     async def _load_into(self, engine: Engine, version: int, files: list[Path], tensor_count: int) -> None:
-        loaded = await engine.load_weights(files)
-        if loaded != tensor_count:
-            raise WeightLoadError(f"replica {self.index} loaded {loaded} tensors, the update has {tensor_count}")
+        """Load `version` whole, or exit the process: see "failed load" above."""
+        try:
+            loaded = await engine.load_weights(files)
+            if loaded != tensor_count:
+                raise WeightLoadError(f"replica {self.index} loaded {loaded} tensors, the update has {tensor_count}")
+        except BaseException as error:  # cancellation too: the engine may be half-way
+            log.error(
+                "replica %d: loading version %d failed (%r); exiting so Ray restarts it from the ledger",
+                self.index, version, error,
+            )  # fmt: skip
+            os._exit(1)
         self.version = version
 
     async def _admit(self) -> tuple[Engine, int]:

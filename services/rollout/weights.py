@@ -6,17 +6,24 @@ byte count and a SHA-256 over the blobs in order. An update is verified complete
 every expected tensor present with its shape, nothing extra) *before* any replica sees it, so a
 partial or mismatched update never replaces the weights that are serving.
 
+Bounds, before any work: an update is at most `max_update_bytes` of its model (every tensor in the
+widest accepted dtype, plus headers), and its version is exactly the committed one + 1, so no client can
+fill the disk or jump the version counter out of reach of the next publish.
+
 Committed updates are kept in a `WeightLedger` directory so that a replica that restarts loads the
-current weights before it serves.
+current weights before it serves. An upload is staged in a `.incoming-*` directory of the ledger that
+lives only as long as the call (`WeightLedger.staging`), whatever way the call ends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +34,20 @@ from safetensors.torch import save
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from mpo.durable import fsync
+from mpo.failpoints import failpoint
 from mpo.services.common.validation import WEIGHT_FORMAT, InvalidRequest
 from mpo.v1 import rollout_pb2
 
 #: Target size of one safetensors bucket (a gRPC chunk or a shard file); tensors are never split.
 DEFAULT_BUCKET_BYTES = 64 * 2**20
 SHARD_SUFFIX = ".safetensors"
+#: Header room per tensor beyond its name: dtype, shape, offsets, JSON syntax, and its blob's framing.
+HEADER_BYTES_PER_TENSOR = 256
+#: Room on top of the tensors, for whatever else a blob header may hold (`__metadata__`).
+UPDATE_SLACK_BYTES = 2**20
+#: Reached in both engines' weight loading right after the first tensor is in: a test can make a reload
+#: fail half-way (`name=raise`) and check that no replica serves the mixed weights.
+FAILPOINT_AFTER_FIRST_TENSOR = "rollout.load_weights.after_first_tensor"
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,37 @@ _SAFETENSORS_DTYPES = {
     "F16": torch.float16,
     "BF16": torch.bfloat16,
 }
+_WIDEST_DTYPE_BYTES = max(dtype.itemsize for dtype in _SAFETENSORS_DTYPES.values())
+
+
+def max_update_bytes(signature: WeightSignature) -> int:
+    """The largest full update of this model: every tensor in the widest accepted dtype, with its header."""
+    tensors = sum(
+        math.prod(spec.shape) * _WIDEST_DTYPE_BYTES + len(name.encode()) + HEADER_BYTES_PER_TENSOR
+        for name, spec in signature.items()
+    )
+    return tensors + UPDATE_SLACK_BYTES
+
+
+def check_update_size(size: int, limit: int, field: str) -> None:
+    """Refuse an update larger than `limit` (`max_update_bytes`) before any of it is received or read."""
+    if size > limit:
+        raise InvalidRequest(
+            field,
+            f"{size} bytes is more than the cap of {limit} bytes for this model "
+            "(every tensor in float64 plus headers: no full update can be larger)",
+        )
+
+
+def check_next_version(version: int, serving: int) -> None:
+    """Versions advance one at a time (the controller publishes serving + 1): a client that could commit
+    any larger version could also commit the largest one and lock every later publish out."""
+    if version != serving + 1:
+        raise InvalidRequest(
+            "manifest.version",
+            f"must be {serving + 1} (the serving version {serving} + 1), got {version}",
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
 
 
 def verify_files(paths: Sequence[Path], manifest: rollout_pb2.WeightManifest, signature: WeightSignature) -> None:
@@ -183,11 +229,15 @@ def verify_files(paths: Sequence[Path], manifest: rollout_pb2.WeightManifest, si
 
 
 def iter_tensors(paths: Sequence[Path | str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every shard in order, one tensor in memory at a time."""
+    """(name, tensor) of every shard in order, one tensor in memory at a time (both engines load from it)."""
+    first = True
     for path in paths:
         with safe_open(Path(path), framework="pt") as handle:
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 yield name, handle.get_tensor(name)
+                if first:  # resumed: the engine has taken the first tensor in
+                    first = False
+                    failpoint(FAILPOINT_AFTER_FIRST_TENSOR)
 
 
 @dataclass(frozen=True)
@@ -217,21 +267,22 @@ class WeightLedger:
         manifest = rollout_pb2.WeightManifest(**record["manifest"])
         return CommittedWeights(record["version"], [self.root / f for f in record["files"]], manifest)
 
-    def staging_dir(self, version: int) -> Path:
-        """Where an incoming update is written before it is verified and committed."""
+    @contextmanager
+    def staging(self, version: int) -> Iterator[Path]:
+        """Where an incoming update is written before it is verified and committed (which moves its files
+        out); removed when the block ends, however it ends (bad chunk, failed check, idle or gone client)."""
         path = self.root / f".incoming-v{version}-{os.getpid()}"
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
-        return path
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def commit(self, version: int, files: Sequence[Path], manifest: rollout_pb2.WeightManifest) -> CommittedWeights:
         """Move (or hard-link, for files outside the ledger) verified shards into `v<version>/` and point at it."""
         current = self.current()
-        if current is not None and version <= current.version:
-            raise InvalidRequest(
-                "manifest.version", f"must be greater than the serving version {current.version}, got {version}",
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )  # fmt: skip
+        check_next_version(version, current.version if current is not None else 0)
         target = self.root / f"v{version}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir()

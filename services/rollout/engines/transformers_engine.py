@@ -115,10 +115,16 @@ class TransformersEngine:
             for j, c in enumerate(completions):
                 yield Delta(i, j, c.text, c.token_ids, c.logprobs, c.finish_reason)
 
+    @torch.no_grad()
     def _load_sync(self, files: list[Path]) -> int:
-        state = dict(iter_tensors(files))
-        self.model.load_state_dict(state, strict=True)
-        return len(state)
+        """Copy each tensor into its parameter as it is read: one tensor in memory at a time. A failure
+        half-way leaves mixed weights, which the replica never serves (it exits; see replica.py)."""
+        params = self.model.state_dict()  # views of the parameters: copy_ writes into the model
+        loaded = 0
+        for name, tensor in iter_tensors(files):
+            params[name].copy_(tensor)
+            loaded += 1
+        return loaded
 
     async def load_weights(self, files: list[Path]) -> int:
         async with self._lock:  # never under a running batch
