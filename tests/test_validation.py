@@ -7,8 +7,13 @@ the table of bad requests overrides one field of it, so each row shows only what
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import struct
+import zlib
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -19,6 +24,7 @@ from PIL import Image as PILImage
 
 from mpo.config import RequestLimits
 from mpo.services.common.validation import (
+    GREEDY_TEMPERATURE,
     RULES,
     STREAM_VALIDATORS,
     InvalidRequest,
@@ -54,18 +60,41 @@ LIMITS = RequestLimits(
     max_question_chars=100,
     max_pairs_per_request=4,
     max_samples_per_request=8,
+    max_image_pixels=64 * 64,
+    max_stop_strings=3,
+    max_stop_chars=16,
+    max_prefix_chars=50,
 )
 
 
-def _png() -> bytes:
+def _png(size: tuple[int, int] = (4, 3)) -> bytes:
     buffer = io.BytesIO()
-    PILImage.new("RGB", (4, 3), (200, 30, 30)).save(buffer, format="PNG")
+    PILImage.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header declares `width` x `height` (IHDR CRC fixed): a few dozen bytes that a
+    decoder would expand to width x height x 3 bytes, a decompression bomb."""
+    data = bytearray(_png((1, 1)))
+    data[16:24] = struct.pack(">II", width, height)  # IHDR data starts after signature, length and type
+    data[29:33] = struct.pack(">I", zlib.crc32(data[12:29]))  # CRC over the chunk type and data
+    return bytes(data)
+
+
+def animated(image_format: str, frames: int, size: tuple[int, int] = (32, 32)) -> bytes:
+    """An animation of `frames` different frames (encoders merge equal ones)."""
+    images = [PILImage.new("RGB", size, (40 * i % 256, 0, 0)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=image_format, save_all=True, append_images=images[1:])
     return buffer.getvalue()
 
 
 PNG = _png()
 #: A PNG whose last pixel-data byte is flipped: the header still says PNG, the chunk CRC does not match.
 CORRUPT_PNG = PNG[:-20] + bytes([PNG[-20] ^ 0xFF]) + PNG[-19:]
+#: 97 bytes declaring 13,000 x 13,000 pixels: about 0.5 GB once decoded.
+BOMB_PNG = declared_png(13_000, 13_000)
 SHA = "ab" * 32
 
 
@@ -212,6 +241,44 @@ BAD_REQUESTS = [
         prompts=[prompt(images=[image(data=PNG), image(data=CORRUPT_PNG)])],
     ),
     bad(GENERATE, "prompts[0].images[0].uri", "must not be empty", prompts=[prompt(images=[image(uri="")])]),
+    # Pixel caps, read from the header before any decoding.
+    bad(
+        GENERATE,
+        "prompts[0].images[0].data",
+        "image of 13000x13000 = 169000000 pixels, at most 4096 (max_image_pixels)",
+        prompts=[prompt(images=[image(data=BOMB_PNG)])],
+    ),
+    bad(
+        GENERATE,
+        "prompts[0].images[1].data",
+        "image of 65x64 = 4160 pixels, at most 4096 (max_image_pixels)",
+        prompts=[prompt(images=[image(data=PNG), image(data=_png((65, 64)))])],
+    ),
+    bad(
+        GENERATE,
+        "prompts[0].images[0].data",
+        "image of 32x32 x 5 frames = 5120 pixels",
+        prompts=[prompt(images=[image(data=animated("PNG", 5))])],
+    ),
+    bad(
+        GENERATE,
+        "prompts[0].images[0].data",
+        "image of 32x32 x 5 frames = 5120 pixels",
+        prompts=[prompt(images=[image(data=animated("GIF", 5))])],
+    ),
+    # Past PIL's own bomb guard, which refuses at open: the same code and field.
+    bad(
+        GENERATE,
+        "prompts[0].images[0].data",
+        "undecodable image (DecompressionBombError",
+        prompts=[prompt(images=[image(data=declared_png(20_000, 20_000))])],
+    ),
+    bad(
+        GENERATE_STREAM,
+        "prompts[0].images[0].data",
+        "max_image_pixels",
+        prompts=[prompt(images=[image(data=BOMB_PNG)])],
+    ),
     bad(GENERATE, "prompts[0].choices[1]", "must not be empty", prompts=[prompt(choices=["4", " "])]),
     bad(GENERATE, "prompts[0].answer", "must not be empty", prompts=[prompt(answer="")]),
     bad(GENERATE_STREAM, "prompts", "must not be empty", prompts=[]),
@@ -234,9 +301,29 @@ BAD_REQUESTS = [
     bad(GENERATE, "sampling.top_p", "must be in [0, 1]", sampling=sampling(top_p=-0.1)),
     bad(GENERATE, "sampling.top_p", "finite", sampling=sampling(top_p=float("nan"))),
     bad(GENERATE, "sampling.top_p", "finite", sampling=sampling(top_p=float("-inf"))),
-    bad(GENERATE, "sampling.max_tokens", "must be >= 1, got 0", sampling=sampling(max_tokens=0)),
     bad(GENERATE, "sampling.max_tokens", "must be at most 64 (max_tokens), got 65", sampling=sampling(max_tokens=65)),
     bad(GENERATE, "sampling.stop[1]", "must not be empty", sampling=sampling(stop=["\n", ""])),
+    bad(
+        GENERATE,
+        "sampling.stop",
+        "at most 3 allowed (max_stop_strings), got 4",
+        sampling=sampling(stop=["a", "b", "c", "d"]),
+    ),
+    bad(
+        GENERATE,
+        "sampling.stop[1]",
+        "at most 16 characters (max_stop_chars), got 17",
+        sampling=sampling(stop=["\n", "x" * 17]),
+    ),
+    # Greedy decoding gives n identical samples (vLLM refuses n > 1 there).
+    bad(
+        GENERATE,
+        "sampling.n",
+        "must be 1 with greedy decoding (temperature below 1e-05), got 2",
+        sampling=sampling(n=2, temperature=0.0),
+    ),
+    bad(GENERATE, "sampling.n", "greedy", sampling=sampling(n=8, temperature=GREEDY_TEMPERATURE / 2)),
+    bad(GENERATE_STREAM, "sampling.n", "greedy", sampling=sampling(n=2, temperature=0.0)),
     # Continue.
     bad(CONTINUE, "continuations", "must not be empty", continuations=[]),
     bad(CONTINUE, "continuations", "at most 4 allowed (max_batch_prompts)", continuations=[continuation()] * 5),
@@ -254,6 +341,19 @@ BAD_REQUESTS = [
         continuations=[continuation(prompt=prompt(images=[image(data=b"jpeg?")]))],
     ),
     bad(CONTINUE, "continuations[0].prefix", "must not be empty", continuations=[continuation(prefix="")]),
+    bad(
+        CONTINUE,
+        "continuations[1].prefix",
+        "at most 50 characters (max_prefix_chars), got 51",
+        continuations=[continuation(), continuation(prefix="x" * 51)],
+    ),
+    bad(
+        CONTINUE,
+        "continuations[0].prompt.images[0].data",
+        "max_image_pixels",
+        continuations=[continuation(prompt=prompt(images=[image(data=BOMB_PNG)]))],
+    ),
+    bad(CONTINUE, "sampling.stop", "max_stop_strings", sampling=sampling(n=1, stop=["a", "b", "c", "d"])),
     bad(CONTINUE, "sampling", "required", sampling=None),
     bad(CONTINUE, "sampling.n", "must be 1 for Continue", sampling=sampling(n=2)),
     bad(CONTINUE, "sampling.n", "must be >= 1", sampling=sampling(n=0)),
@@ -320,6 +420,12 @@ BAD_REQUESTS = [
     bad(TRAIN, "pairs[0].prompt", "required", pairs=[pair(prompt=None)]),
     bad(TRAIN, "pairs[0].prompt.task", "unknown task 'poetry'", pairs=[pair(prompt=prompt(task="poetry"))]),
     bad(TRAIN, "pairs[0].prompt.images[0]", "must set data or uri", pairs=[pair(prompt=prompt(images=[image()]))]),
+    bad(
+        TRAIN,
+        "pairs[0].prompt.images[0].data",
+        "max_image_pixels",
+        pairs=[pair(prompt=prompt(images=[image(data=BOMB_PNG)]))],
+    ),
     bad(TRAIN, "pairs[0].chosen", "must not be empty", pairs=[pair(chosen="")]),
     bad(TRAIN, "pairs[0].rejected", "must not be empty", pairs=[pair(rejected="")]),
     bad(TRAIN, "pairs[0].rejected", "must differ from chosen", pairs=[pair(chosen="same", rejected="same")]),
@@ -381,7 +487,12 @@ def test_every_method_with_rules_has_a_valid_example() -> None:
 @pytest.mark.parametrize(
     ("method", "overrides"),
     [
-        (GENERATE, {"sampling": sampling(n=8, temperature=0.0, top_p=0.0, max_tokens=64, stop=[])}),
+        (GENERATE, {"sampling": sampling(n=8, temperature=2 * GREEDY_TEMPERATURE, top_p=0.0, max_tokens=64, stop=[])}),
+        (GENERATE, {"sampling": sampling(n=1, temperature=0.0)}),  # greedy, one sample
+        (GENERATE, {"sampling": sampling(max_tokens=0)}),  # unset: the service resolves it
+        (GENERATE, {"sampling": sampling(stop=["x" * 16] * 3)}),
+        (GENERATE, {"prompts": [prompt(images=[image(data=_png((64, 64))), image(data=animated("PNG", 4))])]}),
+        (CONTINUE, {"continuations": [continuation(prefix="x" * 50)]}),
         (GENERATE, {"sampling": sampling(n=1, temperature=100.0, top_p=1.0, max_tokens=1)}),
         (GENERATE, {"sampling": common_pb2.SamplingParams(n=1, max_tokens=1)}),
         (GENERATE, {"prompts": [prompt(f"p{i}") for i in range(4)]}),
@@ -461,6 +572,104 @@ def test_invalid_request_survives_pickling() -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "sampling.n: must be >= 1, got 0",
     )
+
+
+# --- image files named by URI (read by the rollout service: services/rollout/prompts.py) ---------------------
+
+
+@pytest.fixture(scope="module")
+def prompts_module() -> ModuleType:
+    """Imported here, not at the top: it loads torch and transformers, which the other tests do not need."""
+    from mpo.services.rollout import prompts
+
+    return prompts
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> tuple[Path, Path]:
+    """(a readable root holding `red.png`, a folder outside it holding `secret.png`)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "red.png").write_bytes(PNG)
+    (outside / "secret.png").write_bytes(PNG)
+    return root, outside
+
+
+def _refusal(prompts_module: ModuleType, uri: str, root: Path, limits: RequestLimits = LIMITS) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        prompts_module.read_image_file(uri, [root], "prompts[0].images[0].uri", limits)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.field == "prompts[0].images[0].uri"
+    return caught.value
+
+
+def test_image_file_under_a_root_is_read(prompts_module: ModuleType, roots: tuple[Path, Path]) -> None:
+    root, _ = roots
+    assert prompts_module.read_image_file(f"file://{root / 'red.png'}", [root], "f", LIMITS) == PNG
+    assert prompts_module.read_image_file(str(root / "red.png"), [root], "f", LIMITS) == PNG
+
+
+def test_unreadable_uris_share_one_text(prompts_module: ModuleType, roots: tuple[Path, Path]) -> None:
+    """Outside the roots, missing, a folder, a FIFO (opening it would block), a symlink out of the root,
+    a NUL byte: one text, so a caller cannot tell which paths exist outside the roots."""
+    root, outside = roots
+    os.mkfifo(root / "pipe.png")
+    (root / "folder.png").mkdir()
+    (root / "link.png").symlink_to(outside / "secret.png")
+    uris = [
+        str(outside / "secret.png"),
+        str(outside / "missing.png"),
+        str(root / "missing.png"),
+        f"{root}/../outside/secret.png",
+        str(root / "folder.png"),
+        str(root / "pipe.png"),
+        str(root / "link.png"),
+        f"{root}/red.png\x00",
+        "/dev/zero",
+    ]
+    reasons = {_refusal(prompts_module, uri, root).reason for uri in uris}
+    assert reasons == {"not a readable file under the readable roots"}
+
+
+def test_oversize_image_file_is_refused_before_reading(prompts_module: ModuleType, roots: tuple[Path, Path]) -> None:
+    root, _ = roots
+    (root / "big.png").write_bytes(PNG + bytes(LIMITS.max_image_bytes + 1 - len(PNG)))
+    reason = _refusal(prompts_module, str(root / "big.png"), root).reason
+    assert reason == "file of 4097 bytes, at most 4096 bytes (max_image_bytes)"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (BOMB_PNG, "image of 13000x13000 = 169000000 pixels, at most 4096 (max_image_pixels)"),
+        (animated("GIF", 5), "image of 32x32 x 5 frames = 5120 pixels"),
+        (CORRUPT_PNG, "undecodable image"),
+        (b"", "must not be empty"),
+    ],
+    ids=["bomb", "animation", "corrupt", "empty"],
+)
+def test_image_file_is_checked_like_image_data(
+    prompts_module: ModuleType, roots: tuple[Path, Path], content: bytes, reason: str
+) -> None:
+    root, _ = roots
+    (root / "bad.png").write_bytes(content)
+    assert reason in _refusal(prompts_module, str(root / "bad.png"), root).reason
+
+
+def test_no_roots_reads_nothing(prompts_module: ModuleType, roots: tuple[Path, Path]) -> None:
+    root, _ = roots
+    with pytest.raises(InvalidRequest, match="no readable_roots are configured"):
+        prompts_module.read_image_file(str(root / "red.png"), [], "f", LIMITS)
+
+
+def test_weights_may_name_a_folder(prompts_module: ModuleType, roots: tuple[Path, Path]) -> None:
+    """LoadWeightsFromStorage names shard folders: `resolve_readable` takes folders unless told not to."""
+    root, outside = roots
+    assert prompts_module.resolve_readable(str(root), [root], "uri") == root.resolve()
+    for uri in (str(outside), str(root / "missing")):
+        with pytest.raises(InvalidRequest, match=r"^uri: not a readable file or directory under the readable roots$"):
+            prompts_module.resolve_readable(uri, [root], "uri")
 
 
 # --- LoadWeights stream ---------------------------------------------------------------------------------------
@@ -554,3 +763,83 @@ def test_storage_and_stream_share_the_manifest_rules() -> None:
         with pytest.raises(InvalidRequest) as from_stream:
             WeightStreamValidator().feed(rollout_pb2.LoadWeightsRequest(manifest=bad_manifest))
         assert str(from_storage.value) == str(from_stream.value)
+
+
+# --- bounds on pair caps and epochs, run ids (issue #25) ---------------------------------------------------
+
+#: Ids that must never name a folder of the run store: traversal, separators, hidden files, control
+#: characters, non-ASCII, too long, and a trailing newline (which `$` alone would let through).
+BAD_RUN_IDS = [
+    "../escape",
+    "..",
+    ".",
+    "a/b",
+    "/abs",
+    "a\\b",
+    ".hidden",
+    "-x",
+    "_x",
+    "run\n",
+    "a\x00b",
+    "ü",
+    " a",
+    "x" * 65,
+]
+GOOD_RUN_IDS = ["run-1", "a", "A.b_c-9", "x" * 64, "run-20250101-120000-abcdef", "1..2"]
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides", "field", "reason"),
+    [
+        pytest.param(
+            BUILD_PAIRS,
+            {"options": reward_pb2.PairOptions(max_pairs_per_prompt=5)},
+            "options.max_pairs_per_prompt",
+            "must be at most 4 (max_pairs_per_request), got 5",
+            id="pair-cap",
+        ),
+        pytest.param(
+            BUILD_PAIRS,
+            {"options": reward_pb2.PairOptions(max_pairs_per_prompt=2**32 - 1)},
+            "options.max_pairs_per_prompt",
+            "max_pairs_per_request",
+            id="pair-cap-huge",
+        ),
+        pytest.param(TRAIN, {"epochs": 17}, "epochs", "must be at most 16 (max_epochs), got 17", id="epochs"),
+        pytest.param(TRAIN, {"epochs": 2**32 - 1}, "epochs", "max_epochs", id="epochs-huge"),
+    ],
+)
+def test_unbounded_options_are_bounded(method: str, overrides: dict[str, Any], field: str, reason: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate_request(method, valid(method, **overrides), LIMITS)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.field, str(caught.value)) == (field, f"{field}: {caught.value.reason}")
+    assert reason in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides"),
+    [
+        (BUILD_PAIRS, {"options": reward_pb2.PairOptions(max_pairs_per_prompt=4)}),
+        (BUILD_PAIRS, {"options": reward_pb2.PairOptions(max_pairs_per_prompt=0)}),  # the service's own cap
+        (TRAIN, {"epochs": 16}),
+        (TRAIN, {"epochs": 0}),  # the trainer's configured default
+    ],
+)
+def test_bounded_options_at_their_limits_pass(method: str, overrides: dict[str, Any]) -> None:
+    validate_request(method, valid(method, **overrides), LIMITS)
+
+
+@pytest.mark.parametrize("method", [START_RUN, *RUN_ID_METHODS])
+@pytest.mark.parametrize("run_id", BAD_RUN_IDS)
+def test_run_ids_outside_the_slug_are_rejected(method: str, run_id: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate_request(method, valid(method, run_id=run_id), LIMITS)
+    assert caught.value.field == "run_id"
+    assert caught.value.reason.startswith("must be letters, digits, '.', '_' or '-' (not first), at most 64")
+
+
+@pytest.mark.parametrize("method", [START_RUN, *RUN_ID_METHODS])
+@pytest.mark.parametrize("run_id", GOOD_RUN_IDS)
+def test_slug_run_ids_pass(method: str, run_id: str) -> None:
+    validate_request(method, valid(method, run_id=run_id), LIMITS)

@@ -22,12 +22,13 @@ from google.protobuf.message import Message
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
-from mpo.config import RequestLimits
+from mpo.config import GREEDY_TEMPERATURE, RUN_ID_PATTERN, RequestLimits
 from mpo.v1 import common_pb2, controller_pb2, reward_pb2, rollout_pb2, trainer_pb2
 
 #: Longest client-supplied text quoted in an error: reasons travel in the size-limited grpc-message trailer.
 _QUOTED_CHARS = 60
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_RUN_ID = re.compile(RUN_ID_PATTERN)
 WEIGHT_FORMAT = "safetensors"
 
 
@@ -83,6 +84,11 @@ def _check_at_most(value: int, field: str, limit: int, limit_name: str) -> None:
         raise InvalidRequest(field, f"must be at most {limit} ({limit_name}), got {value}")
 
 
+def _check_chars(text: str, field: str, limit: int, limit_name: str) -> None:
+    if len(text) > limit:
+        raise InvalidRequest(field, f"at most {limit} characters ({limit_name}), got {len(text)}")
+
+
 def _check_count(items: Sized, field: str, limit: int, limit_name: str, *, required: bool = True) -> None:
     """A repeated field: non-empty (when required) and no longer than its limit, so one call stays bounded."""
     if required and len(items) == 0:
@@ -118,17 +124,47 @@ def _check_enum(message: Message, name: str, field: str) -> None:
         raise InvalidRequest(field, f"unknown value {value}")
 
 
-def _undecodable_reason(data: bytes) -> str | None:
-    """Why PIL cannot read `data`, or None; catching everything is deliberate: PIL's plugins raise
-    OSError, SyntaxError, ValueError, struct.error, DecompressionBombError, ... on hostile bytes."""
+def error_text(error: BaseException) -> str:
+    """`Type: message` of an error that client input caused, short enough for the status trailer."""
+    return f"{type(error).__name__}: {_shorten(str(error))}"
+
+
+def _undecodable_reason(data: bytes, max_pixels: int) -> str | None:
+    """Why `data` is no image a service may decode, or None.
+
+    The canvas (width x height x frames) is read from the header and checked against `max_pixels`
+    before anything is decompressed: a few KB of PNG can declare 13k x 13k pixels, half a GB per decode.
+    `verify` then checks the file's structure (chunk CRCs) without decoding pixels. PIL's own bomb guard
+    stays on: at open it refuses canvases past twice its MAX_IMAGE_PIXELS (about 179 M pixels, far above
+    the default cap), so whatever the cap, nothing larger than it is ever decoded. Catching everything is
+    deliberate: PIL's plugins raise OSError, SyntaxError, ValueError, struct.error, ... on hostile bytes.
+    """
     try:
         with PILImage.open(io.BytesIO(data)) as image:
+            frames = getattr(image, "n_frames", 1)
+            pixels = image.width * image.height * frames
+            if pixels > max_pixels:
+                canvas = f"{image.width}x{image.height}" + (f" x {frames} frames" if frames > 1 else "")
+                return f"image of {canvas} = {pixels} pixels, at most {max_pixels} (max_image_pixels)"
             image.verify()
     except UnidentifiedImageError:
-        return "not an image format PIL can read"
+        return "undecodable image (not an image format PIL can read)"
     except Exception as exc:
-        return f"{type(exc).__name__}: {_shorten(str(exc))}"
+        return f"undecodable image ({error_text(exc)})"
     return None
+
+
+def check_image_bytes(data: bytes, field: str, limits: RequestLimits) -> None:
+    """Encoded image bytes: not empty, within the byte and pixel caps, readable by PIL. Shared by request
+    validation (`Image.data`) and the rollout service, which reads `Image.uri` files itself."""
+    _check_nonempty(data, field)
+    if len(data) > limits.max_image_bytes:
+        raise InvalidRequest(
+            field, f"image of {len(data)} bytes, at most {limits.max_image_bytes} bytes (max_image_bytes)"
+        )
+    problem = _undecodable_reason(data, limits.max_image_pixels)
+    if problem is not None:
+        raise InvalidRequest(field, problem)
 
 
 # --- message helpers: one per shared message type ----------------------------------------------------------
@@ -138,29 +174,17 @@ def _check_image(image: common_pb2.Image, field: str, limits: RequestLimits) -> 
     source = image.WhichOneof("source")
     if source is None:
         raise InvalidRequest(field, "must set data or uri")
-    if source == "uri":
+    if source == "uri":  # read, and checked like `data`, by the service that reads it (it knows its roots)
         _check_nonempty(image.uri, f"{field}.uri")
         return
-    data_field = f"{field}.data"
-    _check_nonempty(image.data, data_field)
-    if len(image.data) > limits.max_image_bytes:
-        raise InvalidRequest(
-            data_field, f"image of {len(image.data)} bytes, at most {limits.max_image_bytes} bytes (max_image_bytes)"
-        )
-    problem = _undecodable_reason(image.data)
-    if problem is not None:
-        raise InvalidRequest(data_field, f"undecodable image ({problem})")
+    check_image_bytes(image.data, f"{field}.data", limits)
 
 
 def _check_prompt(prompt: common_pb2.Prompt, field: str, limits: RequestLimits) -> None:
     """One prompt on its own; id uniqueness depends on the request and is checked by the caller."""
     _check_nonempty(prompt.id, f"{field}.id")
     _check_not_blank(prompt.question, f"{field}.question")
-    if len(prompt.question) > limits.max_question_chars:
-        raise InvalidRequest(
-            f"{field}.question",
-            f"at most {limits.max_question_chars} characters (max_question_chars), got {len(prompt.question)}",
-        )
+    _check_chars(prompt.question, f"{field}.question", limits.max_question_chars, "max_question_chars")
     _check_count(
         prompt.images, f"{field}.images", limits.max_images_per_prompt, "max_images_per_prompt", required=False
     )
@@ -189,17 +213,28 @@ def _check_sampling(
     request: rollout_pb2.GenerateRequest | rollout_pb2.GenerateStreamRequest | rollout_pb2.ContinueRequest,
     limits: RequestLimits,
 ) -> common_pb2.SamplingParams:
-    """The request's required `sampling` field; returned so callers can add method-specific rules."""
+    """The request's required `sampling` field; returned so callers can add method-specific rules.
+
+    `top_k` needs no rule: it is unsigned, and values at or past the vocabulary size mean "off" in both
+    engines. `max_tokens` 0 means "unset" (the rollout service resolves it once the prompts are rendered).
+    """
     _check_present(request, "sampling", "sampling")
     params = request.sampling
     _check_at_least(params.n, "sampling.n", 1)
     _check_at_most(params.n, "sampling.n", limits.max_samples_per_prompt, "max_samples_per_prompt")
     _check_float(params.temperature, "sampling.temperature", 0.0)
+    if params.n > 1 and params.temperature < GREEDY_TEMPERATURE:
+        raise InvalidRequest(
+            "sampling.n",
+            f"must be 1 with greedy decoding (temperature below {GREEDY_TEMPERATURE:g}), got {params.n}: greedy "
+            "decoding gives n identical samples; set temperature > 0 to draw several",
+        )
     _check_float(params.top_p, "sampling.top_p", 0.0, 1.0)
-    _check_at_least(params.max_tokens, "sampling.max_tokens", 1)
     _check_at_most(params.max_tokens, "sampling.max_tokens", limits.max_tokens, "max_tokens")
+    _check_count(params.stop, "sampling.stop", limits.max_stop_strings, "max_stop_strings", required=False)
     for i, stop in enumerate(params.stop):
         _check_nonempty(stop, f"sampling.stop[{i}]")
+        _check_chars(stop, f"sampling.stop[{i}]", limits.max_stop_chars, "max_stop_chars")
     return params
 
 
@@ -259,6 +294,7 @@ def _check_continue(request: rollout_pb2.ContinueRequest, limits: RequestLimits)
         _check_present(continuation, "prompt", f"{field}.prompt")
         _check_prompt(continuation.prompt, f"{field}.prompt", limits)
         _check_nonempty(continuation.prefix, f"{field}.prefix")
+        _check_chars(continuation.prefix, f"{field}.prefix", limits.max_prefix_chars, "max_prefix_chars")
     params = _check_sampling(request, limits)
     if params.n != 1:
         raise InvalidRequest("sampling.n", f"must be 1 for Continue (one sample per continuation), got {params.n}")
@@ -276,8 +312,12 @@ def _check_score(request: reward_pb2.ScoreRequest | reward_pb2.BuildPairsRequest
 
 
 def _check_build_pairs(request: reward_pb2.BuildPairsRequest, limits: RequestLimits) -> None:
+    """The pair cap is bounded like a Train call (0: the service's own cap): the pairs must fit one anyway."""
     _check_score(request, limits)
-    _check_float(request.options.dropout_prefix_fraction, "options.dropout_prefix_fraction", 0.0, 1.0, high_open=True)
+    options = request.options
+    cap, cap_field = options.max_pairs_per_prompt, "options.max_pairs_per_prompt"
+    _check_at_most(cap, cap_field, limits.max_pairs_per_request, "max_pairs_per_request")
+    _check_float(options.dropout_prefix_fraction, "options.dropout_prefix_fraction", 0.0, 1.0, high_open=True)
 
 
 def _check_train(request: trainer_pb2.TrainRequest, limits: RequestLimits) -> None:
@@ -286,6 +326,7 @@ def _check_train(request: trainer_pb2.TrainRequest, limits: RequestLimits) -> No
     for i, pair in enumerate(request.pairs):
         _check_pair(pair, f"pairs[{i}]", limits)
         _check_unique(pair.id, f"pairs[{i}].id", seen, f"pair id {_quote(pair.id)}")
+    _check_at_most(request.epochs, "epochs", limits.max_epochs, "max_epochs")
 
 
 def _check_publish_weights(request: trainer_pb2.PublishWeightsRequest, limits: RequestLimits) -> None:
@@ -293,8 +334,20 @@ def _check_publish_weights(request: trainer_pb2.PublishWeightsRequest, limits: R
     _check_enum(request, "transport", "transport")
 
 
+def _check_slug(run_id: str, field: str) -> None:
+    """Run ids name folders of the run store: only a slug can never reach outside it ("..", "/", NUL)."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise InvalidRequest(
+            field,
+            f"must be letters, digits, '.', '_' or '-' (not first), at most 64 characters; got {_quote(run_id)}",
+        )
+
+
 def _check_start_run(request: controller_pb2.StartRunRequest, limits: RequestLimits) -> None:
+    """An empty run id is generated; config_yaml's own run id is checked with the rest of the config."""
     _check_not_blank(request.config_yaml, "config_yaml")
+    if request.run_id:
+        _check_slug(request.run_id, "run_id")
 
 
 def _check_run_id(
@@ -307,6 +360,7 @@ def _check_run_id(
     limits: RequestLimits,
 ) -> None:
     _check_nonempty(request.run_id, "run_id")
+    _check_slug(request.run_id, "run_id")
 
 
 #: A rule gets the request (of the method's input type) and raises InvalidRequest on the first problem.

@@ -2,8 +2,10 @@
 
 Requests arrive validated by the shared guard; here they are rendered for the model, spread over the
 replica pool, and answered with samples tagged by the policy version that produced them. Weight
-updates (streamed or from storage) are verified in full, committed to the ledger, and only then
-broadcast to every replica.
+updates (streamed or from storage) are bounded before any work (the model's size cap, exactly the next
+version, a stream that stalls is cut off), verified in full, committed to the ledger, reported as the
+serving version, and only then broadcast to every replica; a replica that fails to load it restarts
+into it from the ledger (replica.py), so status, ledger and replicas agree however a load ends.
 """
 
 from __future__ import annotations
@@ -11,20 +13,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
+from ray.exceptions import RayError
 
-from mpo.config import RolloutConfig
-from mpo.services.common.validation import InvalidRequest
-from mpo.services.rollout.engines.base import Completion, SamplingSpec
+from mpo.config import GREEDY_TEMPERATURE, RolloutConfig
+from mpo.services.common.validation import InvalidRequest, error_text
+from mpo.services.rollout.engines.base import Completion, EngineInput, SamplingSpec
 from mpo.services.rollout.pool import ReplicaPool, ReplicaUnavailable
 from mpo.services.rollout.prompts import PromptRenderer, resolve_readable
-from mpo.services.rollout.weights import WeightLedger, WeightSignature, model_signature, shard_files, verify_files
+from mpo.services.rollout.weights import (
+    SHARD_SUFFIX,
+    WeightLedger,
+    WeightSignature,
+    check_next_version,
+    check_update_size,
+    max_update_bytes,
+    model_signature,
+    shard_files,
+    verify_files,
+)
 from mpo.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _FINISH = {
     "stop": common_pb2.FINISH_REASON_STOP,
@@ -35,10 +53,11 @@ _FINISH = {
 
 
 def sampling_spec(params: common_pb2.SamplingParams) -> SamplingSpec:
-    """Proto defaults mean "off": top_p 0 → 1.0, top_k 0 → no limit."""
+    """Proto defaults mean "off": top_p 0 → 1.0, top_k 0 → no limit; max_tokens 0 (unset) is resolved
+    per request by the service. A temperature below GREEDY_TEMPERATURE is greedy in both engines."""
     return SamplingSpec(
         n=params.n,
-        temperature=params.temperature,
+        temperature=params.temperature if params.temperature >= GREEDY_TEMPERATURE else 0.0,
         top_p=params.top_p if params.top_p > 0 else 1.0,
         top_k=params.top_k,
         max_tokens=params.max_tokens,
@@ -60,6 +79,52 @@ def to_sample(prompt_id: str, index: int, completion: Completion, version: int) 
     )
 
 
+async def _idle_limited(messages: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
+    """`messages`, cut off with DEADLINE_EXCEEDED once the client sends nothing for `seconds`: a stalled
+    upload would otherwise hold the load lock, and its staged files, for as long as it stays connected."""
+    while True:
+        try:
+            async with asyncio.timeout(seconds):
+                message = await anext(messages)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise InvalidRequest(
+                "stream",
+                f"the LoadWeights stream sent nothing for {seconds:g} s (weight_stream_idle_seconds); "
+                "the update is abandoned",
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ) from None
+        yield message
+
+
+async def _receive(messages: AsyncIterator[rollout_pb2.LoadWeightsRequest], staging: Path) -> list[Path]:
+    """Write the chunks after the manifest into `staging` as they come (the guard has checked their order,
+    indexes and sizes: at most `manifest.total_bytes` in all); the shard files in order."""
+    files = []
+    async for message in messages:
+        path = staging / f"weights-{message.chunk.index:05d}{SHARD_SUFFIX}"
+        # Finished even if the client leaves meanwhile, so that no file lands after staging is removed.
+        await _to_the_end(asyncio.to_thread(path.write_bytes, message.chunk.payload))
+        files.append(path)
+    return files
+
+
+async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """`work`, run to its end even when the caller is cancelled (the client left or its deadline passed);
+    the cancellation is raised once `work` is done, still under the load lock. So a chunk being written
+    lands before its staging folder is removed, and a verified update is committed and broadcast whole:
+    status, ledger and replicas never disagree because a client went away."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("work finished after its client left failed: %r", error)
+        raise
+
+
 class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
     def __init__(self, config: RolloutConfig, pool: ReplicaPool, *, max_model_len: int, backend: str) -> None:
         self.config, self.pool = config, pool
@@ -70,8 +135,10 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             readable_roots=config.readable_roots,
             prompt=config.prompt,
             trust_remote_code=config.trust_remote_code,
+            limits=config.server.limits,
         )
         self.signature: WeightSignature = model_signature(config.model, trust_remote_code=config.trust_remote_code)
+        self.max_update_bytes = max_update_bytes(self.signature)
         self.ledger = WeightLedger(config.weights_dir)
         self.version = committed.version if (committed := self.ledger.current()) else 0
         self.max_model_len = max_model_len
@@ -81,17 +148,52 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
 
     # --- sampling ------------------------------------------------------------------------------------
 
+    async def _engine_inputs(
+        self, renders: list[partial[EngineInput]], spec: SamplingSpec
+    ) -> tuple[list[EngineInput], SamplingSpec]:
+        """Render the batch in a worker thread (it decodes every image: seconds of CPU for a big batch,
+        which must not stall the event loop), then resolve an unset `max_tokens`: what the context leaves
+        after the request's longest prompt, at most the service's `max_tokens` (each render has checked
+        that its prompt leaves room for one token at least)."""
+        inputs = await asyncio.to_thread(lambda: [render() for render in renders])
+        if spec.max_tokens:
+            return inputs, spec
+        longest = max(len(item.prompt_token_ids) for item in inputs)
+        room = min(self.config.server.limits.max_tokens, self.max_model_len - longest)
+        return inputs, replace(spec, max_tokens=room)
+
+    def _prompt_renders(self, prompts: Sequence[common_pb2.Prompt], spec: SamplingSpec) -> list[partial[EngineInput]]:
+        return [
+            partial(self.renderer.render, prompt, f"prompts[{i}]", max_tokens=spec.max_tokens)
+            for i, prompt in enumerate(prompts)
+        ]
+
+    @asynccontextmanager
+    async def _sampling(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """The one place where a failure in a replica becomes a status. A request the engine refuses
+        (its ValueError or TypeError, arriving through Ray as a RayTaskError that is also an instance of
+        it) is INVALID_ARGUMENT; a replica gone, or any other engine failure, is UNAVAILABLE: retryable."""
+        try:
+            yield
+        except ReplicaUnavailable as error:
+            await self._unavailable(context, error)
+        except RayError as error:
+            cause = getattr(error, "cause", None) or error
+            if isinstance(cause, (ValueError, TypeError)):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"the engine refused the request: {error_text(cause)}"
+                )
+            else:
+                log.warning("sampling failed in a replica: %s", error)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"the engine failed ({error_text(cause)}); retry")
+
     async def Generate(
         self, request: rollout_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> rollout_pb2.GenerateResponse:
         spec = sampling_spec(request.sampling)
-        inputs = [
-            self.renderer.render(p, f"prompts[{i}]", max_tokens=spec.max_tokens) for i, p in enumerate(request.prompts)
-        ]
-        try:
+        inputs, spec = await self._engine_inputs(self._prompt_renders(request.prompts, spec), spec)
+        async with self._sampling(context):
             version, completions = await self.pool.generate(inputs, spec)
-        except ReplicaUnavailable as error:
-            await self._unavailable(context, error)
         samples = [
             to_sample(prompt.id, j, completion, version)
             for prompt, row in zip(request.prompts, completions, strict=True)
@@ -103,10 +205,8 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
         self, request: rollout_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rollout_pb2.GenerateStreamResponse]:
         spec = sampling_spec(request.sampling)
-        inputs = [
-            self.renderer.render(p, f"prompts[{i}]", max_tokens=spec.max_tokens) for i, p in enumerate(request.prompts)
-        ]
-        try:
+        inputs, spec = await self._engine_inputs(self._prompt_renders(request.prompts, spec), spec)
+        async with self._sampling(context):
             async for version, delta in self.pool.stream(inputs, spec):
                 yield rollout_pb2.GenerateStreamResponse(
                     prompt_id=request.prompts[delta.input_index].id,
@@ -117,15 +217,14 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
                     finish_reason=_FINISH[delta.finish_reason],
                     policy_version=version,
                 )
-        except ReplicaUnavailable as error:
-            await self._unavailable(context, error)
 
     async def Continue(
         self, request: rollout_pb2.ContinueRequest, context: grpc.aio.ServicerContext
     ) -> rollout_pb2.ContinueResponse:
         spec = sampling_spec(request.sampling)
-        inputs = [
-            self.renderer.render(
+        renders = [
+            partial(
+                self.renderer.render,
                 c.prompt,
                 f"continuations[{i}].prompt",
                 max_tokens=spec.max_tokens,
@@ -134,10 +233,9 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             )
             for i, c in enumerate(request.continuations)
         ]
-        try:
+        inputs, spec = await self._engine_inputs(renders, spec)
+        async with self._sampling(context):
             version, completions = await self.pool.generate(inputs, spec)
-        except ReplicaUnavailable as error:
-            await self._unavailable(context, error)
         samples = [
             to_sample(c.prompt.id, 0, row[0], version)
             for c, row in zip(request.continuations, completions, strict=True)
@@ -146,21 +244,17 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
 
     # --- weights -------------------------------------------------------------------------------------
 
-    def _check_newer(self, version: int) -> None:
-        if version <= self.version:
-            raise InvalidRequest(
-                "manifest.version",
-                f"must be greater than the serving version {self.version}, got {version}",
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )
-
     async def _install(self, manifest: rollout_pb2.WeightManifest, files: list[Path]) -> tuple[int, float]:
-        """Verify, commit, broadcast; returns (replicas loaded, seconds). Callers hold the load lock."""
+        """Verify, commit, broadcast; returns (replicas loaded, seconds). Callers hold the load lock and
+        run it `_to_the_end`.
+
+        Committed, the version is the serving one at once: a replica whose reload fails restarts into
+        the ledger's version, so by the time `pool.load` returns every replica serves it."""
         started = time.perf_counter()
         await asyncio.to_thread(verify_files, files, manifest, self.signature)
         committed = await asyncio.to_thread(self.ledger.commit, manifest.version, files, manifest)
-        loaded = await self.pool.load(committed.version, committed.files, manifest.tensor_count)
         self.version = committed.version
+        loaded = await self.pool.load(committed.version, committed.files, manifest.tensor_count)
         seconds = time.perf_counter() - started
         log.info("policy version %d loaded on %d replicas in %.2fs", self.version, loaded, seconds)
         return loaded, seconds
@@ -168,49 +262,49 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
     async def LoadWeights(
         self, request_iterator: AsyncIterator[rollout_pb2.LoadWeightsRequest], context: grpc.aio.ServicerContext
     ) -> rollout_pb2.LoadWeightsResponse:
-        manifest: rollout_pb2.WeightManifest | None = None
-        files: list[Path] = []
-        received = 0
+        messages = _idle_limited(request_iterator, self.config.weight_stream_idle_seconds)
+        manifest = (await anext(messages)).manifest  # the guard refuses a stream that does not open with one
+        check_update_size(manifest.total_bytes, self.max_update_bytes, "manifest.total_bytes")
         async with self.pool.load_lock:
-            staging: Path | None = None
-            async for message in request_iterator:  # the guard has checked order, indexes and sizes
-                if message.HasField("manifest"):
-                    manifest = message.manifest
-                    self._check_newer(manifest.version)
-                    staging = self.ledger.staging_dir(manifest.version)
-                    continue
-                assert staging is not None
-                path = staging / f"weights-{message.chunk.index:05d}.safetensors"
-                await asyncio.to_thread(path.write_bytes, message.chunk.payload)
-                files.append(path)
-                received += len(message.chunk.payload)
-            assert manifest is not None
-            try:
-                loaded, seconds = await self._install(manifest, files)
-            except ReplicaUnavailable as error:
-                await self._unavailable(context, error)
+            check_next_version(manifest.version, self.version)
+            with self.ledger.staging(manifest.version) as staging:
+                files = await _receive(messages, staging)
+                try:
+                    loaded, seconds = await _to_the_end(self._install(manifest, files))
+                except ReplicaUnavailable as error:
+                    await self._unavailable(context, error)
         return rollout_pb2.LoadWeightsResponse(
-            policy_version=self.version, replicas_loaded=loaded, bytes_received=received, load_seconds=seconds
+            policy_version=self.version,
+            replicas_loaded=loaded,
+            bytes_received=manifest.total_bytes,  # verified: exactly what arrived
+            load_seconds=seconds,
         )
+
+    def _storage_files(self, uri: str) -> list[Path]:
+        """The shard files `uri` names (itself, or a folder's *.safetensors), each a regular file under the
+        readable roots: a shard linked to a device or a FIFO would defeat the size cap (st_size 0)."""
+        roots = self.config.readable_roots
+        source = resolve_readable(uri, roots, "uri")
+        files = shard_files(source) if source.is_dir() else [source]
+        if not files:
+            raise InvalidRequest("uri", f"{uri!r} holds no *.safetensors shard files")
+        return [resolve_readable(str(f), roots, "uri", directories=False) for f in files]
 
     async def LoadWeightsFromStorage(
         self, request: rollout_pb2.LoadWeightsFromStorageRequest, context: grpc.aio.ServicerContext
     ) -> rollout_pb2.LoadWeightsFromStorageResponse:
-        source = resolve_readable(request.uri, self.config.readable_roots, "uri")
-        files = shard_files(source) if source.is_dir() else [source]
-        if not files:
-            raise InvalidRequest("uri", f"{request.uri!r} holds no *.safetensors shard files")
+        check_update_size(request.manifest.total_bytes, self.max_update_bytes, "manifest.total_bytes")
+        files = self._storage_files(request.uri)
+        size = sum(f.stat().st_size for f in files)
+        check_update_size(size, self.max_update_bytes, "uri")  # before a byte is hashed
         async with self.pool.load_lock:
-            self._check_newer(request.manifest.version)
+            check_next_version(request.manifest.version, self.version)
             try:
-                loaded, seconds = await self._install(request.manifest, files)
+                loaded, seconds = await _to_the_end(self._install(request.manifest, files))
             except ReplicaUnavailable as error:
                 await self._unavailable(context, error)
         return rollout_pb2.LoadWeightsFromStorageResponse(
-            policy_version=self.version,
-            replicas_loaded=loaded,
-            bytes_read=sum(f.stat().st_size for f in files),
-            load_seconds=seconds,
+            policy_version=self.version, replicas_loaded=loaded, bytes_read=size, load_seconds=seconds
         )
 
     # --- status --------------------------------------------------------------------------------------

@@ -72,7 +72,9 @@ class RolloutServiceServicer:
     """
 
     def Generate(self, request, context):
-        """Sample `sampling.n` responses for every prompt of the batch; returns when all are done.
+        """Sample `sampling.n` responses for every prompt of the batch; returns when all are done. A request
+        that breaks a rule, or that the engine refuses, is INVALID_ARGUMENT (do not retry it); a replica or
+        engine failure is UNAVAILABLE (retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,7 +88,8 @@ class RolloutServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Continue(self, request, context):
-        """Continue given assistant prefixes, optionally with the prompt's images removed (DropoutNTP).
+        """Continue given assistant prefixes, optionally with the prompt's images removed (DropoutNTP). Errors
+        as in Generate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

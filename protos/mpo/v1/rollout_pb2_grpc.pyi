@@ -36,11 +36,16 @@ class RolloutServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RolloutServiceAsyncStub: ...
     Generate: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.GenerateRequest, _rollout_pb2.GenerateResponse]
-    """Sample `sampling.n` responses for every prompt of the batch; returns when all are done."""
+    """Sample `sampling.n` responses for every prompt of the batch; returns when all are done. A request
+    that breaks a rule, or that the engine refuses, is INVALID_ARGUMENT (do not retry it); a replica or
+    engine failure is UNAVAILABLE (retry).
+    """
     GenerateStream: _grpc.UnaryStreamMultiCallable[_rollout_pb2.GenerateStreamRequest, _rollout_pb2.GenerateStreamResponse]
     """Same as Generate, streaming token deltas as they are produced (interleaved across samples)."""
     Continue: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.ContinueRequest, _rollout_pb2.ContinueResponse]
-    """Continue given assistant prefixes, optionally with the prompt's images removed (DropoutNTP)."""
+    """Continue given assistant prefixes, optionally with the prompt's images removed (DropoutNTP). Errors
+    as in Generate.
+    """
     LoadWeights: _grpc.StreamUnaryMultiCallable[_rollout_pb2.LoadWeightsRequest, _rollout_pb2.LoadWeightsResponse]
     """Replace the policy weights with a streamed, versioned set of tensor chunks. The first message
     is the manifest; the rest are chunks. Every replica loads them before serving the new version;
@@ -57,11 +62,16 @@ class RolloutServiceAsyncStub(RolloutServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryUnaryMultiCallable[_rollout_pb2.GenerateRequest, _rollout_pb2.GenerateResponse]  # type: ignore[assignment]
-    """Sample `sampling.n` responses for every prompt of the batch; returns when all are done."""
+    """Sample `sampling.n` responses for every prompt of the batch; returns when all are done. A request
+    that breaks a rule, or that the engine refuses, is INVALID_ARGUMENT (do not retry it); a replica or
+    engine failure is UNAVAILABLE (retry).
+    """
     GenerateStream: _aio.UnaryStreamMultiCallable[_rollout_pb2.GenerateStreamRequest, _rollout_pb2.GenerateStreamResponse]  # type: ignore[assignment]
     """Same as Generate, streaming token deltas as they are produced (interleaved across samples)."""
     Continue: _aio.UnaryUnaryMultiCallable[_rollout_pb2.ContinueRequest, _rollout_pb2.ContinueResponse]  # type: ignore[assignment]
-    """Continue given assistant prefixes, optionally with the prompt's images removed (DropoutNTP)."""
+    """Continue given assistant prefixes, optionally with the prompt's images removed (DropoutNTP). Errors
+    as in Generate.
+    """
     LoadWeights: _aio.StreamUnaryMultiCallable[_rollout_pb2.LoadWeightsRequest, _rollout_pb2.LoadWeightsResponse]  # type: ignore[assignment]
     """Replace the policy weights with a streamed, versioned set of tensor chunks. The first message
     is the manifest; the rest are chunks. Every replica loads them before serving the new version;
@@ -81,7 +91,10 @@ class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rollout_pb2.GenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rollout_pb2.GenerateResponse, _abc.Awaitable[_rollout_pb2.GenerateResponse]]:
-        """Sample `sampling.n` responses for every prompt of the batch; returns when all are done."""
+        """Sample `sampling.n` responses for every prompt of the batch; returns when all are done. A request
+        that breaks a rule, or that the engine refuses, is INVALID_ARGUMENT (do not retry it); a replica or
+        engine failure is UNAVAILABLE (retry).
+        """
 
     @_abc_1.abstractmethod
     def GenerateStream(
@@ -97,7 +110,9 @@ class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rollout_pb2.ContinueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rollout_pb2.ContinueResponse, _abc.Awaitable[_rollout_pb2.ContinueResponse]]:
-        """Continue given assistant prefixes, optionally with the prompt's images removed (DropoutNTP)."""
+        """Continue given assistant prefixes, optionally with the prompt's images removed (DropoutNTP). Errors
+        as in Generate.
+        """
 
     @_abc_1.abstractmethod
     def LoadWeights(

@@ -70,7 +70,8 @@ class Engine(Protocol):
     description: EngineDescription
 
     async def generate(self, inputs: list[EngineInput], spec: SamplingSpec) -> list[list[Completion]]:
-        """`spec.n` completions per input, in input order."""
+        """`spec.n` completions per input, in input order. A request the engine refuses raises ValueError
+        or TypeError (the service answers INVALID_ARGUMENT); any other error is the engine's (UNAVAILABLE)."""
         ...
 
     def stream(self, inputs: list[EngineInput], spec: SamplingSpec) -> AsyncIterator[Delta]: ...

