@@ -176,7 +176,7 @@ CHART_OWNED: dict[str, tuple[str, ...]] = {
         "model", "trust_remote_code", "prompt", "objective", "checkpoint_dir", "publish_dir", "readable_roots",
         "rollout_address",
     ),
-    "ControllerConfig": ("dashboard",),
+    "ControllerConfig": ("dashboard", "data_roots"),
     "ServerConfig": ("host", "port", "auth", "tls_cert_file", "tls_key_file", "metrics_port"),
 }  # fmt: skip
 

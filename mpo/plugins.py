@@ -39,6 +39,12 @@ def _is_path(module: str) -> bool:
     return "/" in module or module.endswith(".py")
 
 
+def plugin_file(spec: str) -> Path | None:
+    """The file a path-form spec loads code from (as given, not resolved); None for a module-form spec."""
+    module = spec.strip().rpartition(":")[0]
+    return Path(module).expanduser() if _is_path(module) else None
+
+
 def normalise_spec(spec: str) -> str:
     """`spec` with a path made absolute; ValueError naming the expected forms when it is neither."""
     module, colon, attribute = spec.strip().rpartition(":")

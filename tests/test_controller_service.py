@@ -68,7 +68,7 @@ async def services(sums_policy: Path, tmp_path_factory: pytest.TempPathFactory) 
     running = await start_round_services(sums_policy, root, global_batch_pairs=GLOBAL_BATCH)
     rollout, reward, trainer = running.rollout, running.reward, running.trainer
     controller = await start_controller(
-        ControllerConfig(server=ServerConfig(metrics_port=0), wandb_project="onlinempo-tests"),
+        ControllerConfig(server=ServerConfig(metrics_port=0), wandb_project="onlinempo-tests", data_roots=[root]),
         root / "store",
         rollout=rollout.address,
         reward=reward.address,
@@ -347,7 +347,7 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
 
     def serve_command(run_id: str, rounds: int) -> list[str]:
         run_config = yaml.safe_load(run_yaml(services, rounds=rounds, eval_every=0))
-        run_config.update(run_id=run_id, store_dir=str(store))
+        run_config.update(run_id=run_id, store_dir=str(store), controller={"data_roots": [str(services.root)]})
         (services.root / f"{run_id}.yaml").write_text(yaml.safe_dump(run_config))
         return [
             sys.executable, "-m", "mpo.cli", "serve", "controller", "--port", "0", "--start-run",

@@ -133,6 +133,9 @@ def test_chart_lints_strict_and_renders_valid_objects(values: list[str], tmp_pat
     assert trainer.checkpoint_dir == Path("/data/state/checkpoints") and trainer.objective == run.objective
     assert reward.rollout_address == trainer.rollout_address == f"127.0.0.1:{rollout.server.port}"
     assert controller.store_dir == run.store_dir
+    # The controller reads prompt files only from the volume, where the run's own prompt files lie.
+    assert controller.data_roots == [Path("/data")]
+    assert run.data.train.is_relative_to("/data") and run.data.heldout.is_relative_to("/data")
 
     # Every Service selects the head pod, where the drivers listen; the drivers are RayJobs on this cluster.
     cluster = next(iter(by_kind(docs, "RayCluster")))
@@ -154,7 +157,9 @@ def test_chart_lints_strict_and_renders_valid_objects(values: list[str], tmp_pat
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         container = pod["spec"]["containers"][0]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        tokens = {env["name"]: env["valueFrom"]["secretKeyRef"]["key"] for env in container["env"] if "valueFrom" in env}
+        tokens = {
+            env["name"]: env["valueFrom"]["secretKeyRef"]["key"] for env in container["env"] if "valueFrom" in env
+        }
         assert tokens == {"MPO_CONTROL_TOKEN": "control-token", "MPO_USER_TOKEN": "user-token"}
 
     # Only the Ray cluster's own pods reach reward, trainer and Ray; clients reach rollout, controller, dashboard.

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import grpc
@@ -20,10 +20,11 @@ import ray
 import yaml
 
 from mpo.config import RunConfig
+from mpo.data.records import PromptRecord
 from mpo.preflight import check_run
 from mpo.services.common.clients import ControllerClient
 from mpo.services.common.hosting import RunningService
-from mpo.services.controller.runs import new_run_id
+from mpo.services.controller.runs import code_paths, new_run_id
 from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.controller.store import RunStore
 from mpo.services.reward.service import start_reward
@@ -68,19 +69,35 @@ def _absolute_data(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"data": data, "store_dir": config.store_dir.resolve()})
 
 
+def own_data_roots(config: RunConfig, records: Iterable[PromptRecord]) -> RunConfig:
+    """The local user chose the data and the code: the controller may read the folders of its prompt files
+    (a directory source: the directory) and of the images their rows name, and the model directories and
+    plug-in files the config names, besides any `controller.data_roots` given."""
+    assert config.data is not None
+    sources = [path.resolve() for path in (config.data.train, config.data.heldout)]
+    folders = {path if path.is_dir() else path.parent for path in sources}
+    folders |= {image.resolve().parent for record in records for image in record.images}
+    folders |= {path.resolve() for _, path in code_paths(config.model_dump(mode="json"))}
+    roots = [*config.controller.data_roots, *sorted(folders)]
+    return config.model_copy(update={"controller": config.controller.model_copy(update={"data_roots": roots})})
+
+
 async def run_embedded(
     config: RunConfig,
     *,
     on_round: Callable[[common_pb2.RoundMetrics], None] | None = None,
     on_dashboard: Callable[[str], None] | None = None,
+    on_services: Callable[[dict[str, str]], None] | None = None,
 ) -> tuple[str, list[common_pb2.RoundMetrics]]:
     """Run (or resume) `config` on a local Ray; returns the run id and the records of this invocation.
-    `on_dashboard` gets the dashboard's URL once the controller serves it (before the first round)."""
+    `on_dashboard` gets the dashboard's URL once the controller serves it (before the first round);
+    `on_services` the address of each service (rollout, reward, trainer, controller) at the same point,
+    for a client beside the run (bench/soak.py samples the rollout service while the run trains)."""
     require_runnable(config)
     assert config.data is not None and config.rollout is not None and config.trainer is not None  # require_runnable
     images = config.store_dir / "images"  # the controller's store: it finds the images written here already
-    check_run(config, image_dir=images)  # the template, the data and its tasks, before anything starts
-    config = _absolute_data(config)
+    train, heldout = check_run(config, image_dir=images)  # the template, the data and its tasks, before anything starts
+    config = own_data_roots(_absolute_data(config), [*train, *heldout])
     run_id = config.run_id or new_run_id()
     finished = RunStore(config.store_dir).round_records(run_id)
     next_round = finished[-1].round + 1 if finished else 1
@@ -118,6 +135,9 @@ async def run_embedded(
         services.append(controller)
         if on_dashboard is not None and controller.dashboard_url:
             on_dashboard(controller.dashboard_url)
+        if on_services is not None:
+            named = {"rollout": rollout, "reward": reward, "trainer": trainer, "controller": controller}
+            on_services({name: service.address for name, service in named.items()})
         config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
         async with ControllerClient(controller.address, timeout=600) as client:
             await client.start_run(config_yaml, run_id=run_id)

@@ -362,10 +362,7 @@ class RoundLoop:
             self._phase(round_index, "publish")
             with _timed(timings, "publish"):
                 record.trained_policy_version += 1
-                transport = _TRANSPORTS[self.config.transport]
-                await self._retrying(
-                    "publish", lambda: trainer.publish_weights(record.trained_policy_version, transport)
-                )
+                await self._retrying("publish", lambda: self._publish(record.trained_policy_version))
             failpoint("controller.after_publish")
         if self.config.eval_every and round_index % self.config.eval_every == 0:
             self._phase(round_index, "eval")
@@ -384,6 +381,13 @@ class RoundLoop:
             self.on_round(record)
         log.info("run %s: round %d stored (version %d)", self.run_id, round_index, record.trained_policy_version)
         return record
+
+    async def _publish(self, version: int) -> None:
+        """Publish `version` unless it serves already: the rollout service takes exactly serving + 1, and an
+        attempt whose answer was lost (UNAVAILABLE) may have committed it."""
+        if (await self.clients.rollout.status()).policy_version >= version:
+            return
+        await self.clients.trainer.publish_weights(version, _TRANSPORTS[self.config.transport])
 
     async def _update_run(self, record: common_pb2.RoundMetrics) -> None:
         run = self.store.get_run(self.run_id)

@@ -11,16 +11,19 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
 from pydantic import ValidationError
 
-from mpo.config import ConfigError, ControllerConfig, RunConfig, format_validation_error
+from mpo.config import ConfigError, ControllerConfig, DataConfig, RunConfig, format_validation_error
 from mpo.data.loader import DataError
+from mpo.data.records import PromptRecord
+from mpo.plugins import plugin_file
 from mpo.preflight import check_run
 from mpo.services.common.validation import InvalidRequest
 from mpo.services.controller.loop import RoundLoop, RunControl, ServiceClients
@@ -39,14 +42,17 @@ def new_run_id() -> str:
     return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def parse_run_config(config_yaml: str) -> RunConfig:
-    """A StartRun config, or INVALID_ARGUMENT naming every offending field under `config_yaml`."""
+def parse_run_config(config_yaml: str, roots: Collection[Path]) -> RunConfig:
+    """A StartRun config, or INVALID_ARGUMENT naming every offending field under `config_yaml`. Checking a
+    config loads code (plug-in verifier files; model directories' tokenizers and, with trust_remote_code,
+    their Python), so what it names must lie in the data roots before it is checked (`check_code_paths`)."""
     try:
         raw = yaml.safe_load(config_yaml)
     except yaml.YAMLError as error:
         raise InvalidRequest("config_yaml", f"not valid YAML: {error}") from error
     if not isinstance(raw, dict):
         raise InvalidRequest("config_yaml", "must be a mapping of sections (the schema of `mpo config example`)")
+    check_code_paths(raw, roots)
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as error:
@@ -55,6 +61,74 @@ def parse_run_config(config_yaml: str) -> RunConfig:
     if config.data is None:
         raise InvalidRequest("config_yaml", "data: required (data.train and data.heldout prompt files)")
     return config
+
+
+def resolved_roots(roots: Iterable[Path]) -> frozenset[Path]:
+    """Folders as `inside` compares them: absolute, symlinks followed."""
+    return frozenset(Path(root).resolve() for root in roots)
+
+
+def inside(path: Path, roots: Collection[Path]) -> bool:
+    """Whether `path`, symlinks followed, lies in one of `roots` (from `resolved_roots`). Whether the file
+    exists plays no part: a client learns nothing about files outside the roots. A path that cannot be
+    resolved (a symlink loop, a NUL byte) lies nowhere."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return resolved in roots or any(parent in roots for parent in resolved.parents)
+
+
+def _outside(roots: Collection[Path]) -> str:
+    listed = ", ".join(sorted(map(str, roots))) or "none configured"
+    return f"outside the controller's data roots ({listed}; controller.data_roots)"
+
+
+def _section(raw: object, *keys: str) -> object:
+    for key in keys:
+        raw = raw.get(key) if isinstance(raw, dict) else None
+    return raw
+
+
+def code_paths(raw: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(field, path) of everything a run config makes a process load code from: model directories and
+    path-form plug-in verifiers, read from the raw YAML (validating it would load them)."""
+    found: list[tuple[str, Path]] = []
+    for keys in (("model",), ("rollout", "model"), ("trainer", "model"), ("reward", "scorer", "model")):
+        value = _section(raw, *keys)
+        if isinstance(value, str):
+            found.append((".".join(keys), Path(value)))
+    verifiers = _section(raw, "reward", "verifiers")
+    for task, spec in (verifiers or {}).items() if isinstance(verifiers, dict) else ():
+        if isinstance(spec, str) and (path := plugin_file(spec)) is not None:
+            found.append((f"reward.verifiers.{task}", path))
+    return found
+
+
+def check_code_paths(raw: dict[str, Any], roots: Collection[Path]) -> None:
+    """StartRun must not make the controller load code from anywhere it can read: model directories and
+    plug-in files lie in the data roots (where the operator put them), or the config is refused unloaded."""
+    for name, path in code_paths(raw):
+        if not inside(path, roots):
+            raise InvalidRequest("config_yaml", f"{name}: {_outside(roots)}")
+
+
+def check_data_paths(data: DataConfig, roots: Collection[Path]) -> None:
+    """StartRun names files the controller reads: its prompt files must lie in the data roots, checked before
+    anything is opened, with one answer for every path outside, whether a file is there or not."""
+    for split in ("train", "heldout"):
+        if not inside(getattr(data, split), roots):
+            raise InvalidRequest("config_yaml", f"data.{split}: {_outside(roots)}")
+
+
+def check_image_paths(split: str, records: Iterable[PromptRecord], roots: Collection[Path]) -> None:
+    """The image files the prompt rows name are read and sent to the services: in the data roots too."""
+    checked: set[Path] = set()
+    for record in records:
+        for image in record.images:
+            if image not in checked and not inside(image, roots):
+                raise InvalidRequest("config_yaml", f"data.{split}: prompt {record.id!r}: image {_outside(roots)}")
+            checked.add(image)
 
 
 @dataclass
@@ -73,6 +147,7 @@ class RunManager:
     def __init__(self, store: RunStore, clients: ServiceClients, config: ControllerConfig, gauges: RoundGauges) -> None:
         self.store, self.clients, self.config, self.gauges = store, clients, config, gauges
         self.active: ActiveRun | None = None
+        self.data_roots = resolved_roots(config.data_roots)
         #: Notified whenever any run changes (a round stored, a state change): what WatchRounds waits on.
         self.changed = asyncio.Condition()
 
@@ -94,7 +169,7 @@ class RunManager:
         """Start `run_id` (generated when empty), or resume it when the store has it. Started again while
         active with another config (e.g. more rounds), the run goes on under the new config from its next
         round: a restarted controller continues the stored run before its caller's StartRun arrives."""
-        config = parse_run_config(config_yaml)
+        config = parse_run_config(config_yaml, self.data_roots)
         run_id = run_id or config.run_id or new_run_id()
         if self.active is not None:
             if self.active.run_id == run_id:
@@ -117,7 +192,7 @@ class RunManager:
 
     def _reconfigure(self, active: ActiveRun, config_yaml: str, config: RunConfig) -> controller_pb2.Run:
         run = self.get(active.run_id)
-        if parse_run_config(run.config_yaml) == config:
+        if parse_run_config(run.config_yaml, self.data_roots) == config:
             return run  # the same StartRun again: nothing to change
         successor = self._round_loop(active.run_id, config, active.control)  # a bad config changes nothing
         run.config_yaml, run.updated_at = config_yaml, time.time()
@@ -130,6 +205,7 @@ class RunManager:
     def _round_loop(self, run_id: str, config: RunConfig, control: RunControl | None = None) -> RoundLoop:
         assert config.data is not None  # parse_run_config
         images = self.store.root / "images"  # the store this controller writes, wherever the config's points
+        check_data_paths(config.data, self.data_roots)
         try:
             train, heldout = check_run(config, image_dir=images)
         except DataError as error:
@@ -138,6 +214,9 @@ class RunManager:
             raise InvalidRequest("config_yaml", str(error)) from error
         if not train:
             raise InvalidRequest("config_yaml", f"data.train: {config.data.train} has no prompts")
+        image_roots = self.data_roots | resolved_roots([images])  # images held as bytes are written there
+        check_image_paths("train", train, image_roots)
+        check_image_paths("heldout", heldout, image_roots)
         try:
             return RoundLoop(
                 run_id,
@@ -260,7 +339,7 @@ class RunManager:
             if run.state not in LIVE_STATES:
                 continue
             try:
-                config = parse_run_config(run.config_yaml)
+                config = parse_run_config(run.config_yaml, self.data_roots)
                 loop = self._round_loop(run.run_id, config)
                 sinks = self._sinks(run.run_id)
             except InvalidRequest as error:
