@@ -41,6 +41,9 @@ def _distinct_cores(cores: list[int]) -> list[int]:
 CpuCores = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), AfterValidator(_distinct_cores)]
 
 
+#: Temperatures below this decode greedily (vLLM's `_SAMPLING_EPS`); the rollout service treats them as 0.
+GREEDY_TEMPERATURE = 1e-5
+
 #: Run ids name folders of the run store: a slug, so no id can reach outside it ("..", "/", NUL).
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -491,6 +494,16 @@ class RoundsConfig(_Strict):
     @classmethod
     def _mix_weights(cls, mix: dict[str, float]) -> dict[str, float]:
         return _positive_weights("task", mix)
+
+    @model_validator(mode="after")
+    def _samples_differ(self) -> RoundsConfig:
+        """Greedy decoding gives n identical samples, hence no pairs; the rollout service refuses it too."""
+        if self.samples_per_prompt > 1 and self.temperature < GREEDY_TEMPERATURE:
+            raise ValueError(
+                f"temperature {self.temperature:g} decodes greedily: {self.samples_per_prompt} samples per prompt "
+                f"would all be the same; set temperature >= {GREEDY_TEMPERATURE:g} or samples_per_prompt: 1"
+            )
+        return self
 
     @property
     def heldout_max_tokens(self) -> int:

@@ -294,3 +294,10 @@ def test_tasks_the_config_names_are_known_to_every_service() -> None:
     )
     for service in (config.rollout, config.reward, config.trainer):
         assert service is not None and {"gsm8k", "geo", "arith"} <= set(service.server.limits.known_tasks)
+
+
+def test_greedy_rounds_with_several_samples_are_refused() -> None:
+    """n identical greedy samples give no pairs, and the rollout service would refuse every Generate."""
+    with pytest.raises(ValidationError, match="decodes greedily: 8 samples per prompt"):
+        RoundsConfig(temperature=0.0, samples_per_prompt=8)
+    assert RoundsConfig(temperature=0.0, samples_per_prompt=1).temperature == 0.0
