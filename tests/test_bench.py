@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mpo.demo import demo_run_config
+from mpo.demo import TASK, demo_run_config
+from mpo.models.corpus import task_corpus
 from mpo.models.families import FAMILIES
+from mpo.models.tiny import build_text_model
 from mpo.overrides import OverrideError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,3 +156,33 @@ def test_packing_speed_benchmark_compares_packed_with_padded_micro_batches() -> 
     assert packed["positions_per_micro_batch"] < padded["positions_per_micro_batch"]
     assert result_["speedup_packed_over_padded"] > 0
     assert result_["max_abs_logprob_difference"] < 1e-3, "the layouts must give the same log-probs"
+
+
+@pytest.mark.slow
+def test_soak_benchmark_counts_each_status_while_a_run_trains(tmp_path: Path) -> None:
+    # The untrained tiny model as the demo's base (`prepare` reuses a base with its bootstrap.json): a soak
+    # measures serving, not accuracy, and a warm start would cost a minute.
+    base = build_text_model(tmp_path / "base", task_corpus([TASK], seed=0), seed=0)
+    (base / "bootstrap.json").write_text("{}")
+    arguments = (
+        f"--workdir {tmp_path} --train-prompts 64 --heldout-prompts 8 --clients 4 --seconds 20 "
+        "--invalid-share 0.2 --round-prompts 4 --round-samples 2 --rss-interval 2"
+    )
+    soak = run_bench("soak.py", arguments, timeout=900)
+    results, verdict = soak["results"], soak["verdict"]
+    valid, invalid = results["status_counts"]["valid"], results["status_counts"]["invalid"]
+    assert valid["OK"] > 0 and set(valid) <= {"OK", "RESOURCE_EXHAUSTED"}
+    assert invalid["INVALID_ARGUMENT"] > 0 and set(invalid) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
+    assert verdict["errors_other_than_resource_exhausted"] == 0
+    assert results["calls"] == sum(valid.values()) + sum(invalid.values()) and results["calls_per_second"] > 0
+    assert 0 < results["ok_latency_seconds"]["p50"] <= results["ok_latency_seconds"]["p99"]
+    assert results["policy_versions_seen"] and results["policy_version_at_start"] == 0
+    # The run trained beside the clients, and the bench stopped it.
+    assert results["rounds_during_soak"] >= 1 and results["run_state_at_end"] == "RUN_STATE_STOPPED"
+    rss = results["rss"]
+    roles = {name.split("/")[0] for name in rss["processes"]}
+    assert {"ingress", "rollout_replica", "reward_worker", "trainer_rank", "controller"} <= roles
+    assert sum(name.startswith("trainer_rank/") for name in rss["processes"]) == 2, "the demo's two ranks"
+    for name, process in rss["processes"].items():
+        assert len(process["rss_bytes"]) == len(rss["sample_seconds"]) and any(process["rss_bytes"])
+        assert verdict["rss_growth_after_warmup_bytes"][name] == process["growth_after_warmup_bytes"]
