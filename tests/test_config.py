@@ -13,6 +13,7 @@ from mpo.config import (
     TRL_LOSS_TYPE,
     ConfigError,
     ObjectiveConfig,
+    RequestLimits,
     RoundsConfig,
     RunConfig,
     ScorerConfig,
@@ -301,3 +302,11 @@ def test_greedy_rounds_with_several_samples_are_refused() -> None:
     with pytest.raises(ValidationError, match="decodes greedily: 8 samples per prompt"):
         RoundsConfig(temperature=0.0, samples_per_prompt=8)
     assert RoundsConfig(temperature=0.0, samples_per_prompt=1).temperature == 0.0
+
+
+def test_security_page_lists_every_request_limit() -> None:
+    """docs/security.md is where operators look up what bounds a request: no limit may be missing there."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+    limits = [*RequestLimits.model_fields, "max_message_bytes", "max_concurrent_rpcs", "max_infrastructure_calls"]
+    limits += ["weight_stream_idle_seconds", "readable_roots", "data_roots", "max_queued_requests"]
+    assert [name for name in limits if f"`{name}`" not in page] == []
