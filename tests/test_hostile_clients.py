@@ -637,16 +637,21 @@ async def test_storage_updates_are_capped_by_size_and_read_only_from_regular_fil
     await assert_generate_works(services)
 
 
+def opening_messages(state: dict[str, torch.Tensor], version: int) -> list[rollout_pb2.LoadWeightsRequest]:
+    """The manifest and first chunk of an update of several chunks: an upload that has begun."""
+    manifest, blobs = pack(state, version=version, bucket_bytes=2**16)
+    return [
+        rollout_pb2.LoadWeightsRequest(manifest=manifest),
+        rollout_pb2.LoadWeightsRequest(chunk=rollout_pb2.WeightChunk(index=0, payload=blobs[0])),
+    ]
+
+
 async def test_an_idle_weight_stream_is_cut_off_and_frees_the_next_update(services: Services) -> None:
     state = noisy_state(services, seed=2)
     opened, stub = rollout_stub(services)
     async with opened:
         serving = await serving_version(stub)
-        manifest, blobs = pack(state, version=serving + 1, bucket_bytes=2**16)
-        first = [
-            rollout_pb2.LoadWeightsRequest(manifest=manifest),
-            rollout_pb2.LoadWeightsRequest(chunk=rollout_pb2.WeightChunk(index=0, payload=blobs[0])),
-        ]
+        first = opening_messages(state, serving + 1)
         release = asyncio.Event()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.LoadWeights(held_open(first, release), metadata=CONTROL, timeout=120)
@@ -665,11 +670,7 @@ async def test_a_cancelled_weight_upload_leaves_nothing_behind(services: Service
     opened, stub = rollout_stub(services)
     async with opened:
         serving = await serving_version(stub)
-        manifest, blobs = pack(state, version=serving + 1, bucket_bytes=2**16)
-        first = [
-            rollout_pb2.LoadWeightsRequest(manifest=manifest),
-            rollout_pb2.LoadWeightsRequest(chunk=rollout_pb2.WeightChunk(index=0, payload=blobs[0])),
-        ]
+        first = opening_messages(state, serving + 1)
         call = stub.LoadWeights(held_open(first, asyncio.Event()), metadata=CONTROL, timeout=120)
         async with asyncio.timeout(60):
             while not staged_uploads(services):  # the server took the manifest and staged the upload
