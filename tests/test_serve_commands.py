@@ -41,10 +41,10 @@ def test_serve_and_client_commands(tmp_path: Path) -> None:
         )  # uint64: a JSON string
         bad = subprocess.run(
             [sys.executable, "-m", "mpo.cli", "client", "generate", "--address", ready["address"],
-             "--question", "What is 2 + 3?", "--max-tokens", "0"],
+             "--question", "What is 2 + 3?", "--n", "2", "--temperature", "0"],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
-        assert bad.returncode == 2 and "INVALID_ARGUMENT: sampling.max_tokens: must be >= 1" in bad.stderr
+        assert bad.returncode == 2 and "INVALID_ARGUMENT: sampling.n: must be 1 with greedy decoding" in bad.stderr
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0
