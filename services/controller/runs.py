@@ -25,6 +25,7 @@ from mpo.data.loader import DataError
 from mpo.data.records import PromptRecord
 from mpo.plugins import plugin_file
 from mpo.preflight import check_run
+from mpo.services.common.paths import inside, resolved_roots
 from mpo.services.common.validation import InvalidRequest
 from mpo.services.controller.loop import RoundLoop, RunControl, ServiceClients
 from mpo.services.controller.metrics import EventFiles, RoundGauges, RoundSink, WandbRun
@@ -61,22 +62,6 @@ def parse_run_config(config_yaml: str, roots: Collection[Path]) -> RunConfig:
     if config.data is None:
         raise InvalidRequest("config_yaml", "data: required (data.train and data.heldout prompt files)")
     return config
-
-
-def resolved_roots(roots: Iterable[Path]) -> frozenset[Path]:
-    """Folders as `inside` compares them: absolute, symlinks followed."""
-    return frozenset(Path(root).resolve() for root in roots)
-
-
-def inside(path: Path, roots: Collection[Path]) -> bool:
-    """Whether `path`, symlinks followed, lies in one of `roots` (from `resolved_roots`). Whether the file
-    exists plays no part: a client learns nothing about files outside the roots. A path that cannot be
-    resolved (a symlink loop, a NUL byte) lies nowhere."""
-    try:
-        resolved = path.resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False
-    return resolved in roots or any(parent in roots for parent in resolved.parents)
 
 
 def _outside(roots: Collection[Path]) -> str:

@@ -26,6 +26,7 @@ from PIL import Image
 
 from mpo.chat import ChatRenderer, open_images
 from mpo.config import PromptConfig, RequestLimits
+from mpo.services.common.paths import inside, resolved_roots
 from mpo.services.common.validation import InvalidRequest, check_image_bytes, error_text
 from mpo.services.rollout.engines.base import EngineInput
 from mpo.v1 import common_pb2
@@ -45,11 +46,10 @@ def resolve_readable(uri: str, roots: Sequence[Path], field: str, *, directories
         raise InvalidRequest(field, "this service reads no files: no readable_roots are configured")
     try:
         path = Path(uri.removeprefix("file://")).resolve()
-        inside = any(path.is_relative_to(Path(root).resolve()) for root in roots)
         kind_ok = path.is_file() or (directories and path.is_dir())
     except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop, a name too long
         raise _not_readable(field, what) from exc
-    if not (inside and kind_ok):
+    if not (kind_ok and inside(path, resolved_roots(roots))):
         raise _not_readable(field, what)
     return path
 
