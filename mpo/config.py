@@ -208,6 +208,13 @@ class ServerConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain; TLS is on when set (with the key).")
     tls_key_file: Path | None = Field(None, description="PEM private key matching tls_cert_file.")
+    loopback_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="With TLS on: also serve plaintext on 127.0.0.1 at this port, for processes on the same "
+        "host (the other drivers of a pod, exec health probes); the tokens still apply. Unset: no second port.",
+    )
     shutdown_grace_seconds: float = Field(
         30.0, ge=0, description="On shutdown, in-flight calls get this long to finish."
     )
@@ -238,6 +245,11 @@ class RolloutConfig(_Strict):
     replicas: int = Field(1, ge=1, description="Engine replicas (Ray actors); LoadWeights reaches all of them.")
     num_cpus_per_replica: float = Field(1.0, ge=0, description="Ray CPU request of each replica.")
     num_gpus_per_replica: float = Field(0.0, ge=0, description="Ray GPU request; > 0 runs the engine on CUDA.")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each replica asks for (name: amount), so it lands only on the nodes "
+        "that offer them (the chart gives each worker group its own); empty: any node with the CPUs/GPUs.",
+    )
     cpu_affinity: CpuCores | None = Field(
         None,
         description="CPU cores every replica's processes (vLLM's engine and worker included) run on; unset: any. "
@@ -322,6 +334,11 @@ class RewardConfig(_Strict):
         0.5, gt=0, lt=1, description="Fraction of the chosen answer's words kept as the DropoutNTP prefix."
     )
     workers: int = Field(1, ge=1, description="Labelling worker actors a batch is spread over.")
+    worker_ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each labelling worker asks for (name: amount), so it lands only on the nodes "
+        "that offer them (the chart gives each worker group its own); empty: any node with the CPUs/GPUs.",
+    )
     rollout_address: str | None = Field(
         None, description="host:port of the rollout service (DropoutNTP continuations; refused without it)."
     )
@@ -376,6 +393,11 @@ class TrainerConfig(_Strict):
     world_size: int = Field(1, ge=1, description="Data-parallel ranks (Ray actors): one per GPU, or processes on CPU.")
     strategy: Literal["zero3", "zero2", "zero1"] = Field("zero3", description="DeepSpeed ZeRO stage.")
     num_cpus_per_rank: float = Field(1.0, ge=0, description="Ray CPU request of each rank.")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each rank asks for (name: amount), so it lands only on the nodes "
+        "that offer them (the chart gives each worker group its own); empty: any node with the CPUs/GPUs.",
+    )
     cpu_affinity: CpuCores | None = Field(
         None, description="CPU cores every rank's threads run on (CPU training); unset: any (see rollout's)."
     )
@@ -571,6 +593,11 @@ class ControllerServeConfig(ControllerConfig):
     """`mpo serve controller`: the controller alone, pointed at running services (cluster mode)."""
 
     store_dir: Path = Field(Path("mpo-state/runs"), description="Run store: SQLite database and Parquet pair shards.")
+    pairs_dir: Path | None = Field(
+        None,
+        description="Where the Parquet pair shards go; unset: under store_dir. Lets the SQLite database stay on "
+        "a local (ReadWriteOnce) volume while the shards sit on shared storage, where users (e.g. TRL) read them.",
+    )
     rollout_address: str = Field(..., min_length=1, description="host:port of the rollout service.")
     reward_address: str = Field(..., min_length=1, description="host:port of the reward service.")
     trainer_address: str = Field(..., min_length=1, description="host:port of the trainer service.")
@@ -672,6 +699,11 @@ class RunConfig(_Strict):
     )
     data: DataConfig | None = Field(None, description="Prompt files.")
     store_dir: Path = Field(Path("mpo-state/runs"), description="Run store: SQLite database and Parquet pair shards.")
+    pairs_dir: Path | None = Field(
+        None,
+        description="Where the Parquet pair shards go; unset: under store_dir. Lets the SQLite database stay on "
+        "a local (ReadWriteOnce) volume while the shards sit on shared storage, where users (e.g. TRL) read them.",
+    )
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     prompt: PromptConfig = Field(
         default_factory=PromptConfig,

@@ -3,6 +3,7 @@ prompt sampler."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -157,6 +158,57 @@ def test_what_was_committed_survives_kill_9(tmp_path: Path) -> None:
     assert store.pair_count("run-k") == 20 * last
     retried = store.commit_pairs("run-k", last + 1, pairs_of(last + 1, 20))
     assert retried.newly_committed and store.pair_count("run-k") == 20 * (last + 1)
+
+
+def test_shards_go_under_pairs_dir_and_the_database_stays_in_the_store(tmp_path: Path) -> None:
+    """The chart's split: SQLite on the head pod's own volume, the shards on the shared one."""
+    state, shared = tmp_path / "state", tmp_path / "shared" / "pairs"
+    store = RunStore(state, pairs_dir=shared)
+    store.put_run(controller_pb2.Run(run_id="run-a"))
+    originals = {round_index: pairs_of(round_index, 3, with_image=True) for round_index in (1, 2)}
+    for round_index, pairs in originals.items():
+        committed = store.commit_pairs("run-a", round_index, pairs)
+        assert committed.shard == shared / "run-a" / f"round-{round_index:06d}.parquet" and committed.shard.is_file()
+    assert store.pairs_folder("run-a") == shared / "run-a"
+    assert sorted(path.name for path in state.rglob("*") if path.is_file()) == ["runs.sqlite3"]
+    assert not list(shared.rglob("*.sqlite3*")), "no database file on the shared volume"
+    loaded = datasets.load_dataset("parquet", data_files=str(store.shard_path("run-a", 2)), split="train")
+    assert len(loaded) == 3 and isinstance(loaded[0]["images"][0], PILImage.Image)
+
+    # Reopened after a restart without pairs_dir (`mpo dashboard --store-dir`), or with another one: the
+    # committed rounds are read from where they were written, and new rounds go to the new folder.
+    for reopened in (RunStore(state), RunStore(state, pairs_dir=tmp_path / "elsewhere")):
+        assert [reopened.committed_pairs("run-a", r) for r in (1, 2)] == [originals[1], originals[2]]
+        assert reopened.shard_path("run-a", 1) == shared / "run-a" / "round-000001.parquet"
+    moved = RunStore(state, pairs_dir=tmp_path / "elsewhere").commit_pairs("run-a", 3, pairs_of(3, 1))
+    assert moved.shard == tmp_path / "elsewhere" / "run-a" / "round-000003.parquet" and moved.shard.is_file()
+    with pytest.raises(StoreError, match="round 4 of run 'run-a' is not committed"):
+        store.shard_path("run-a", 4)
+
+
+def test_a_relative_pairs_dir_is_recorded_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = RunStore(Path("state"), pairs_dir=Path("pairs"))
+    store.put_run(controller_pb2.Run(run_id="run-a"))
+    store.commit_pairs("run-a", 1, pairs_of(1, 2))
+    monkeypatch.chdir(tmp_path / "state")  # another working directory, e.g. a restarted process's
+    reopened = RunStore(tmp_path / "state")
+    assert reopened.shard_path("run-a", 1) == tmp_path / "pairs" / "run-a" / "round-000001.parquet"
+    assert [p.id for p in reopened.committed_pairs("run-a", 1)] == ["r1-p0", "r1-p1"]
+
+
+def test_a_store_without_pairs_dir_keeps_its_shards_beside_the_database_and_can_move(tmp_path: Path) -> None:
+    """The layout of every store written before pairs_dir: shard paths recorded relative to the store."""
+    store = RunStore(tmp_path / "store")
+    store.put_run(controller_pb2.Run(run_id="run-a"))
+    committed = store.commit_pairs("run-a", 1, pairs_of(1, 2))
+    assert committed.shard == tmp_path / "store" / "runs" / "run-a" / "pairs" / "round-000001.parquet"
+    with sqlite3.connect(store.database) as db:
+        assert db.execute("SELECT shard FROM rounds").fetchall() == [("runs/run-a/pairs/round-000001.parquet",)]
+    (tmp_path / "store").rename(tmp_path / "moved")
+    moved = RunStore(tmp_path / "moved")
+    assert moved.shard_path("run-a", 1) == tmp_path / "moved" / "runs" / "run-a" / "pairs" / "round-000001.parquet"
+    assert [p.id for p in moved.committed_pairs("run-a", 1)] == ["r1-p0", "r1-p1"]
 
 
 def test_the_prompt_order_is_a_seeded_sequence_of_shuffled_epochs() -> None:

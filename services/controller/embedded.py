@@ -66,7 +66,8 @@ def _absolute_data(config: RunConfig) -> RunConfig:
     data = config.data.model_copy(
         update={"train": config.data.train.resolve(), "heldout": config.data.heldout.resolve()}
     )
-    return config.model_copy(update={"data": data, "store_dir": config.store_dir.resolve()})
+    pairs_dir = config.pairs_dir.resolve() if config.pairs_dir is not None else None
+    return config.model_copy(update={"data": data, "store_dir": config.store_dir.resolve(), "pairs_dir": pairs_dir})
 
 
 def own_data_roots(config: RunConfig, records: Iterable[PromptRecord]) -> RunConfig:
@@ -99,7 +100,7 @@ async def run_embedded(
     train, heldout = check_run(config, image_dir=images)  # the template, the data and its tasks, before anything starts
     config = own_data_roots(_absolute_data(config), [*train, *heldout])
     run_id = config.run_id or new_run_id()
-    finished = RunStore(config.store_dir).round_records(run_id)
+    finished = RunStore(config.store_dir, pairs_dir=config.pairs_dir).round_records(run_id)
     next_round = finished[-1].round + 1 if finished else 1
     rollout_config = config.rollout
     if config.rounds.transport == "shared_storage":
@@ -131,6 +132,7 @@ async def run_embedded(
             rollout=rollout.address,
             reward=reward.address,
             trainer=trainer.address,
+            pairs_dir=config.pairs_dir,
         )
         services.append(controller)
         if on_dashboard is not None and controller.dashboard_url:

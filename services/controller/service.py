@@ -89,8 +89,11 @@ class ControllerService(controller_pb2_grpc.ControllerServiceServicer):
 class ControllerActor:
     """Hosts the controller's gRPC server and its runs in one Ray actor process."""
 
-    def __init__(self, config: ControllerConfig, store_dir: str, addresses: dict[str, str]) -> None:
+    def __init__(
+        self, config: ControllerConfig, store_dir: str, addresses: dict[str, str], pairs_dir: str | None = None
+    ) -> None:
         self.config, self.store_dir, self.addresses = config, Path(store_dir), addresses
+        self.pairs_dir = Path(pairs_dir) if pairs_dir is not None else None
         self.server: ServiceServer | None = None
         self.runs: RunManager | None = None
         self.dashboard: DashboardServer | None = None
@@ -109,7 +112,8 @@ class ControllerActor:
         )
         self._clients = [clients.rollout, clients.reward, clients.trainer]
         metrics = RpcMetrics()
-        self.runs = RunManager(RunStore(self.store_dir), clients, self.config, RoundGauges(metrics.registry))
+        store = RunStore(self.store_dir, pairs_dir=self.pairs_dir)
+        self.runs = RunManager(store, clients, self.config, RoundGauges(metrics.registry))
         server = ServiceServer(
             self.config.server, [bind(ControllerService(self.runs))], name="controller", metrics=metrics
         )
@@ -179,10 +183,16 @@ class RunningController:
 
 
 async def start_controller(
-    config: ControllerConfig, store_dir: Path, *, rollout: str, reward: str, trainer: str
+    config: ControllerConfig,
+    store_dir: Path,
+    *,
+    rollout: str,
+    reward: str,
+    trainer: str,
+    pairs_dir: Path | None = None,
 ) -> RunningController:
     """Start the controller actor (restarted by Ray after a crash) on ports fixed for its lifetime (gRPC,
-    metrics, dashboard)."""
+    metrics, dashboard); its run store in `store_dir`, the pair shards under `pairs_dir` when given."""
     server = config.server
     fixed = {"port": server.port or _free_port(server.host)}
     if server.metrics_port == 0:
@@ -198,7 +208,12 @@ async def start_controller(
     actor = (
         ray.remote(ControllerActor)
         .options(num_cpus=0, max_restarts=-1, max_task_retries=-1, scheduling_strategy=here)
-        .remote(config, str(store_dir.resolve()), {"rollout": rollout, "reward": reward, "trainer": trainer})
+        .remote(
+            config,
+            str(store_dir.resolve()),
+            {"rollout": rollout, "reward": reward, "trainer": trainer},
+            str(pairs_dir.resolve()) if pairs_dir is not None else None,
+        )
     )
     described = await actor.describe.remote()
     return RunningController(
@@ -214,4 +229,5 @@ async def serve_controller(config: ControllerServeConfig) -> RunningController:
         rollout=config.rollout_address,
         reward=config.reward_address,
         trainer=config.trainer_address,
+        pairs_dir=config.pairs_dir,
     )

@@ -2,10 +2,15 @@
 
 What is committed survives a `kill -9`:
 - SQLite in WAL mode with `synchronous=FULL`: a transaction that returned is on disk;
-- a round's pairs are written to a Parquet shard beside the database (temporary file, fsync, rename),
-  and only then committed, with one ledger row per pair, in one transaction. A shard without its
-  transaction is an interrupted commit: it is simply written again, because the database — not the
-  file — says which rounds are committed. Committing a round twice changes nothing (exactly once).
+- a round's pairs are written to a Parquet shard (temporary file, fsync, rename), beside the database or
+  under `pairs_dir`, and only then committed, with one ledger row per pair, in one transaction. A shard
+  without its transaction is an interrupted commit: it is simply written again, because the database —
+  not the file — says which rounds are committed. Committing a round twice changes nothing (exactly once).
+
+The database records where each shard was written (relative to the store when beside it, else absolute),
+and every read goes there: a store reopened without `pairs_dir` (`mpo dashboard --store-dir`) still finds
+its shards. The database wants a local filesystem (SQLite's WAL locks are not safe on NFS); the shards are
+plain files that may sit on shared storage.
 
 The shards use the column names TRL's DPO trainer reads (`prompt`, `chosen`, `rejected`, `images`), in
 its conversational format (string content in a text-only shard, content parts with an `image` part per
@@ -44,7 +49,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL,
     round INTEGER NOT NULL,
     pairs INTEGER NOT NULL,
-    shard TEXT NOT NULL,
+    shard TEXT NOT NULL,                       -- relative to the store's root, or absolute (pairs_dir)
     committed_at REAL NOT NULL,
     trained_step INTEGER,                      -- trainer step after training this round; NULL until trained
     record BLOB NOT NULL,                      -- common_pb2.RoundMetrics: partial at commit, whole when finished
@@ -130,12 +135,15 @@ def _row(pair: common_pb2.PreferencePair, round_index: int, prompt: PromptConfig
 
 
 class RunStore:
-    """One store per controller; safe to use from several threads (one connection per call)."""
+    """One store per controller; safe to use from several threads (one connection per call). New shards go
+    under `pairs_dir` when given (`<pairs_dir>/<run_id>/`), else beside the database
+    (`<root>/runs/<run_id>/pairs/`)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, pairs_dir: Path | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.database = self.root / "runs.sqlite3"
+        self.pairs_dir = Path(pairs_dir).resolve() if pairs_dir is not None else None
         self._lock = threading.Lock()
         with self._connect() as db:
             db.executescript(_SCHEMA)
@@ -183,8 +191,18 @@ class RunStore:
 
     # --- pairs --------------------------------------------------------------------------------------------
 
+    def pairs_folder(self, run_id: str) -> Path:
+        """Where this store writes the run's new shards."""
+        if self.pairs_dir is not None:
+            return self.pairs_dir / run_id
+        return self.root / "runs" / run_id / "pairs"
+
     def shard_path(self, run_id: str, round_index: int) -> Path:
-        return self.root / "runs" / run_id / "pairs" / f"round-{round_index:06d}.parquet"
+        """Where the committed shard of the round lies (wherever it was written)."""
+        committed = self._committed(run_id, round_index)
+        if committed is None:
+            raise StoreError(f"round {round_index} of run {run_id!r} is not committed")
+        return committed.shard
 
     def commit_pairs(
         self,
@@ -203,7 +221,7 @@ class RunStore:
             return existing
         if self.get_run(run_id) is None:
             raise StoreError(f"unknown run {run_id!r}")
-        shard = self.shard_path(run_id, round_index)
+        shard = self.pairs_folder(run_id) / f"round-{round_index:06d}.parquet"
         shard.parent.mkdir(parents=True, exist_ok=True)
         temporary = shard.with_suffix(".parquet.tmp")
         vision = any(pair.prompt.images for pair in pairs)
@@ -222,7 +240,7 @@ class RunStore:
             partial = partial or common_pb2.RoundMetrics(run_id=run_id, round=round_index)
             db.execute(
                 "INSERT INTO rounds (run_id, round, pairs, shard, committed_at, record) VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, round_index, len(pairs), str(shard.relative_to(self.root)), time.time(),
+                (run_id, round_index, len(pairs), str(self._recorded(shard)), time.time(),
                  partial.SerializeToString()),
             )  # fmt: skip
             try:
@@ -235,6 +253,12 @@ class RunStore:
                     f"round {round_index} repeats a pair id committed earlier in run {run_id!r}"
                 ) from error
         return CommittedRound(run_id, round_index, len(pairs), shard, newly_committed=True)
+
+    def _recorded(self, shard: Path) -> Path:
+        """The shard's path as the database keeps it: relative beside the database (the store can move), else
+        absolute (reads go where it was written, whatever `pairs_dir` a later process is given: `root / path`
+        of an absolute path is that path)."""
+        return shard.relative_to(self.root) if shard.is_relative_to(self.root) else shard
 
     def _committed(self, run_id: str, round_index: int) -> CommittedRound | None:
         with self._connect() as db:
