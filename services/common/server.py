@@ -2,8 +2,9 @@
 
 A service hands over its servicers and a `ServerConfig`; it gets health (SERVING only once it says
 it is ready), reflection, bearer-token auth (two credentials, checked before a body is read), optional
-TLS, message-size and concurrency limits, request validation, Prometheus metrics, JSON request logs,
-and a graceful, draining shutdown.
+TLS (plus, optionally, a plaintext port on 127.0.0.1 for processes on the same host), message-size and
+concurrency limits, request validation, Prometheus metrics, JSON request logs, and a graceful, draining
+shutdown.
 """
 
 from __future__ import annotations
@@ -69,14 +70,24 @@ class ServiceServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self.port: int = 0
+        self.loopback_port: int | None = None
 
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        """Raises ValueError (before binding) when auth is misconfigured: see `serving_credentials`."""
+        """Raises ValueError (before binding) when auth is misconfigured (see `serving_credentials`) or when
+        `loopback_port` is set without TLS."""
         config = self.config
+        tls = config.tls_cert_file is not None and config.tls_key_file is not None
+        if config.loopback_port is not None and not tls:
+            # Refused rather than ignored: without TLS the main port is already plaintext, so a second port
+            # is almost surely a config that meant to turn TLS on and forgot the certificate.
+            raise ValueError(
+                f"{self.name}: loopback_port is set but TLS is off (no tls_cert_file/tls_key_file); the main port "
+                "already serves plaintext: unset loopback_port, or set the certificate and key"
+            )
         credentials = serving_credentials(config.auth, config.host, self.name)
         server = grpc.aio.server(
             interceptors=[
@@ -108,12 +119,18 @@ class ServiceServer:
 
         target = f"{config.host}:{config.port}"
         if config.tls_cert_file is not None and config.tls_key_file is not None:
-            tls = grpc.ssl_server_credentials([(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())])
-            self.port = server.add_secure_port(target, tls)
+            keys = [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())]
+            self.port = server.add_secure_port(target, grpc.ssl_server_credentials(keys))
         else:
             self.port = server.add_insecure_port(target)
         if self.port == 0:
             raise OSError(f"{self.name}: could not bind {target}")
+        if config.loopback_port is not None:
+            # Same server, so the same interceptors: the tokens apply here too; only the transport is plain.
+            loopback = f"127.0.0.1:{config.loopback_port}"
+            self.loopback_port = server.add_insecure_port(loopback)
+            if self.loopback_port == 0:
+                raise OSError(f"{self.name}: could not bind {loopback}")
         await server.start()
         self._server = server
         if config.metrics_port is not None:
@@ -121,11 +138,12 @@ class ServiceServer:
                 config.metrics_port, addr=config.host, registry=self.metrics.registry
             )
         log.info(
-            "%s serving %s on %s (tls=%s, auth=%s)",
+            "%s serving %s on %s (tls=%s, plaintext loopback port=%s, auth=%s)",
             self.name,
             ", ".join(names),
             self.address,
-            config.tls_cert_file is not None,
+            tls,
+            self.loopback_port,
             "two tokens" if credentials.user else "control token" if credentials.control else "off",
         )
 
