@@ -41,10 +41,13 @@ class TrainerGroup:
 
     async def start(self) -> list[dict[str, Any]]:
         config = self.config
-        bundle = {
-            key: value for key, value in (("CPU", config.num_cpus_per_rank), ("GPU", config.num_gpus_per_rank)) if value
+        devices = {"CPU": config.num_cpus_per_rank, "GPU": config.num_gpus_per_rank, **config.ray_resources}
+        bundle = {key: value for key, value in devices.items() if value}
+        options: dict[str, Any] = {
+            "num_cpus": config.num_cpus_per_rank,
+            "num_gpus": config.num_gpus_per_rank,
+            "resources": config.ray_resources,
         }
-        options: dict[str, Any] = {"num_cpus": config.num_cpus_per_rank, "num_gpus": config.num_gpus_per_rank}
         remote = ray.remote(TrainerRank)
         if bundle:  # a placement group keeps the ranks' devices reserved together (and packed on few nodes)
             self._placement = placement_group([bundle] * config.world_size, strategy="PACK")
@@ -54,7 +57,7 @@ class TrainerGroup:
                 await self.stop()
                 raise RankFailure(
                     f"the Ray cluster cannot place {config.world_size} trainer ranks of {bundle} within "
-                    f"{PLACEMENT_TIMEOUT_S:.0f} s (num_cpus_per_rank / num_gpus_per_rank too large?)",
+                    f"{PLACEMENT_TIMEOUT_S:.0f} s (num_cpus_per_rank / num_gpus_per_rank too large, or no node offers ray_resources?)",
                     died=False,
                 ) from None
         self.ranks = []

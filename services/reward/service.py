@@ -186,7 +186,7 @@ class RunningReward:
 
 async def start_reward(config: RewardConfig) -> RunningReward:
     """The service, serving once every labelling worker has loaded the verifiers; ValueError when one cannot."""
-    remote = ray.remote(LabellingWorker).options(num_cpus=0, max_restarts=-1)
+    remote = ray.remote(LabellingWorker).options(num_cpus=0, resources=config.worker_ray_resources, max_restarts=-1)
     roots = import_roots(config.verifiers.values())
     workers = [remote.remote(config, roots) for _ in range(config.workers)]
     problems = [problem for problem in await asyncio.gather(*(w.ready.remote() for w in workers)) if problem]

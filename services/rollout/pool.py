@@ -62,6 +62,7 @@ class ReplicaPool:
         remote = ray.remote(RolloutReplica).options(
             num_cpus=config.num_cpus_per_replica,
             num_gpus=config.num_gpus_per_replica,
+            resources=config.ray_resources,
             max_restarts=-1,
             max_task_retries=0,
             max_concurrency=config.max_queued_requests + _CONTROL_SLOTS,
