@@ -25,16 +25,22 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mpo.config import PromptConfig, RoundsConfig
 from mpo.data.records import PromptRecord
 from mpo.failpoints import failpoint
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
+from mpo.services.common.server import OVERALL
 from mpo.services.controller.store import RunStore
 from mpo.v1 import common_pb2, reward_pb2, trainer_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: How long a run waits, when it starts or resumes, for its services to serve: on a cluster they start
+#: as a separate job from the controller's, and a large model takes minutes to load.
+SERVICES_START_TIMEOUT_S = 3600.0
 #: Verdicts whose final answer matches the ground truth (a failed step check still got the answer).
 _FINAL_ANSWER_RIGHT = (reward_pb2.VERDICT_CORRECT, reward_pb2.VERDICT_WRONG_STEP)
 
@@ -224,6 +230,7 @@ class RoundLoop:
         """Finish rounds left unfinished, then run the rest up to `config.rounds` (or until stopped);
         returns the records of this call."""
         records = []
+        await self._wait_for_services()
         await self._evaluate_base()
         for partial in self.store.unfinished_rounds(self.run_id):
             log.info("run %s: finishing round %d, committed before the controller stopped", self.run_id, partial.round)
@@ -277,9 +284,37 @@ class RoundLoop:
         if self.on_phase is not None:
             self.on_phase(round_index, phase)
 
+    async def _wait_for_services(self) -> None:
+        """Until rollout, reward and trainer all answer their health check SERVING (no token needed)."""
+        clients = {"rollout": self.clients.rollout, "reward": self.clients.reward, "trainer": self.clients.trainer}
+        request = health_pb2.HealthCheckRequest(service=OVERALL)
+        started = time.monotonic()
+        reported = started
+        while True:
+            waiting = []
+            for name, client in clients.items():
+                try:
+                    reply = await health_pb2_grpc.HealthStub(client.channel).Check(request, timeout=10)
+                    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                        waiting.append(name)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise
+                    waiting.append(name)
+            if not waiting:
+                return
+            now = time.monotonic()
+            if now - started > SERVICES_START_TIMEOUT_S:
+                raise TimeoutError(f"{', '.join(waiting)} not serving after {SERVICES_START_TIMEOUT_S:.0f} s")
+            if now - reported >= 30:
+                log.info("run %s: waiting for %s to serve (%.0f s)", self.run_id, ", ".join(waiting), now - started)
+                reported = now
+            await asyncio.sleep(2.0)
+
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """`call()`, repeated with backoff while the service answers UNAVAILABLE (an actor restarting
-        behind it); the calls repeated this way are idempotent (seeded sampling, labelling, publishing)."""
+        behind it); the calls repeated this way are idempotent (seeded sampling, labelling, training on pair ids
+        the trainer skips once trained, checkpoints, publishing, status)."""
         attempt = 0
         while True:
             try:
@@ -345,19 +380,21 @@ class RoundLoop:
         with _timed(timings, "train"):
             # The weights that train on these pairs are the ones serving: the trainer's own counter lags
             # after a restart from a checkpoint (checkpoints are taken before publishing).
-            held = (await self.clients.rollout.status()).policy_version
-            if pairs:
-                response = await trainer.train(pairs, round=round_index, epochs=self.config.epochs)
+            held = await self._retrying("rollout", self._serving_version)
+            if pairs:  # repeating Train is safe: the trainer skips the pair ids it has trained
+                response = await self._retrying(
+                    "trainer", lambda: trainer.train(pairs, round=round_index, epochs=self.config.epochs)
+                )
                 if response.steps:  # none when a restarted controller repeats a round trained before
                     record.train.CopyFrom(response.mean)
                     record.train_steps = len(response.steps)
-            await trainer.checkpoint(f"round-{round_index}")
-        step = (await trainer.status()).step
+            await self._retrying("trainer", lambda: trainer.checkpoint(f"round-{round_index}"))
+        step = (await self._retrying("trainer", trainer.status)).step
         self.store.mark_trained(self.run_id, round_index, step, trained_version=held, partial=record)
         staleness = list(self.store.pair_staleness(self.run_id, round_index).values())
         record.staleness_max = max(staleness, default=0)
         record.staleness_mean = sum(staleness) / len(staleness) if staleness else 0.0
-        record.trained_policy_version = (await self.clients.rollout.status()).policy_version
+        record.trained_policy_version = await self._retrying("rollout", self._serving_version)
         if pairs:
             self._phase(round_index, "publish")
             with _timed(timings, "publish"):
@@ -382,10 +419,13 @@ class RoundLoop:
         log.info("run %s: round %d stored (version %d)", self.run_id, round_index, record.trained_policy_version)
         return record
 
+    async def _serving_version(self) -> int:
+        return (await self.clients.rollout.status()).policy_version
+
     async def _publish(self, version: int) -> None:
         """Publish `version` unless it serves already: the rollout service takes exactly serving + 1, and an
         attempt whose answer was lost (UNAVAILABLE) may have committed it."""
-        if (await self.clients.rollout.status()).policy_version >= version:
+        if await self._serving_version() >= version:
             return
         await self.clients.trainer.publish_weights(version, _TRANSPORTS[self.config.transport])
 
