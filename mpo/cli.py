@@ -215,7 +215,7 @@ def _serve(args: argparse.Namespace, config_class: type, overrides: dict[str, ob
 
 def _run_config_section(path: Path, service: str) -> dict[str, object]:
     """The `service` section of a run config file (model filled in), as a `mpo serve` config: how every
-    process of the Helm chart reads the one ConfigMap. The controller also takes the store directory."""
+    process of the Helm chart reads the one ConfigMap. The controller also takes the store's directories."""
     from mpo.config import ConfigError, load_config
 
     run = load_config(path)
@@ -225,6 +225,8 @@ def _run_config_section(path: Path, service: str) -> dict[str, object]:
     raw: dict[str, object] = section.model_dump(mode="json")
     if service == "controller":
         raw["store_dir"] = str(run.store_dir)
+        if run.pairs_dir is not None:
+            raw["pairs_dir"] = str(run.pairs_dir)
     return raw
 
 
@@ -249,8 +251,11 @@ def _starting_the_run(
     async def start_and_run(config: Any) -> Any:
         running = await start(config)
         token = Credentials.from_env(config.server.auth).control
+        # A TLS server is dialled on its plaintext loopback port (this process holds no CA to verify it).
+        loopback = config.server.loopback_port
+        address = f"127.0.0.1:{loopback}" if loopback else running.address
         try:
-            async with ControllerClient(running.address, token=token, timeout=120) as client:
+            async with ControllerClient(address, token=token, timeout=120) as client:
                 for other in await client.list_runs():
                     if other.run_id != run_id and other.state in LIVE_STATES:
                         print(f"stopping run {other.run_id!r}: this deployment now drives {run_id!r}", file=sys.stderr)
@@ -376,7 +381,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, OverrideError, RunConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pairs = config.store_dir / "runs" / run_id / "pairs"
+    pairs = RunStore(config.store_dir, pairs_dir=config.pairs_dir).pairs_folder(run_id)
     print(json.dumps({"event": "finished", "run_id": run_id, "rounds": len(records), "pairs": str(pairs)}))
     return 0
 
@@ -421,7 +426,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             bar.write(f"[{elapsed(started)}] dashboard (live while the rounds run): {url}#/runs/{config.run_id}")
 
         run_id, _ = asyncio.run(run_embedded(config, on_round=show, on_dashboard=dashboard))
-    store = RunStore(config.store_dir)
+    store = RunStore(config.store_dir, pairs_dir=config.pairs_dir)
     run = store.get_run(run_id)
     evaluated = [r for r in store.round_records(run_id) if r.eval_accuracy]
     if run is not None and run.base_eval_accuracy and evaluated:
@@ -431,7 +436,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             gain = 100 * (accuracy - before)
             print(f"held-out {task}: base {before:.1%} -> round {last.round} {accuracy:.1%} ({gain:+.1f} points)")
     run_dir = config.store_dir / "runs" / run_id
-    print(f"pairs (Parquet, TRL DPO columns): {run_dir / 'pairs'}")
+    print(f"pairs (Parquet, TRL DPO columns): {store.pairs_folder(run_id)}")
     print(f"metrics: tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"dashboard: mpo dashboard --store-dir {config.store_dir} (then open http://127.0.0.1:8265/#/runs/{run_id})")
     print(f"more rounds: mpo run --resume {run_id} --store-dir {config.store_dir} --rounds {args.rounds + 5}")
@@ -471,7 +476,10 @@ def _cmd_client_generate(args: argparse.Namespace) -> int:
     )
 
     async def call() -> None:
-        async with RolloutClient(args.address, token=read_token(args.token_env), timeout=args.timeout) as client:
+        client = RolloutClient(
+            args.address, token=read_token(args.token_env), timeout=args.timeout, tls_root_cert=args.tls_root_cert
+        )
+        async with client:
             if args.stream:
                 async for delta in client.generate_stream([prompt], sampling):
                     print(json.dumps(MessageToDict(delta, **_JSON)), flush=True)
@@ -485,6 +493,17 @@ def _cmd_client_generate(args: argparse.Namespace) -> int:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cmd_client_health(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mpo.services.common.health_check import unhealthy
+
+    problems = asyncio.run(unhealthy(args.address, timeout=args.timeout, absent_ok=args.absent_ok))
+    for problem in problems:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -782,7 +801,27 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     generate.add_argument(
         "--token-env", default="MPO_USER_TOKEN", help="environment variable holding the token (the user token)"
     )
+    generate.add_argument(
+        "--tls-root-cert",
+        type=Path,
+        help="PEM CA certificate (or the server's self-signed one) to dial a TLS endpoint with; unset: plaintext",
+    )
     generate.set_defaults(handler=_cmd_client_generate)
+    health = calls.add_parser(
+        "health",
+        help="exit 0 only when every given server's gRPC Health says SERVING (for exec probes)",
+        description="Check the standard grpc.health.v1 Health service (no token needed) of each server, in "
+        "plaintext: for a TLS server, its loopback_port. Prints one line per unhealthy server; exit 1 if any.",
+    )
+    health.add_argument("--address", action="append", required=True, help="host:port of a server; repeat")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds each server has to answer")
+    health.add_argument(
+        "--absent-ok",
+        action="store_true",
+        help="a port with nothing listening passes (liveness: restart only for a server that listens but "
+        "does not answer SERVING)",
+    )
+    health.set_defaults(handler=_cmd_client_health)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
