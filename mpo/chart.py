@@ -55,9 +55,30 @@ class StorageValues(_Values):
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
         default_factory=lambda: ["ReadWriteMany"],
         min_length=1,
-        description="Every Ray pod mounts the volume (model, checkpoints, run store, pairs): ReadWriteMany.",
+        description="Every Ray pod mounts the volume (model, checkpoints, published weights, pair shards): "
+        "ReadWriteMany.",
     )
     mount_path: str = Field("/data", pattern=r"^/", description="Where every pod mounts the volume.")
+
+
+class StateStorageValues(_Values):
+    """The run store's own volume: SQLite needs a local filesystem's locks (not NFS/EFS) and has one writer,
+    the controller on the head pod, so it is ReadWriteOnce and mounted there only."""
+
+    existing_claim: str = Field(
+        "", description="Use this ReadWriteOnce PVC; empty: the chart creates '<release>-state' (ReadWriteOnce)."
+    )
+    size: str = Field(
+        "10Gi",
+        min_length=1,
+        description="Size of the PVC the chart creates: the SQLite run store, TensorBoard files, the data's images.",
+    )
+    storage_class: str = Field(
+        "", description="storageClassName of the created PVC (block storage, not NFS); empty: the cluster default."
+    )
+    mount_path: str = Field(
+        "/state", pattern=r"^/", description="Where the head pod mounts it; apart from storage.mount_path."
+    )
 
 
 class PodValues(_Values):
@@ -104,6 +125,19 @@ class PortValues(_Values):
     controller: int = Field(50054, ge=1, le=65535, description="Controller gRPC port on the head pod.")
     dashboard: int = Field(8080, ge=1, le=65535, description="Dashboard HTTP port on the head pod.")
     metrics: int = Field(9090, ge=1, le=65535, description="Controller's Prometheus port on the head pod.")
+    rollout_loopback: int = Field(
+        50061,
+        ge=1,
+        le=65535,
+        description="With tls.existing_secret: the rollout's plaintext port on 127.0.0.1 of the head pod, for "
+        "the drivers beside it and the liveness probe (never exposed; the tokens still apply).",
+    )
+    controller_loopback: int = Field(
+        50064,
+        ge=1,
+        le=65535,
+        description="With tls.existing_secret: the controller's plaintext port on 127.0.0.1 (see rollout_loopback).",
+    )
 
 
 class ExposedServiceValues(_Values):
@@ -146,7 +180,37 @@ class AuthValues(_Values):
         "and kept.",
     )
     existing_secret: str = Field(
-        "", description="Use the keys 'control-token' and 'user-token' of this Secret instead."
+        "",
+        description="Use the keys 'control-token' and 'user-token' of this Secret instead (the chart makes none). "
+        "Needed when the manifests are rendered without a cluster (helm template, Argo CD, Flux): there the "
+        "chart cannot read back its generated tokens and would generate new ones at every render. helm "
+        "install/upgrade read them back from the Secret they created.",
+    )
+
+
+class TLSValues(_Values):
+    existing_secret: str = Field(
+        "",
+        description="A kubernetes.io/tls Secret (keys tls.crt, tls.key; e.g. from cert-manager) in the release's "
+        "namespace: the rollout and controller gRPC endpoints, which their Services may expose, then speak TLS "
+        "with it (the drivers on the head pod reach them on the ports.*_loopback ports); empty: plaintext.",
+    )
+
+
+class ProbeValues(_Values):
+    period_seconds: int = Field(..., ge=1, description="Seconds between checks.")
+    timeout_seconds: int = Field(
+        ..., ge=8, description="Seconds one check may take: the servers get 5 s (together), Python's start the rest."
+    )
+    failure_threshold: int = Field(..., ge=1, description="Consecutive failed checks before Kubernetes acts.")
+
+
+class ProbesValues(_Values):
+    liveness: ProbeValues = Field(
+        default_factory=lambda: ProbeValues(period_seconds=30, timeout_seconds=15, failure_threshold=6),
+        description="Head container's liveness probe (`mpo client health --absent-ok` on every driver): restarts "
+        "the head when a driver listens but has not answered SERVING for failure_threshold x period_seconds. "
+        "Readiness stays KubeRay's own Ray check: KubeRay submits the drivers only once every Ray pod is ready.",
     )
 
 
@@ -155,7 +219,13 @@ class NetworkPolicyValues(_Values):
     operator_labels: dict[str, str] = Field(
         default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"},
         min_length=1,
-        description="Labels of the KubeRay operator's pods (any namespace), allowed to the Ray dashboard's job API.",
+        description="Labels of the KubeRay operator's pods, allowed to the Ray dashboard's job API (8265).",
+    )
+    operator_namespace: str = Field(
+        "kuberay-system",
+        min_length=1,
+        description="Namespace of the KubeRay operator (only its pods there reach Ray's job API), as docs/deploy.md "
+        "installs it. Find it: kubectl get pods -A -l app.kubernetes.io/name=kuberay-operator.",
     )
     clients: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -164,20 +234,21 @@ class NetworkPolicyValues(_Values):
 
 
 #: Fields of the run config the chart sets itself (templates/configmap.yaml): the model and the state on
-#: the volume, the servers on the head pod's ports with the Secret's token and without TLS; and those the
+#: the volume, the servers on the head pod's ports with the Secret's token (and TLS with loopback ports from
+#: tls.existing_secret on the rollout and controller, plaintext otherwise); and those the
 #: run config fills in from the top level (model, objective, prompt, trust_remote_code; the reward's pair
 #: cap from `rounds`). values.yaml leaves them out and the schema forbids them. A server's request limits,
 #: message size and concurrency stay the user's (`RunConfig` checks that the limits agree across services).
 CHART_OWNED: dict[str, tuple[str, ...]] = {
-    "ChartRunConfig": ("model", "store_dir"),
-    "RolloutConfig": ("model", "trust_remote_code", "prompt", "weights_dir", "readable_roots"),
-    "RewardConfig": ("max_pairs_per_prompt", "rollout_address"),
+    "ChartRunConfig": ("model", "store_dir", "pairs_dir"),
+    "RolloutConfig": ("model", "trust_remote_code", "prompt", "weights_dir", "readable_roots", "ray_resources"),
+    "RewardConfig": ("max_pairs_per_prompt", "rollout_address", "worker_ray_resources"),
     "TrainerConfig": (
         "model", "trust_remote_code", "prompt", "objective", "checkpoint_dir", "publish_dir", "readable_roots",
-        "rollout_address",
+        "rollout_address", "ray_resources",
     ),
     "ControllerConfig": ("dashboard", "data_roots"),
-    "ServerConfig": ("host", "port", "auth", "tls_cert_file", "tls_key_file", "metrics_port"),
+    "ServerConfig": ("host", "port", "auth", "tls_cert_file", "tls_key_file", "loopback_port", "metrics_port"),
 }  # fmt: skip
 
 
@@ -197,12 +268,15 @@ class ChartValues(_Values):
     image: ImageValues = Field(default_factory=ImageValues)
     model: ModelValues
     storage: StorageValues = Field(default_factory=StorageValues)
+    state_storage: StateStorageValues = Field(default_factory=StateStorageValues)
     ray: RayValues = Field(default_factory=RayValues)
     ports: PortValues = Field(default_factory=PortValues)
     services: ServicesValues = Field(default_factory=ServicesValues)
     ingress: IngressValues = Field(default_factory=IngressValues)
     auth: AuthValues = Field(default_factory=AuthValues)
     network_policy: NetworkPolicyValues = Field(default_factory=NetworkPolicyValues)
+    tls: TLSValues = Field(default_factory=TLSValues)
+    probes: ProbesValues = Field(default_factory=ProbesValues)
     drivers_generation: int = Field(
         0,
         ge=0,
@@ -211,6 +285,6 @@ class ChartValues(_Values):
     )
     run: ChartRunConfig = Field(
         ...,
-        description="The run config (`mpo config example`); the chart fills in model, store_dir and the servers' "
-        "hosts and ports.",
+        description="The run config (`mpo config example`); the chart fills in model, store_dir, pairs_dir and the "
+        "servers' hosts and ports.",
     )

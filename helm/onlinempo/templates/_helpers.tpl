@@ -39,6 +39,10 @@ ray.io/node-type: head
 {{- .Values.storage.existing_claim | default (printf "%s-data" (include "onlinempo.fullname" .)) -}}
 {{- end -}}
 
+{{- define "onlinempo.stateClaim" -}}
+{{- .Values.state_storage.existing_claim | default (printf "%s-state" (include "onlinempo.fullname" .)) -}}
+{{- end -}}
+
 {{/* Pod-level security: non-root uid/gid 1000 (the image's user), files on the volume group-owned. */}}
 {{- define "onlinempo.podSecurityContext" -}}
 runAsNonRoot: true
@@ -88,6 +92,18 @@ sampling clients and the dashboard). */}}
   mountPath: /dev/shm
 {{- end -}}
 
+{{/* The run store's ReadWriteOnce volume: on the head pod only, where the controller (its one writer) runs. */}}
+{{- define "onlinempo.stateVolumeMount" -}}
+- name: state
+  mountPath: {{ .Values.state_storage.mount_path }}
+{{- end -}}
+
+{{- define "onlinempo.stateVolume" -}}
+- name: state
+  persistentVolumeClaim:
+    claimName: {{ include "onlinempo.stateClaim" . }}
+{{- end -}}
+
 {{- define "onlinempo.volumes" -}}
 - name: data
   persistentVolumeClaim:
@@ -120,7 +136,30 @@ limits:
   {{- end }}
 {{- end -}}
 
-{{/* The address one driver on the head pod uses for another: they share the pod's network. */}}
+{{/* The custom Ray resource each pod of a worker group offers ("rollout", "trainer", "cpu"). */}}
+{{- define "onlinempo.groupResource" -}}
+{{- printf "onlinempo_%s" . -}}
+{{- end -}}
+
+{{/* Where the head container mounts tls.existing_secret (tls.crt, tls.key). */}}
+{{- define "onlinempo.tlsDir" -}}
+/etc/onlinempo-tls
+{{- end -}}
+
+{{/* "true" when the server of this service ("rollout", ...) speaks TLS: the rollout and the controller,
+whose Services may leave the cluster, once tls.existing_secret is set. Called with (dict "root" $ "service" name). */}}
+{{- define "onlinempo.tls" -}}
+{{- if and .root.Values.tls.existing_secret (has .service (list "rollout" "controller")) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The address one driver on the head pod uses for another's service (they share the pod's network): its
+port, or with TLS its plaintext loopback port. Called with (dict "root" $ "service" name). */}}
 {{- define "onlinempo.local" -}}
-{{- printf "127.0.0.1:%d" (int .) -}}
+{{- $port := index .root.Values.ports .service -}}
+{{- if include "onlinempo.tls" . -}}
+{{- $port = index .root.Values.ports (printf "%s_loopback" .service) -}}
+{{- end -}}
+{{- printf "127.0.0.1:%d" (int $port) -}}
 {{- end -}}
