@@ -102,10 +102,13 @@ class TrainerHost:
         log.info("trainer resumed from %s (step %d, round %d)", checkpoint.path, self.state.step, self.state.round)
 
     async def _recover(self, error: RankFailure) -> None:
-        """Fresh group, last checkpoint, journal replayed: the state just before the failed call."""
+        """Fresh group, last checkpoint, journal replayed: the ranks back at the state just before the failed
+        call. The host's own state (trained ids, step, round, version) already is that state: loading the
+        checkpoint must not roll it back to the checkpoint's, or the journal's ids would be forgotten."""
         self.restarts += 1
         log.warning("trainer rank failed (%s); restarting the group from the last checkpoint", error)
         self.ready = False
+        state = self.state
         await self.group.stop()
         await self.group.start()
         latest = self.store.latest()
@@ -113,6 +116,7 @@ class TrainerHost:
             await self._load(latest)
         for entry in self.journal:
             await self.group.call("train", entry.pairs, entry.round, entry.epochs)
+        self.state = state
         self.ready = True
 
     async def _call(self, method: str, *args: Any) -> list[Any]:
