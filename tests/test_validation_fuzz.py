@@ -500,7 +500,7 @@ def test_run_ids(runs: RunManager, method: str, run_id: str) -> None:
     assert (error is None) == expected, error
     if error is None and run_id:
         folder = (runs.store.root / "runs").resolve()
-        for path in (runs.store.shard_path(run_id, 1), runs.tensorboard_dir(run_id), runs.wandb_dir(run_id)):
+        for path in (runs.store.pairs_folder(run_id), runs.tensorboard_dir(run_id), runs.wandb_dir(run_id)):
             assert path.resolve().is_relative_to(folder / run_id) and folder / run_id != folder
 
 
