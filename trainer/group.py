@@ -57,7 +57,8 @@ class TrainerGroup:
                 await self.stop()
                 raise RankFailure(
                     f"the Ray cluster cannot place {config.world_size} trainer ranks of {bundle} within "
-                    f"{PLACEMENT_TIMEOUT_S:.0f} s (num_cpus_per_rank / num_gpus_per_rank too large, or no node offers ray_resources?)",
+                    f"{PLACEMENT_TIMEOUT_S:.0f} s (num_cpus_per_rank / num_gpus_per_rank too large, or no node "
+                    "offers ray_resources?)",
                     died=False,
                 ) from None
         self.ranks = []
