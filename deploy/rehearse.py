@@ -22,6 +22,7 @@ See docs/deploy.md ("The rehearsal").
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -223,26 +224,32 @@ class Rehearsal:
 
     # -- faults -----------------------------------------------------------------------------------------
 
+    def in_flight(self) -> list[int]:
+        """Rounds committed and not finished (being trained or published) now."""
+        return [record.round for record in self.store().unfinished_rounds(self.run_id)]
+
     def lose_worker(self, group: str) -> None:
         (node,) = [node for node in self.cluster.nodes if node.name == f"{group}-0"]
         round_index = self.store().last_committed_round(self.run_id)
+        in_flight = self.in_flight()
         killed = node.kill()
         say(f"fault: node {node.name} lost in round {round_index} ({killed} processes killed)")
         time.sleep(5.0)  # the pod is gone for a while; then its ReplicaSet-like group makes a new one
         self.cluster.start_node(node)
         self.cluster.wait_for_nodes(180)
         self.faults.append({"fault": f"worker node {node.name} killed (SIGKILL, whole tree)", "round": round_index,
-                            "processes": killed})  # fmt: skip
+                            "in_flight": in_flight, "processes": killed})  # fmt: skip
 
     def lose_head(self) -> None:
         round_index = self.store().last_committed_round(self.run_id)
+        in_flight = self.in_flight()
         killed = self.cluster.kill_all()
         say(f"fault: head lost in round {round_index}; every worker raylet goes with it ({killed} processes)")
         self.cluster.start()
         self.operator.dashboard_address = self.cluster.dashboard_address
         self.operator.reconcile(head_restarted=True)
         self.faults.append({"fault": "head node killed (SIGKILL, whole tree), workers restarted", "round": round_index,
-                            "processes": killed})  # fmt: skip
+                            "in_flight": in_flight, "processes": killed})  # fmt: skip
 
     def upgrade(self, rounds: int) -> None:
         """`helm upgrade --set run.rounds.rounds=N`: a new ConfigMap and new RayJob names."""
@@ -316,12 +323,13 @@ def rehearse(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         report["placement"] = rehearsal.placement()
         report["dashboard_status"] = rehearsal.dashboard()
         say(f"placement: {report['placement']}")
-        if args.faults:
-            rehearsal.wait("round 2 training", lambda: rehearsal.training_in_flight(1), 600)
+        if args.faults:  # each waits for its moment, or for the run's end should the rounds outrun the polling
+            ended = functools.partial(rehearsal.completed, rounds)
+            rehearsal.wait("a round after 1 training", lambda: rehearsal.training_in_flight(1) or ended(), 600)
             rehearsal.lose_worker("trainer")
             rehearsal.wait("round 2 finished", lambda: rehearsal.round_finished(2), 900)
-            rehearsal.lose_worker("rollout")  # round 3 is sampling now
-            rehearsal.wait("round 4 training", lambda: rehearsal.training_in_flight(3), 900)
+            rehearsal.lose_worker("rollout")  # the next round is sampling now
+            rehearsal.wait("a round after 3 training", lambda: rehearsal.training_in_flight(3) or ended(), 900)
             rehearsal.lose_head()
         rehearsal.wait(f"run completed ({rounds} rounds)", lambda: rehearsal.completed(rounds), 900)
         rehearsal.upgrade(rounds + 1)

@@ -65,9 +65,10 @@ def test_the_charts_commands_run_a_release_through_node_faults_and_an_upgrade(
     # The run, read here from the volume: rounds continuous, every pair trained once, one policy version.
     store = RunStore(Path(report["store_dir"]))
     run = store.get_run("rehearsal")
-    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED and run.current_round == 5
-    assert [record.round for record in store.round_records("rehearsal")] == [1, 2, 3, 4, 5]
-    pairs = [len(store.committed_pairs("rehearsal", r)) for r in range(1, 6)]
+    # The values' 6 rounds, and one more from the upgrade.
+    assert run is not None and run.state == controller_pb2.RUN_STATE_COMPLETED and run.current_round == 7
+    assert [record.round for record in store.round_records("rehearsal")] == list(range(1, 8))
+    pairs = [len(store.committed_pairs("rehearsal", r)) for r in range(1, 8)]
     assert sum(pairs) > 0 and store.pair_count("rehearsal") == sum(pairs)
     checkpoints = Path(report["checkpoint_dir"])
     trainer = json.loads((checkpoints / (checkpoints / "LATEST").read_text().strip() / "trainer.json").read_text())

@@ -87,7 +87,9 @@ class TrainerGroup:
         for future in pending:
             future.cancel()
         await self.stop()
-        died = isinstance(error, ray.exceptions.RayActorError)
+        # A rank's actor died, or its node did: then even a result it had returned is lost with the node's
+        # object store (ObjectLostError, e.g. the weights a publish gathers). Either way, a restart is the cure.
+        died = isinstance(error, ray.exceptions.RayActorError | ray.exceptions.ObjectLostError)
         raise RankFailure(f"{method} failed on a trainer rank: {error}", died=died) from error
 
     @staticmethod

@@ -7,7 +7,7 @@ ConfigMap's files, the RayJobs' entrypoints and `backoffLimit`) and runs exactly
 
 - `release.py`: `helm template` and the rendered objects, as the nodes and jobs to run;
 - `cluster.py`: one local Ray node per pod (its own temp dir and ports), killed like a lost pod;
-- `operator.py`: what the KubeRay operator does with the RayJobs (submit, resubmit up to backoffLimit,
+- `kuberay.py`: what the KubeRay operator does with the RayJobs (submit, resubmit up to backoffLimit,
   replace on upgrade);
 - `deploy/rehearse.py`: the scenario (rounds, node faults, an upgrade) and its report.
 """

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import grpc
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
 from mpo.config import RolloutConfig
 from mpo.services.common.validation import InvalidRequest
@@ -31,7 +31,8 @@ from mpo.services.rollout.engines.base import Completion, Delta, EngineDescripti
 from mpo.services.rollout.replica import RolloutReplica
 
 T = TypeVar("T")
-_REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
+#: A replica died, or its node did (its results lost with the node's object store).
+_REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError)
 #: Ray calls beyond the queued requests that a replica must still take (loads, status).
 _CONTROL_SLOTS = 8
 
