@@ -100,7 +100,11 @@ def test_values_and_schema_are_generated_from_the_config_models() -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("values", [[], ["-f", str(GPU_VALUES)]], ids=["default", "gpu-production"])
+@pytest.mark.parametrize(
+    "values",
+    [[], ["-f", str(GPU_VALUES)], ["-f", str(CHART / "ci" / "cpu-rehearsal-values.yaml")]],
+    ids=["default", "gpu-production", "cpu-rehearsal"],
+)
 def test_chart_lints_strict_and_renders_valid_objects(values: list[str], tmp_path: Path) -> None:
     lint = helm("lint", "--strict", str(CHART), *values)
     assert lint.returncode == 0, lint.stdout + lint.stderr
