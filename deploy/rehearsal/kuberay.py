@@ -40,11 +40,15 @@ class RayJobOperator:
         self.records: dict[str, JobRecord] = {}
         #: RayJobs an upgrade deleted, with their attempts.
         self.deleted: list[JobRecord] = []
+        self._cached: tuple[str, JobSubmissionClient] | None = None
 
     def _client(self) -> JobSubmissionClient:
+        """One client per head address (making one asks the dashboard for its version: not on every poll)."""
         from ray.job_submission import JobSubmissionClient  # lazily: importing Ray's client is slow
 
-        return JobSubmissionClient(self.dashboard_address)
+        if self._cached is None or self._cached[0] != self.dashboard_address:
+            self._cached = (self.dashboard_address, JobSubmissionClient(self.dashboard_address))
+        return self._cached[1]
 
     def apply(self, jobs: list[DriverJob]) -> None:
         """Create these RayJobs; delete (stop) those no longer rendered, as `helm upgrade` makes the operator do."""

@@ -34,6 +34,12 @@ def _listening(address: str, timeout: float) -> bool:
         return False
 
 
+async def serving_status(channel: grpc.aio.Channel, timeout: float) -> int:
+    """The whole server's grpc.health.v1 status (`HealthCheckResponse.SERVING`, ...); RPC errors propagate."""
+    request = health_pb2.HealthCheckRequest(service=OVERALL)
+    return (await health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)).status
+
+
 async def _problem(address: str, timeout: float, *, absent_ok: bool) -> str | None:
     """Why the server at `address` is not healthy; None when it is (or when absent and that is allowed)."""
     try:
@@ -43,13 +49,12 @@ async def _problem(address: str, timeout: float, *, absent_ok: bool) -> str | No
     if not listening:
         return None if absent_ok else f"{address}: nothing listening (connection refused)"
     async with open_channel(address) as channel:
-        request = health_pb2.HealthCheckRequest(service=OVERALL)
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+            status = await serving_status(channel, timeout)
         except grpc.aio.AioRpcError as exc:
             return f"{address}: no health answer within {timeout:g} s ({exc.code().name}: {exc.details()})"
-    if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        return f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+    if status != health_pb2.HealthCheckResponse.SERVING:
+        return f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}"
     return None
 
 

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from mpo.config import PromptConfig, RoundsConfig
 from mpo.data.records import PromptRecord
 from mpo.failpoints import failpoint
 from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
-from mpo.services.common.server import OVERALL
+from mpo.services.common.health_check import serving_status
 from mpo.services.controller.store import RunStore
 from mpo.v1 import common_pb2, reward_pb2, trainer_pb2
 
@@ -287,15 +287,13 @@ class RoundLoop:
     async def _wait_for_services(self) -> None:
         """Until rollout, reward and trainer all answer their health check SERVING (no token needed)."""
         clients = {"rollout": self.clients.rollout, "reward": self.clients.reward, "trainer": self.clients.trainer}
-        request = health_pb2.HealthCheckRequest(service=OVERALL)
         started = time.monotonic()
         reported = started
         while True:
             waiting = []
             for name, client in clients.items():
                 try:
-                    reply = await health_pb2_grpc.HealthStub(client.channel).Check(request, timeout=10)
-                    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    if await serving_status(client.channel, timeout=10) != health_pb2.HealthCheckResponse.SERVING:
                         waiting.append(name)
                 except grpc.aio.AioRpcError as error:
                     if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
