@@ -37,10 +37,10 @@ from typing import Any
 from mpo.config import RunConfig, run_config
 from mpo.data.loader import load_prompts
 from mpo.demo import demo_run_config, prepare
+from mpo.embedded import run_embedded
 from mpo.evaluation import EvalResult, evaluate, paired_gain
 from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.overrides import OverrideError, parse_overrides
-from mpo.services.controller.embedded import run_embedded
 from mpo.services.controller.store import RunStore
 from mpo.trainer.export import export_checkpoint
 from mpo.v1 import controller_pb2

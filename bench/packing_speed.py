@@ -27,9 +27,9 @@ import time
 import torch
 from transformers import Qwen2ForCausalLM
 
+from mpo.models.logprobs import collate, model_logprobs
+from mpo.models.packing import pack_shared_prefix
 from mpo.models.tiny import NAMED_SIZES, text_config
-from mpo.trainer.logprobs import collate, model_logprobs
-from mpo.trainer.packing import pack_shared_prefix
 
 
 def span(text: str) -> tuple[int, int]:

@@ -32,9 +32,9 @@ from mpo.config import RequestLimits, RewardConfig, RolloutConfig, ServerConfig
 from mpo.data.tasks import TASKS
 from mpo.models.corpus import task_corpus
 from mpo.models.tiny import build_text_model
-from mpo.services.common.clients import RewardClient, RolloutClient
 from mpo.services.reward.service import start_reward
 from mpo.services.rollout.server import start_rollout
+from mpo.serving.clients import RewardClient, RolloutClient
 from mpo.v1 import common_pb2
 
 LIMITS = RequestLimits(max_batch_prompts=4096, max_samples_per_request=65_536)

@@ -30,12 +30,12 @@ from mpo.config import RolloutConfig
 from mpo.data.tasks import TASKS
 from mpo.models.corpus import task_corpus
 from mpo.models.tiny import NAMED_SIZES, TextModelSpec, build_text_model
-from mpo.services.common.clients import RolloutClient
 from mpo.services.rollout.engines import create_engine
 from mpo.services.rollout.server import start_rollout
 from mpo.services.rollout.service import sampling_spec
-from mpo.services.rollout.weights import pack, write_shards
+from mpo.serving.clients import RolloutClient
 from mpo.v1 import common_pb2
+from mpo.weights import pack, write_shards
 
 
 def workload(prompts: int) -> list[common_pb2.Prompt]:
@@ -44,7 +44,7 @@ def workload(prompts: int) -> list[common_pb2.Prompt]:
 
 
 async def in_process_tokens_per_s(config: RolloutConfig, prompts: list[common_pb2.Prompt], params) -> float:
-    from mpo.services.rollout.prompts import PromptRenderer
+    from mpo.prompts import PromptRenderer
 
     engine = create_engine(config)
     try:

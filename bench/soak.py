@@ -48,10 +48,10 @@ import psutil
 from mpo.config import RunConfig, run_config
 from mpo.data.tasks import TASKS
 from mpo.demo import TASK, demo_run_config, prepare
+from mpo.embedded import run_embedded
 from mpo.overrides import OverrideError, parse_overrides
-from mpo.services.common.auth import Credentials
-from mpo.services.common.clients import ControllerClient, RolloutClient
-from mpo.services.controller.embedded import run_embedded
+from mpo.serving.auth import Credentials
+from mpo.serving.clients import ControllerClient, RolloutClient
 from mpo.v1 import common_pb2, controller_pb2
 
 #: Ray titles each actor's worker process `ray::<Class>...`; the service role each class plays.

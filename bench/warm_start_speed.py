@@ -28,9 +28,10 @@ from mpo.config import BootstrapConfig
 from mpo.data.tasks import TASKS
 from mpo.demo import TASK
 from mpo.models.corpus import task_corpus
+from mpo.models.demonstrations import DemonstrationBatcher
 from mpo.models.generate import TransformersGenerator
 from mpo.models.tiny import build_text_model
-from mpo.trainer.sft import DemonstrationBatcher, sft_step
+from mpo.trainer.sft import sft_step
 
 
 def main() -> None:

@@ -132,8 +132,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mpo.data.loader import DataError
     from mpo.data.sources import load_split
     from mpo.evaluation import evaluate
+    from mpo.grading.verify import Grader
     from mpo.models.generate import Sampling, TransformersGenerator
-    from mpo.services.reward.verify import Grader
 
     config = None
     if args.config is not None:
@@ -177,8 +177,8 @@ def _serve(args: argparse.Namespace, config_class: type, overrides: dict[str, ob
     from pydantic import ValidationError
 
     from mpo.config import ConfigError, format_validation_error
-    from mpo.services.common.auth import serving_credentials
-    from mpo.services.common.hosting import host_on_ray
+    from mpo.serving.auth import serving_credentials
+    from mpo.serving.hosting import host_on_ray
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -239,10 +239,10 @@ def _starting_the_run(
     import grpc
 
     from mpo.config import load_config
-    from mpo.services.common.auth import Credentials
-    from mpo.services.common.clients import ControllerClient
     from mpo.services.controller.runs import LIVE_STATES
     from mpo.services.controller.service import SERVICE_CALL_TIMEOUT_S
+    from mpo.serving.auth import Credentials
+    from mpo.serving.clients import ControllerClient
 
     run_id = load_config(run_config).run_id
     if run_id is None:
@@ -288,7 +288,7 @@ _SERVED = {
         "TrainerConfig",
         {"model": "model", "world_size": "world_size", "strategy": "strategy", "checkpoint_dir": "checkpoint_dir",
          "rollout_address": "rollout_address"},
-        "mpo.services.trainer.service.start_trainer",
+        "mpo.trainer.service.start_trainer",
     ),
     "controller": (
         "ControllerServeConfig",
@@ -313,9 +313,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from mpo.config import DashboardConfig, format_validation_error
-    from mpo.services.common.hosting import serve_until_signal
     from mpo.services.dashboard.server import start_dashboard
     from mpo.services.dashboard.sources import StoreSource
+    from mpo.serving.hosting import serve_until_signal
 
     try:
         config = DashboardConfig(host=args.host, port=args.port)
@@ -354,8 +354,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from mpo.config import ConfigError, load_config, run_config
     from mpo.data.loader import DataError
+    from mpo.embedded import RunConfigError, round_line, run_embedded
     from mpo.overrides import OverrideError, parse_overrides
-    from mpo.services.controller.embedded import RunConfigError, round_line, run_embedded
     from mpo.services.controller.store import RunStore
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -396,7 +396,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from mpo.config import format_validation_error
     from mpo.demo import elapsed, prepare, write_config
-    from mpo.services.controller.embedded import round_line, run_embedded
+    from mpo.embedded import round_line, run_embedded
     from mpo.services.controller.store import RunStore
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -454,8 +454,8 @@ def _cmd_client_generate(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from mpo.services.common.auth import read_token
-    from mpo.services.common.clients import RolloutClient
+    from mpo.serving.auth import read_token
+    from mpo.serving.clients import RolloutClient
     from mpo.v1 import common_pb2
 
     prompt = common_pb2.Prompt(
@@ -498,7 +498,7 @@ def _cmd_client_generate(args: argparse.Namespace) -> int:
 def _cmd_client_health(args: argparse.Namespace) -> int:
     import asyncio
 
-    from mpo.services.common.health_check import unhealthy
+    from mpo.serving.health_check import unhealthy
 
     problems = asyncio.run(unhealthy(args.address, timeout=args.timeout, absent_ok=args.absent_ok))
     for problem in problems:

@@ -306,7 +306,7 @@ class RewardConfig(_Strict):
 
     task_verifiers: dict[str, str] = Field(
         default_factory=lambda: {"arith": "numeric", "shapes": "auto"},
-        description="Verifier per task (see services/reward/verifiers.py); tasks not listed use 'auto'.",
+        description="Verifier per task (see mpo/grading/verifiers.py); tasks not listed use 'auto'.",
     )
     verifiers: dict[str, VerifierSpec] = Field(
         default_factory=dict,
@@ -325,7 +325,7 @@ class RewardConfig(_Strict):
     )
     task_step_checks: dict[str, str] = Field(
         default_factory=dict,
-        description="Step check per task (see services/reward/step_checks.py): a sample whose final answer "
+        description="Step check per task (see mpo/grading/step_checks.py): a sample whose final answer "
         "matches but whose rationale fails it is labelled wrong (VERDICT_WRONG_STEP). Off by default, as in "
         "the paper; the demo maps arith to 'arith_steps'.",
     )
@@ -349,21 +349,21 @@ class RewardConfig(_Strict):
     @field_validator("task_verifiers")
     @classmethod
     def _known_verifiers(cls, names: dict[str, str]) -> dict[str, str]:
-        from mpo.services.reward.verifiers import AUTO, VERIFIERS
+        from mpo.grading.verifiers import AUTO, VERIFIERS
 
         return _known_names("verifier", names, [*VERIFIERS, AUTO])
 
     @field_validator("task_step_checks")
     @classmethod
     def _known_step_checks(cls, names: dict[str, str]) -> dict[str, str]:
-        from mpo.services.reward.step_checks import STEP_CHECKS
+        from mpo.grading.step_checks import STEP_CHECKS
 
         return _known_names("step check", names, list(STEP_CHECKS))
 
     @field_validator("answer_pattern")
     @classmethod
     def _one_capture_group(cls, pattern: str | None) -> str | None:
-        from mpo.services.reward.answers import compile_answer_pattern
+        from mpo.grading.answers import compile_answer_pattern
 
         if pattern is not None:
             compile_answer_pattern(pattern)

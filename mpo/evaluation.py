@@ -1,6 +1,6 @@
 """Held-out evaluation: generate, extract the final answer, verify → accuracy (and pass@k).
 
-Responses are judged by a `Grader` (services/reward/verify.py): built from the run's `RewardConfig`, it
+Responses are judged by a `Grader` (mpo/grading/verify.py): built from the run's `RewardConfig`, it
 applies the same extraction, task → verifier mapping and plug-in verifiers as the reward service's
 labelling; without one, every task uses the "auto" verifier.
 """
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mpo.data.records import PromptRecord
+from mpo.grading.verify import Grader
 from mpo.models.generate import Sampling, TransformersGenerator
-from mpo.services.reward.verify import Grader
 
 _AUTO = Grader()
 

@@ -12,7 +12,7 @@ from mpo.data.records import PromptRecord
 from mpo.models.tiny import build_text_model
 from mpo.services.reward.service import RunningReward, start_reward
 from mpo.services.rollout.server import RunningRollout, start_rollout
-from mpo.services.trainer.service import RunningTrainer, start_trainer
+from mpo.trainer.service import RunningTrainer, start_trainer
 from mpo.trainer.sft import bootstrap
 from tests.rollout_helpers import CORPUS, SMALL
 from tests.test_trainer_deepspeed import config_for

@@ -12,7 +12,7 @@ from collections import Counter
 import grpc
 
 from mpo.config import RequestLimits, ServerConfig
-from mpo.services.common.server import ServiceServer, bind
+from mpo.serving.server import ServiceServer, bind
 from mpo.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
 
 

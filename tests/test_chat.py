@@ -13,12 +13,12 @@ from mpo.chat import ChatRenderer, TemplateError, open_images
 from mpo.config import PromptConfig
 from mpo.data.prompting import COT_INSTRUCTION
 from mpo.data.records import PromptRecord
+from mpo.models.demonstrations import DemonstrationBatcher
 from mpo.models.families import FAMILIES, build_family_model
 from mpo.models.generate import TransformersGenerator
 from mpo.models.loading import load_model
+from mpo.models.logprobs import model_logprobs
 from mpo.trainer.batching import PairEncoder, pair_batch
-from mpo.trainer.logprobs import model_logprobs
-from mpo.trainer.sft import DemonstrationBatcher
 from mpo.v1 import common_pb2
 from tests.rollout_helpers import png
 

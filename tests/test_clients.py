@@ -8,7 +8,7 @@ import socket
 import grpc
 import pytest
 
-from mpo.services.common.clients import RolloutClient
+from mpo.serving.clients import RolloutClient
 from tests.grpc_helpers import ScriptedRollout, prompt, sampling, start_server
 
 GENERATE = "/mpo.v1.RolloutService/Generate"

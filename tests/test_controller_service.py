@@ -31,10 +31,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mpo import failpoints
 from mpo.config import ControllerConfig, ServerConfig
 from mpo.data.loader import write_prompts_jsonl
-from mpo.services.common.clients import ControllerClient, TrainerClient
-from mpo.services.controller.embedded import follow_rounds
+from mpo.embedded import follow_rounds
 from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.controller.store import RunStore
+from mpo.serving.clients import ControllerClient, TrainerClient
 from mpo.trainer.checkpoints import read_checkpoint
 from mpo.v1 import controller_pb2
 from tests.browser_helpers import chromium, screenshot

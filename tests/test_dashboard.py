@@ -28,7 +28,6 @@ from playwright.async_api import Page, expect
 from prometheus_client import CollectorRegistry
 
 from mpo.config import ControllerConfig, DashboardConfig
-from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.services.controller.loop import ServiceClients
 from mpo.services.controller.metrics import RoundGauges
 from mpo.services.controller.runs import RunManager
@@ -36,6 +35,7 @@ from mpo.services.controller.store import RunStore
 from mpo.services.dashboard import views
 from mpo.services.dashboard.server import DashboardServer, start_dashboard
 from mpo.services.dashboard.sources import ControllerSource, StoreSource, UnknownRun
+from mpo.serving.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.v1 import controller_pb2
 from tests.browser_helpers import chromium, screenshot
 from tests.dashboard_helpers import png, record_round, start_run

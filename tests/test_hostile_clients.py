@@ -41,7 +41,6 @@ from mpo.config import (
     ServerConfig,
 )
 from mpo.models.tiny import build_image_text_model
-from mpo.services.common.auth import bearer_metadata
 from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.reward.service import RunningReward, start_reward
 from mpo.services.rollout.engines.base import SamplingSpec
@@ -50,7 +49,7 @@ from mpo.services.rollout.engines.vllm_engine import _refusals
 from mpo.services.rollout.pool import ReplicaUnavailable
 from mpo.services.rollout.server import RunningRollout, start_rollout
 from mpo.services.rollout.service import RolloutService
-from mpo.services.rollout.weights import FAILPOINT_AFTER_FIRST_TENSOR, WeightLedger, iter_tensors, pack
+from mpo.serving.auth import bearer_metadata
 from mpo.v1 import (
     common_pb2,
     controller_pb2,
@@ -60,6 +59,7 @@ from mpo.v1 import (
     rollout_pb2,
     rollout_pb2_grpc,
 )
+from mpo.weights import FAILPOINT_AFTER_FIRST_TENSOR, WeightLedger, iter_tensors, pack
 from tests.process_helpers import actor_pid
 from tests.rollout_helpers import CORPUS, SMALL, VISION, png
 from tests.test_validation import BOMB_PNG

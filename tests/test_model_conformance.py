@@ -25,11 +25,11 @@ from mpo.chat import ChatRenderer, open_images
 from mpo.config import RequestLimits, RewardConfig, RolloutConfig, ServerConfig
 from mpo.models.families import FAMILIES, build_family_model
 from mpo.models.loading import load_model
-from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.services.reward.service import start_reward
 from mpo.services.rollout.server import start_rollout
-from mpo.services.trainer.service import start_trainer
+from mpo.serving.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.trainer.export import export_checkpoint
+from mpo.trainer.service import start_trainer
 from mpo.v1 import common_pb2, trainer_pb2
 from tests.rollout_helpers import png
 from tests.test_trainer_deepspeed import config_for

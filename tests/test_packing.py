@@ -12,12 +12,12 @@ from transformers import Qwen2ForCausalLM
 
 from mpo.data.tasks import TASKS
 from mpo.models.corpus import task_corpus
+from mpo.models.demonstrations import DemonstrationBatcher
 from mpo.models.generate import TransformersGenerator
+from mpo.models.logprobs import IGNORE_INDEX, collate, model_logprobs
+from mpo.models.packing import pack_shared_prefix, shared_prefix_length
 from mpo.models.tiny import TextModelSpec, build_text_model
 from mpo.trainer.batching import PairEncoder, pair_batch
-from mpo.trainer.logprobs import IGNORE_INDEX, collate, model_logprobs
-from mpo.trainer.packing import pack_shared_prefix, shared_prefix_length
-from mpo.trainer.sft import DemonstrationBatcher
 from mpo.v1 import common_pb2
 
 

@@ -15,10 +15,10 @@ import pytest
 from mpo.config import ConfigError, RewardConfig, load_config
 from mpo.data.records import PromptRecord
 from mpo.evaluation import evaluate, is_correct
+from mpo.grading.verify import Grader, VerifierFailed
 from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.models.tiny import build_text_model
 from mpo.plugins import as_score, check_verifier_spec, load_verifier
-from mpo.services.reward.verify import Grader, VerifierFailed
 from tests.rollout_helpers import CORPUS, SMALL
 
 VERIFIERS = '''

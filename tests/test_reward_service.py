@@ -14,9 +14,9 @@ import ray
 
 from mpo.config import RequestLimits, RewardConfig, RolloutConfig, ScorerConfig, ServerConfig
 from mpo.models.tiny import build_image_text_model, build_text_model
-from mpo.services.common.clients import RewardClient
 from mpo.services.reward.service import RunningReward, start_reward
 from mpo.services.rollout.server import RunningRollout, start_rollout
+from mpo.serving.clients import RewardClient
 from mpo.v1 import common_pb2, reward_pb2
 from tests.rollout_helpers import CORPUS, SMALL, VISION, png
 

@@ -16,11 +16,11 @@ import ray
 
 from mpo.config import RolloutConfig
 from mpo.models.tiny import build_image_text_model, build_text_model
-from mpo.services.common.clients import RolloutClient
 from mpo.services.rollout.engines import EngineUnavailable, resolve_backend
 from mpo.services.rollout.server import RunningRollout, start_rollout
-from mpo.services.rollout.weights import pack
+from mpo.serving.clients import RolloutClient
 from mpo.v1 import common_pb2, rollout_pb2
+from mpo.weights import pack
 from tests.rollout_helpers import CORPUS, SMALL, VISION, arith_prompt, png, raw_stub
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]

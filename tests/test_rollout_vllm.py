@@ -18,10 +18,10 @@ import ray
 
 from mpo.config import RequestLimits, RolloutConfig, ServerConfig
 from mpo.models.tiny import build_text_model
-from mpo.services.common.clients import RolloutClient
 from mpo.services.rollout.server import RunningRollout, start_rollout
-from mpo.services.rollout.weights import pack, write_shards
+from mpo.serving.clients import RolloutClient
 from mpo.v1 import common_pb2, rollout_pb2
+from mpo.weights import pack, write_shards
 from tests.process_helpers import actor_pid, thread_affinities
 from tests.rollout_helpers import CORPUS, SMALL, arith_prompt, perturbed_state, raw_stub, transformers_greedy
 

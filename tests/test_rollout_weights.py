@@ -15,8 +15,8 @@ from safetensors.torch import save
 
 from mpo import failpoints
 from mpo.failpoints import FailpointError
-from mpo.services.common.validation import InvalidRequest
-from mpo.services.rollout.weights import (
+from mpo.serving.validation import InvalidRequest
+from mpo.weights import (
     FAILPOINT_AFTER_FIRST_TENSOR,
     HEADER_BYTES_PER_TENSOR,
     UPDATE_SLACK_BYTES,
@@ -196,7 +196,7 @@ def test_ledger_commit_from_storage_links_and_leaves_the_source(tmp_path: Path) 
 CRASHER = """
 import sys, torch
 from pathlib import Path
-from mpo.services.rollout.weights import WeightLedger, pack, write_shards
+from mpo.weights import WeightLedger, pack, write_shards
 ledger = WeightLedger(Path(sys.argv[1]))
 state = {f"t{i}": torch.full((256, 256), float(i)) for i in range(16)}
 version = 0

@@ -16,12 +16,12 @@ import ray
 
 from mpo.config import RoundsConfig
 from mpo.data.tasks.arith import derivation_holds, question_expression
-from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
+from mpo.grading.answers import extract_final_answer
+from mpo.grading.verify import answers_match
 from mpo.services.controller.loop import RoundLoop, ServiceClients, to_prompt
 from mpo.services.controller.store import RunStore
-from mpo.services.reward.answers import extract_final_answer
-from mpo.services.reward.verify import answers_match
 from mpo.services.rollout.server import RunningRollout
+from mpo.serving.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.v1 import common_pb2, controller_pb2
 from tests.controller_helpers import start_round_services, sums
 

@@ -61,7 +61,7 @@ def test_serve_reward_command(tmp_path: Path) -> None:
         assert (ready["event"], ready["service"], ready["workers"]) == ("serving", "reward", 1)
         probe = f"""
 import asyncio
-from mpo.services.common.clients import RewardClient
+from mpo.serving.clients import RewardClient
 from mpo.v1 import common_pb2
 async def main():
     async with RewardClient("{ready["address"]}") as client:

@@ -18,9 +18,9 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mpo.config import AuthConfig, ServerConfig
-from mpo.services.common.auth import USER_METHODS, Access, access_for, bearer_metadata
-from mpo.services.common.clients import RolloutClient
-from mpo.services.common.server import ServiceServer, bind
+from mpo.serving.auth import USER_METHODS, Access, access_for, bearer_metadata
+from mpo.serving.clients import RolloutClient
+from mpo.serving.server import ServiceServer, bind
 from mpo.v1 import rollout_pb2, rollout_pb2_grpc
 from tests.grpc_helpers import ScriptedRollout, generate_request, prompt, sampling, start_server
 

@@ -17,8 +17,8 @@ from mpo.data.records import PromptRecord
 from mpo.data.tasks import TASKS, make_splits
 from mpo.data.tasks.arith import derivation_holds, question_expression, render
 from mpo.data.tasks.scenes import CANVAS, COLOURS, SIZE_RANGE
-from mpo.services.reward.answers import extract_final_answer
-from mpo.services.reward.verify import answers_match
+from mpo.grading.answers import extract_final_answer
+from mpo.grading.verify import answers_match
 
 IMAGE_TASKS = [name for name, task in TASKS.items() if task.has_images]
 TRUTH_TASKS = [name for name in TASKS if name != "describe"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mpo.services.common.clients import RolloutClient
-from mpo.services.common.server import ServiceServer
+from mpo.serving.clients import RolloutClient
+from mpo.serving.server import ServiceServer
 from mpo.v1 import rollout_pb2_grpc
 from tests.grpc_helpers import ScriptedRollout, generate_request, prompt, sampling, start_server
 from tests.test_server_plumbing import _self_signed

@@ -272,7 +272,7 @@ async def test_a_pinned_core_the_host_lacks_fails_the_start_naming_the_field(
 
 
 async def test_bad_pairs_are_refused_before_anything_changes(local_ray: None, text_model: Path, tmp_path: Path) -> None:
-    from mpo.services.common.validation import InvalidRequest
+    from mpo.serving.validation import InvalidRequest
 
     async with running(config_for(text_model, tmp_path, max_length=200)) as host:
         with_image = arith_pairs(2)

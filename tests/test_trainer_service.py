@@ -16,9 +16,9 @@ import ray
 
 from mpo.config import RolloutConfig, TrainerConfig
 from mpo.models.tiny import build_text_model
-from mpo.services.common.clients import RolloutClient, TrainerClient
 from mpo.services.rollout.server import RunningRollout, start_rollout
-from mpo.services.trainer.service import RunningTrainer, start_trainer
+from mpo.serving.clients import RolloutClient, TrainerClient
+from mpo.trainer.service import RunningTrainer, start_trainer
 from mpo.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from tests.rollout_helpers import CORPUS, SMALL, arith_prompt, png, transformers_greedy
 from tests.test_trainer_deepspeed import arith_pairs, config_for

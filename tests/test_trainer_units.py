@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpo.config import ObjectiveConfig, TrainerConfig
+from mpo.models.logprobs import SequenceLogProbs
 from mpo.trainer.checkpoints import CheckpointStore, checkpoint_name, read_checkpoint
-from mpo.trainer.logprobs import SequenceLogProbs
 from mpo.trainer.objective import MPOObjective
 from mpo.trainer.plan import plan_epoch
 from mpo.trainer.rank import learning_rate_ratio

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from PIL import Image as PILImage
 
 from mpo.config import RequestLimits
-from mpo.services.common.validation import (
+from mpo.serving.validation import (
     GREEDY_TEMPERATURE,
     RULES,
     STREAM_VALIDATORS,
@@ -574,13 +574,13 @@ def test_invalid_request_survives_pickling() -> None:
     )
 
 
-# --- image files named by URI (read by the rollout service: services/rollout/prompts.py) ---------------------
+# --- image files named by URI (read by the rollout service: mpo/prompts.py) ---------------------
 
 
 @pytest.fixture(scope="module")
 def prompts_module() -> ModuleType:
     """Imported here, not at the top: it loads torch and transformers, which the other tests do not need."""
-    from mpo.services.rollout import prompts
+    from mpo import prompts
 
     return prompts
 

@@ -22,8 +22,12 @@ from prometheus_client import CollectorRegistry
 
 from mpo.config import ControllerConfig, DataConfig, RunConfig
 from mpo.data.records import PromptRecord
-from mpo.services.common.paths import resolved_roots
-from mpo.services.common.validation import (
+from mpo.embedded import own_data_roots
+from mpo.services.controller.metrics import RoundGauges
+from mpo.services.controller.runs import RunManager, check_data_paths, check_image_paths
+from mpo.services.controller.store import RunStore
+from mpo.serving.paths import resolved_roots
+from mpo.serving.validation import (
     GREEDY_TEMPERATURE,
     RULES,
     InvalidRequest,
@@ -31,10 +35,6 @@ from mpo.services.common.validation import (
     request_type,
     validate_request,
 )
-from mpo.services.controller.embedded import own_data_roots
-from mpo.services.controller.metrics import RoundGauges
-from mpo.services.controller.runs import RunManager, check_data_paths, check_image_paths
-from mpo.services.controller.store import RunStore
 from mpo.v1 import common_pb2, reward_pb2, rollout_pb2, trainer_pb2
 from tests.test_validation import CORRUPT_PNG, LIMITS, PNG, START_RUN, valid
 

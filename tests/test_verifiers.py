@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpo.data.tasks import TASKS
-from mpo.services.reward import verifiers
-from mpo.services.reward.answers import compile_answer_pattern, extract_final_answer
-from mpo.services.reward.verifiers import (
+from mpo.grading import verifiers
+from mpo.grading.answers import compile_answer_pattern, extract_final_answer
+from mpo.grading.verifiers import (
     TASK_VERIFIERS,
     VERIFIERS,
     MathVerifier,
@@ -25,7 +25,7 @@ from mpo.services.reward.verifiers import (
     verify_answer,
     verify_with,
 )
-from mpo.services.reward.verify import answers_match
+from mpo.grading.verify import answers_match
 
 R = "Counting them one by one.\n"  # a rationale
 

@@ -3,7 +3,7 @@
 A pair is encoded once, by the trainer's host, before any rank sees it, so a pair the model cannot take
 is refused (INVALID_ARGUMENT naming the field) while nothing has changed. Micro-batches put the chosen
 responses first and the rejected ones after them, in one forward pass; text micro-batches are packed
-around the prompt prefix they share (`trainer/packing.py`) unless the trainer's `packing` is off.
+around the prompt prefix they share (`mpo/models/packing.py`) unless the trainer's `packing` is off.
 
 Truncation rule: the prompt is never cut (its images and question are what the answer is about). When
 prompt + response exceeds `max_length`, the response keeps its first `max_length − prompt` tokens and
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from mpo.config import PromptConfig
-from mpo.services.common.validation import InvalidRequest
-from mpo.services.rollout.prompts import PromptRenderer
-from mpo.trainer.logprobs import collate, stack_image_inputs
-from mpo.trainer.packing import pack_shared_prefix
+from mpo.models.logprobs import collate, stack_image_inputs
+from mpo.models.packing import pack_shared_prefix
+from mpo.prompts import PromptRenderer
+from mpo.serving.validation import InvalidRequest
 from mpo.v1 import common_pb2
 
 

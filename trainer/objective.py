@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mpo.config import ObjectiveConfig
-from mpo.trainer.logprobs import SequenceLogProbs
+from mpo.models.logprobs import SequenceLogProbs
 from mpo.trainer.reward_shift import RewardShift
 
 

@@ -29,8 +29,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from mpo.config import TrainerConfig
 from mpo.cpu_affinity import pin_process
 from mpo.models.loading import load_model
+from mpo.models.logprobs import SequenceLogProbs, model_logprobs
 from mpo.trainer.batching import EncodedPair, pair_batch
-from mpo.trainer.logprobs import SequenceLogProbs, model_logprobs
 from mpo.trainer.objective import MPOObjective
 from mpo.trainer.plan import StepPlan, plan_epoch, plan_step
 from mpo.trainer.reward_shift import sum_across_ranks

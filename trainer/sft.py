@@ -21,14 +21,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from mpo.chat import open_images
 from mpo.config import BootstrapConfig
 from mpo.data.records import PromptRecord
 from mpo.data.tasks import bootstrap_ema_decay
 from mpo.evaluation import EvalResult, evaluate
+from mpo.models.demonstrations import DemonstrationBatcher
 from mpo.models.generate import Sampling, TransformersGenerator
-from mpo.trainer.logprobs import collate, model_logprobs, stack_image_inputs
-from mpo.trainer.packing import pack_shared_prefix
+from mpo.models.logprobs import model_logprobs
 
 #: Writes one demonstration for a record; a fresh rng draw gives another valid line of reasoning.
 Demonstrator = Callable[[PromptRecord, random.Random], str | None]
@@ -63,61 +62,6 @@ class BootstrapReport:
             "stability_delta_points": None if self.stability_delta is None else round(100 * self.stability_delta, 2),
             "final_loss": round(sum(self.losses[-20:]) / max(1, len(self.losses[-20:])), 4),
         }
-
-
-class DemonstrationBatcher:
-    """Tokenises prompt + demonstration + end-of-turn, labelling only the response tokens.
-
-    `cache_prompts` keys encoded prompts by record id: right for a fixed data set (the bootstrap), wrong
-    for clients' requests, whose ids may name other questions next time.
-    """
-
-    def __init__(self, generator: TransformersGenerator, *, cache_prompts: bool = True) -> None:
-        self.generator = generator
-        self.tokenizer = generator.tokenizer
-        self._prompt_cache: dict[str, dict[str, torch.Tensor]] | None = {} if cache_prompts else None
-
-    def _prompt(self, record: PromptRecord) -> dict[str, torch.Tensor]:
-        """`input_ids` of the rendered prompt (one row) and the processor's image inputs for its images."""
-        cached = self._prompt_cache.get(record.id) if self._prompt_cache is not None else None
-        if cached is None:
-            renderer = self.generator.renderer
-            encoded = renderer.encode([self.generator.prompt_text(record)], open_images(record.images))
-            encoded.pop("attention_mask", None)
-            cached = encoded | {"input_ids": encoded["input_ids"][0]}
-            if self._prompt_cache is not None:
-                self._prompt_cache[record.id] = cached
-        return cached
-
-    def _rows(
-        self, examples: Sequence[tuple[PromptRecord, str]]
-    ) -> tuple[list[torch.Tensor], list[int], list[dict[str, torch.Tensor]]]:
-        rows, prompt_lengths, image_inputs = [], [], []
-        for record, demonstration in examples:
-            prompt = dict(self._prompt(record))
-            prompt_ids = prompt.pop("input_ids")
-            response = self.generator.renderer.response_ids(demonstration)  # the template's end of turn
-            rows.append(torch.cat([prompt_ids, torch.tensor(response)]))
-            prompt_lengths.append(len(prompt_ids))
-            if prompt:
-                image_inputs.append(prompt)
-        return rows, prompt_lengths, image_inputs
-
-    def batch(self, examples: Sequence[tuple[PromptRecord, str]]) -> dict[str, torch.Tensor]:
-        """One right-padded row per example, so per-example log-probs can be read off."""
-        rows, prompt_lengths, image_inputs = self._rows(examples)
-        batch = collate(rows, prompt_lengths, self.tokenizer.pad_token_id)
-        if image_inputs:
-            batch |= stack_image_inputs(image_inputs, batch["input_ids"].shape[1])
-        return batch
-
-    def loss_batch(self, examples: Sequence[tuple[PromptRecord, str]]) -> dict[str, torch.Tensor]:
-        """For a loss over all the batch's response tokens: text examples packed around their shared
-        prompt prefix (half the tokens, same loss and gradients); image-text examples padded."""
-        if self.generator.image_text:
-            return self.batch(examples)
-        rows, prompt_lengths, _ = self._rows(examples)
-        return pack_shared_prefix(rows, prompt_lengths, self.tokenizer.pad_token_id, dtype=self.generator.model.dtype)
 
 
 def sft_step(

@@ -30,9 +30,9 @@ from grpc_health.v1 import health_pb2
 from mpo.config import PromptConfig, RoundsConfig
 from mpo.data.records import PromptRecord
 from mpo.failpoints import failpoint
-from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
-from mpo.services.common.health_check import serving_status
 from mpo.services.controller.store import RunStore
+from mpo.serving.clients import RewardClient, RolloutClient, TrainerClient
+from mpo.serving.health_check import serving_status
 from mpo.v1 import common_pb2, reward_pb2, trainer_pb2
 
 log = logging.getLogger(__name__)

@@ -25,11 +25,11 @@ from mpo.data.loader import DataError
 from mpo.data.records import PromptRecord
 from mpo.plugins import plugin_file
 from mpo.preflight import check_run
-from mpo.services.common.paths import inside, resolved_roots
-from mpo.services.common.validation import InvalidRequest
 from mpo.services.controller.loop import RoundLoop, RunControl, ServiceClients
 from mpo.services.controller.metrics import EventFiles, RoundGauges, RoundSink, WandbRun
 from mpo.services.controller.store import RunStore
+from mpo.serving.paths import inside, resolved_roots
+from mpo.serving.validation import InvalidRequest
 from mpo.v1 import common_pb2, controller_pb2
 
 log = logging.getLogger(__name__)

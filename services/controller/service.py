@@ -20,16 +20,16 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mpo.config import ControllerConfig, ControllerServeConfig
-from mpo.services.common.auth import Credentials
-from mpo.services.common.clients import RewardClient, RolloutClient, TrainerClient
-from mpo.services.common.server import ServiceServer, bind
-from mpo.services.common.telemetry import RpcMetrics
 from mpo.services.controller.loop import ServiceClients
 from mpo.services.controller.metrics import RoundGauges
 from mpo.services.controller.runs import RunManager
 from mpo.services.controller.store import RunStore
 from mpo.services.dashboard.server import DashboardServer, start_dashboard
 from mpo.services.dashboard.sources import ControllerSource
+from mpo.serving.auth import Credentials
+from mpo.serving.clients import RewardClient, RolloutClient, TrainerClient
+from mpo.serving.server import ServiceServer, bind
+from mpo.serving.telemetry import RpcMetrics
 from mpo.v1 import controller_pb2, controller_pb2_grpc
 
 log = logging.getLogger(__name__)

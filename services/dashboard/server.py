@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import uvicorn
 
 from mpo.config import DashboardConfig
-from mpo.services.common.auth import is_loopback, read_token
 from mpo.services.dashboard.app import create_app
 from mpo.services.dashboard.sources import DashboardSource
+from mpo.serving.auth import is_loopback, read_token
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mpo.services.common.validation import InvalidRequest
 from mpo.services.controller.loop import ServiceClients
 from mpo.services.controller.runs import RunManager
 from mpo.services.controller.store import RunStore
+from mpo.serving.validation import InvalidRequest
 from mpo.v1 import common_pb2, controller_pb2
 
 #: How long a status probe of one service may take before the panel calls it unreachable.

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mpo.services.common.clients import RolloutClient
+from mpo.serving.clients import RolloutClient
 from mpo.v1 import common_pb2, rollout_pb2
 
 _WORD = re.compile(r"\S+")

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from mpo.data.records import PromptRecord
-from mpo.services.common.validation import InvalidRequest
+from mpo.grading.step_checks import STEP_CHECKS, StepCheck
+from mpo.grading.verify import Grader, VerifierFailed
 from mpo.services.reward.pairs import (
     SKIP_ALL_CORRECT,
     SKIP_ALL_WRONG,
@@ -24,8 +25,7 @@ from mpo.services.reward.pairs import (
     LabelledSample,
     correctness_pairs,
 )
-from mpo.services.reward.step_checks import STEP_CHECKS, StepCheck
-from mpo.services.reward.verify import Grader, VerifierFailed
+from mpo.serving.validation import InvalidRequest
 from mpo.v1 import common_pb2, reward_pb2
 
 #: Reasons a prompt gave no pair, as reported in `BuildPairsResponse.skipped_prompts`.

@@ -16,9 +16,9 @@ import torch
 
 from mpo.config import ScorerConfig
 from mpo.data.records import PromptRecord
+from mpo.models.demonstrations import DemonstrationBatcher
 from mpo.models.generate import TransformersGenerator
-from mpo.trainer.logprobs import sequence_logprobs
-from mpo.trainer.sft import DemonstrationBatcher
+from mpo.models.logprobs import sequence_logprobs
 from mpo.v1 import common_pb2
 
 

@@ -17,15 +17,15 @@ import grpc
 import ray
 
 from mpo.config import RewardConfig
+from mpo.grading.verify import Grader
 from mpo.plugins import import_roots
-from mpo.services.common.auth import Credentials
-from mpo.services.common.clients import RolloutClient
-from mpo.services.common.server import ServiceServer, bind
-from mpo.services.common.validation import InvalidRequest
 from mpo.services.reward import dropout_ntp
 from mpo.services.reward.labelling import LabelledBatch, Tally, label_batch
 from mpo.services.reward.scorer import Scorer, create_scorer
-from mpo.services.reward.verify import Grader
+from mpo.serving.auth import Credentials
+from mpo.serving.clients import RolloutClient
+from mpo.serving.server import ServiceServer, bind
+from mpo.serving.validation import InvalidRequest
 from mpo.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 

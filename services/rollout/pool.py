@@ -26,9 +26,9 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
 from mpo.config import RolloutConfig
-from mpo.services.common.validation import InvalidRequest
 from mpo.services.rollout.engines.base import Completion, Delta, EngineDescription, EngineInput, SamplingSpec
 from mpo.services.rollout.replica import RolloutReplica
+from mpo.serving.validation import InvalidRequest
 
 T = TypeVar("T")
 #: A replica died, or its node did (its results lost with the node's object store).

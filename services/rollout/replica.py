@@ -28,7 +28,7 @@ from mpo.config import RolloutConfig
 from mpo.cpu_affinity import pin_process
 from mpo.services.rollout.engines import create_engine
 from mpo.services.rollout.engines.base import Completion, Delta, Engine, EngineDescription, EngineInput, SamplingSpec
-from mpo.services.rollout.weights import WeightLedger
+from mpo.weights import WeightLedger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

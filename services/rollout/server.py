@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from mpo.config import RolloutConfig
-from mpo.services.common.server import ServiceServer, bind
 from mpo.services.rollout.pool import ReplicaPool
 from mpo.services.rollout.service import RolloutService
+from mpo.serving.server import ServiceServer, bind
 
 log = logging.getLogger(__name__)
 

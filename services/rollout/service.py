@@ -24,11 +24,12 @@ import grpc
 from ray.exceptions import RayError
 
 from mpo.config import GREEDY_TEMPERATURE, RolloutConfig
-from mpo.services.common.validation import InvalidRequest, error_text
+from mpo.prompts import PromptRenderer, resolve_readable
 from mpo.services.rollout.engines.base import Completion, EngineInput, SamplingSpec
 from mpo.services.rollout.pool import ReplicaPool, ReplicaUnavailable
-from mpo.services.rollout.prompts import PromptRenderer, resolve_readable
-from mpo.services.rollout.weights import (
+from mpo.serving.validation import InvalidRequest, error_text
+from mpo.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
+from mpo.weights import (
     SHARD_SUFFIX,
     WeightLedger,
     WeightSignature,
@@ -39,7 +40,6 @@ from mpo.services.rollout.weights import (
     shard_files,
     verify_files,
 )
-from mpo.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from mpo.prompts import EngineInput
+
 FinishReason = Literal["stop", "length", "aborted"]
 
 
@@ -27,13 +29,6 @@ class SamplingSpec:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: bool = False
-
-
-@dataclass(frozen=True)
-class EngineInput:
-    prompt: str  # the chat-templated text, ending where the assistant's answer starts (or continues)
-    prompt_token_ids: tuple[int, ...]
-    images: tuple[bytes, ...] = ()  # encoded images, one per image placeholder in `prompt`
 
 
 @dataclass

@@ -24,7 +24,7 @@ from mpo.services.rollout.engines.base import (
     SamplingSpec,
     cut_at_stop,
 )
-from mpo.services.rollout.weights import iter_tensors
+from mpo.weights import iter_tensors
 
 
 class TransformersEngine:

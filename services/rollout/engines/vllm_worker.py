@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from mpo.services.rollout.weights import iter_tensors
+from mpo.weights import iter_tensors
 
 
 class WeightReloadExtension:

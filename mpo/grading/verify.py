@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from mpo.data.records import PromptRecord
+from mpo.grading.answers import Extraction, compile_answer_pattern, extract_final_answer
+from mpo.grading.verifiers import AUTO, verify_with
 from mpo.plugins import VerifierFn, as_score, load_verifier
-from mpo.services.reward.answers import Extraction, compile_answer_pattern, extract_final_answer
-from mpo.services.reward.verifiers import AUTO, verify_with
 
 if TYPE_CHECKING:
     from mpo.config import RewardConfig

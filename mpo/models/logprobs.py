@@ -99,7 +99,7 @@ def sequence_logprobs(
 ) -> SequenceLogProbs:
     """Sum of ``log p(label_t | prefix)`` over the labelled (response) tokens of each sequence.
 
-    One sequence per row by default; a packed batch (several examples per row, `trainer/packing.py`)
+    One sequence per row by default; a packed batch (several examples per row, `mpo/models/packing.py`)
     passes `example_index` (shaped like `labels`: the example each labelled position belongs to) and
     gets one sum per example, for `examples` of them (default: up to the highest index it holds).
 

@@ -35,7 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 
 from mpo.durable import fsync
 from mpo.failpoints import failpoint
-from mpo.services.common.validation import WEIGHT_FORMAT, InvalidRequest
+from mpo.serving.validation import WEIGHT_FORMAT, InvalidRequest
 from mpo.v1 import rollout_pb2
 
 #: Target size of one safetensors bucket (a gRPC chunk or a shard file); tensors are never split.

@@ -22,14 +22,14 @@ import yaml
 from mpo.config import RunConfig
 from mpo.data.records import PromptRecord
 from mpo.preflight import check_run
-from mpo.services.common.clients import ControllerClient
-from mpo.services.common.hosting import RunningService
 from mpo.services.controller.runs import code_paths, new_run_id
 from mpo.services.controller.service import RunningController, start_controller
 from mpo.services.controller.store import RunStore
 from mpo.services.reward.service import start_reward
 from mpo.services.rollout.server import start_rollout
-from mpo.services.trainer.service import start_trainer
+from mpo.serving.clients import ControllerClient
+from mpo.serving.hosting import RunningService
+from mpo.trainer.service import start_trainer
 from mpo.v1 import common_pb2, controller_pb2
 
 log = logging.getLogger(__name__)

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 import grpc
 
 from mpo.config import TrainerConfig
-from mpo.services.common.auth import Credentials
-from mpo.services.common.clients import RolloutClient
-from mpo.services.common.server import ServiceServer, bind
-from mpo.services.common.validation import InvalidRequest
-from mpo.services.rollout.weights import (
+from mpo.serving.auth import Credentials
+from mpo.serving.clients import RolloutClient
+from mpo.serving.server import ServiceServer, bind
+from mpo.serving.validation import InvalidRequest
+from mpo.trainer.host import TrainerHost
+from mpo.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from mpo.weights import (
     DEFAULT_BUCKET_BYTES,
     manifest_for,
     prune_published,
     published_dir,
     write_shards,
 )
-from mpo.trainer.host import TrainerHost
-from mpo.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import socket
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mpo.services.common.clients import open_channel
-from mpo.services.common.server import OVERALL
+from mpo.serving.clients import open_channel
+from mpo.serving.server import OVERALL
 
 
 def _host_and_port(address: str) -> tuple[str, int]:

@@ -1,6 +1,6 @@
 """Turns request prompts into engine inputs, and refuses what the model cannot take.
 
-This is the model-aware half of validation (the generic half is `services/common/validation.py`):
+This is the model-aware half of validation (the generic half is `mpo/serving/validation.py`):
 images on a text-only model, image URIs that are not readable files under the readable roots, and
 prompts that do not fit the context with the requested `max_tokens` are refused here with
 INVALID_ARGUMENT naming the field.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,10 +27,16 @@ from PIL import Image
 
 from mpo.chat import ChatRenderer, open_images
 from mpo.config import PromptConfig, RequestLimits
-from mpo.services.common.paths import inside, resolved_roots
-from mpo.services.common.validation import InvalidRequest, check_image_bytes, error_text
-from mpo.services.rollout.engines.base import EngineInput
+from mpo.serving.paths import inside, resolved_roots
+from mpo.serving.validation import InvalidRequest, check_image_bytes, error_text
 from mpo.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class EngineInput:
+    prompt: str  # the chat-templated text, ending where the assistant's answer starts (or continues)
+    prompt_token_ids: tuple[int, ...]
+    images: tuple[bytes, ...] = ()  # encoded images, one per image placeholder in `prompt`
 
 
 def _not_readable(field: str, what: str) -> InvalidRequest:

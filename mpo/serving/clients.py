@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from mpo.services.common.auth import bearer_metadata
+from mpo.serving.auth import bearer_metadata
 from mpo.v1 import (
     common_pb2,
     controller_pb2,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mpo.trainer.logprobs import IGNORE_INDEX
+from mpo.models.logprobs import IGNORE_INDEX
 
 #: Positions per packed row. Measured on the arith warm start (2 CPU cores): long enough that a row
 #: holds the prefix once for ~4 examples, short enough that attention over a row stays cheap.

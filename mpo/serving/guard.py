@@ -2,7 +2,7 @@
 
 Order per call: admit from the metadata alone (budget of open calls, then the bearer token) → assign
 a request id → parse (undecodable bytes become INVALID_ARGUMENT instead of gRPC's generic INTERNAL)
-→ validate (mpo.services.common.validation) → run the handler → record metrics and one JSON log
+→ validate (mpo.serving.validation) → run the handler → record metrics and one JSON log
 line. An exception escaping a handler becomes INTERNAL with the request id, so a bad request can
 never take the server down.
 
@@ -27,9 +27,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from mpo.config import RequestLimits
-from mpo.services.common.auth import INFRASTRUCTURE_PREFIXES, Authenticator
-from mpo.services.common.telemetry import RpcMetrics, log_rpc
-from mpo.services.common.validation import InvalidRequest, stream_validator_for, validate_request
+from mpo.serving.auth import INFRASTRUCTURE_PREFIXES, Authenticator
+from mpo.serving.telemetry import RpcMetrics, log_rpc
+from mpo.serving.validation import InvalidRequest, stream_validator_for, validate_request
 
 REQUEST_ID_KEY = "x-request-id"
 #: Requests larger than this are validated in a worker thread (PIL decodes their images).

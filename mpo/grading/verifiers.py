@@ -334,7 +334,7 @@ class _Sandbox:
     and the next call starts a fresh child. A plain subprocess, not multiprocessing: spawning through
     multiprocessing re-imports the caller's main module, which fails in scripts without a main guard."""
 
-    _COMMAND = "from mpo.services.reward.verifiers import serve_sandbox; serve_sandbox()"
+    _COMMAND = "from mpo.grading.verifiers import serve_sandbox; serve_sandbox()"
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[str] | None = None

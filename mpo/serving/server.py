@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from mpo.config import ServerConfig
-from mpo.services.common.auth import Authenticator, serving_credentials
-from mpo.services.common.guard import RpcGuard
-from mpo.services.common.telemetry import RpcMetrics
+from mpo.serving.auth import Authenticator, serving_credentials
+from mpo.serving.guard import RpcGuard
+from mpo.serving.telemetry import RpcMetrics
 
 log = logging.getLogger(__name__)
 OVERALL = ""  # health-check name that stands for the whole server

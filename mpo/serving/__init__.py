@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by every service and the trainer: server bootstrap, validation, auth, clients."""

@@ -1,1 +1,0 @@
-"""Plumbing shared by every gRPC service: server bootstrap, validation, auth, clients."""

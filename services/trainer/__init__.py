@@ -1,1 +1,0 @@
-"""Trainer service: the gRPC face of the DeepSpeed rank group (`mpo.trainer`)."""
