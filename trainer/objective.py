@@ -1,4 +1,4 @@
-"""The Mixed Preference Optimization objective (DESIGN §3; Wang et al. 2024, arXiv 2411.10442).
+"""The Mixed Preference Optimization objective (docs/design.md §3; Wang et al. 2024, arXiv 2411.10442).
 
 Per pair, with summed response log-probs of the policy πθ and the frozen reference π0:
 

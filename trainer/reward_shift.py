@@ -3,7 +3,7 @@
 Each micro-batch contributes ``mean(cat(z_chosen, z_rejected))`` averaged across data-parallel ranks,
 so every rank holds the same δ. The current micro-batch is folded in *before* δ is used, and δ starts
 at 0. Public implementations drop δ on resume; we keep it in ``state_dict`` so a resumed run continues
-with the same shift (DESIGN §3).
+with the same shift (docs/design.md §3).
 """
 
 from __future__ import annotations

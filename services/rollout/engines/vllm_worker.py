@@ -1,6 +1,6 @@
 """Runs inside vLLM's worker process: in-place weight reload from safetensors shard files.
 
-vLLM reaches this through `collective_rpc`; paths (not tensors) cross the process boundary (DESIGN §5).
+vLLM reaches this through `collective_rpc`; paths (not tensors) cross the process boundary (docs/design.md §5).
 `reload_weights` handles the CPU backend's pre-packed layouts, where `model.load_weights` does not.
 """
 
