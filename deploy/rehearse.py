@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from rehearsal.cluster import LocalCluster, free_ports
+from rehearsal.cluster import LocalCluster
 from rehearsal.kuberay import RayJobOperator
 from rehearsal.release import Release, read_release, render
+
+from mpo.net import free_ports
 
 if TYPE_CHECKING:
     from mpo.services.controller.store import RunStore

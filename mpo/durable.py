@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -23,18 +24,22 @@ def fsync_tree(root: Path) -> None:
         fsync(Path(directory))
 
 
-def atomic_write(target: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(target: Path, data: bytes | Callable[[Path], object], *, mode: int = 0o644) -> None:
     """`target` holds `data` whole or not at all: a temporary file beside it, fsync, rename, fsync of the
-    folder. `mode` replaces mkstemp's 0600, which would hide the file from other users of a shared store."""
+    folder. `data` is the bytes, or a writer given the temporary file's path (Parquet, a streamed JSONL).
+    `mode` replaces mkstemp's 0600, which would hide the file from other users of a shared store."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
     try:
-        os.fchmod(handle, mode)
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        if isinstance(data, bytes):
+            temporary.write_bytes(data)
+        else:
+            data(temporary)
+        temporary.chmod(mode)  # after the writer: one that recreates the file would otherwise drop it
+        fsync(temporary)
         os.replace(temporary, target)
         fsync(target.parent)
     finally:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import os
 import signal
 from pathlib import Path
 
-from mpo.durable import fsync
+from mpo.durable import atomic_write
 
 ENV = "MPO_FAILPOINTS"
 RAISE = "raise"
@@ -39,11 +39,7 @@ def failpoint(name: str) -> None:
     if entry is None:
         return
     armed.remove(entry)
-    temporary = armed_file.with_suffix(".tmp")
-    temporary.write_text("".join(f"{e}\n" for e in armed))
-    fsync(temporary)
-    os.replace(temporary, armed_file)
-    fsync(armed_file.parent)
+    atomic_write(armed_file, "".join(f"{e}\n" for e in armed).encode())
     if entry.partition("=")[2] == RAISE:
         raise FailpointError(f"failpoint {name} fired")
     os.kill(os.getpid(), signal.SIGKILL)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import grpc
 import pytest
 
+from mpo.net import free_port
 from mpo.serving.clients import RolloutClient
 from tests.grpc_helpers import ScriptedRollout, prompt, sampling, start_server
 
@@ -45,9 +45,7 @@ async def test_other_errors_are_not_retried() -> None:
 
 
 async def test_client_rides_out_a_server_that_is_still_starting() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     servicer = ScriptedRollout()
 
     async def late_start():

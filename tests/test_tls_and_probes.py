@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from mpo.net import free_port
 from mpo.serving.clients import RolloutClient
 from mpo.serving.server import ServiceServer
 from mpo.v1 import rollout_pb2_grpc
@@ -76,9 +77,7 @@ async def mpo_client_health(*args: str) -> tuple[int, list[str]]:
 
 def _refusing_address() -> str:
     """An address where nothing listens: a port bound and closed again."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 async def test_health_passes_only_when_every_server_is_serving(tls_server: ServiceServer) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpo.durable import fsync, fsync_tree
+from mpo.durable import atomic_write, fsync, fsync_tree
 
 _POINTER = "LATEST"
 _BEST = "BEST"
@@ -87,7 +87,7 @@ class CheckpointStore:
         checkpoint = self.find(name)
         if checkpoint is None:
             raise ValueError(f"no committed checkpoint {name}")
-        _write_pointer(self.root, _BEST, name)
+        atomic_write(self.root / _BEST, name.encode())
         self._prune(keep=name)  # the previous best may be pruned now
         return checkpoint
 
@@ -102,7 +102,8 @@ class CheckpointStore:
         if final.exists():  # an older write of the same step that LATEST no longer names
             shutil.rmtree(final)
         os.replace(staging, final)
-        _write_pointer(self.root, _POINTER, name)
+        fsync(self.root)  # the rename is durable before LATEST names it
+        atomic_write(self.root / _POINTER, name.encode())
         self._prune(keep=name)
         return Checkpoint(final, meta)
 
@@ -116,12 +117,3 @@ class CheckpointStore:
         for old in committed[: max(0, len(committed) - self.keep)]:
             if old.name not in spared:
                 shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_pointer(root: Path, pointer: str, name: str) -> None:
-    """Replace the pointer file atomically (temporary file, fsync, rename, fsync the directory)."""
-    temporary = root / f"{pointer}.tmp"
-    temporary.write_text(name)
-    fsync(temporary)
-    os.replace(temporary, root / pointer)
-    fsync(root)

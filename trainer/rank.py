@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import socket
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -30,6 +29,7 @@ from mpo.config import TrainerConfig
 from mpo.cpu_affinity import pin_process
 from mpo.models.loading import load_model
 from mpo.models.logprobs import SequenceLogProbs, model_logprobs
+from mpo.net import free_port
 from mpo.trainer.batching import EncodedPair, pair_batch
 from mpo.trainer.objective import MPOObjective
 from mpo.trainer.plan import StepPlan, plan_epoch, plan_step
@@ -103,12 +103,6 @@ def _vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
     return getattr(inner, "vision_tower", None) or getattr(model, "vision_tower", None)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
-
-
 class TrainerRank:
     """Deployed with `ray.remote`. Methods are called on all ranks at once by `TrainerGroup`."""
 
@@ -126,7 +120,7 @@ class TrainerRank:
         """Where the process group meets (asked of rank 0): its node address and a free port."""
         import ray
 
-        return ray.util.get_node_ip_address(), free_port()
+        return ray.util.get_node_ip_address(), free_port("")  # "": every interface, the other ranks dial in
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         os.environ.update(

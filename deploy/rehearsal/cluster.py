@@ -14,17 +14,16 @@ node's temp dir and the volumes at their host paths, so the drivers the head's j
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from mpo.net import free_ports
 from rehearsal.release import PodGroup, Release
 
 #: Ray's default object store share of a container's memory limit.
@@ -49,15 +48,6 @@ def outermost(paths: list[Path]) -> list[Path]:
     """The paths not inside another of them (what to mount to make all of them visible)."""
     unique = sorted(set(paths))
     return [path for path in unique if not any(other != path and path.is_relative_to(other) for other in unique)]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free TCP ports (all held open until every one is chosen)."""
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 @dataclass

@@ -46,6 +46,7 @@ from mpo.data.formats import Part, Unparsable, absolute, parts
 from mpo.data.ids import IdGenerator
 from mpo.data.images import ImageStore, digest
 from mpo.data.records import COLUMNS, PromptRecord
+from mpo.durable import atomic_write
 
 __all__ = [
     "BadRow",
@@ -397,17 +398,6 @@ def _stored_row(record: PromptRecord, folder: Path) -> dict[str, Any]:
     }
 
 
-def _replace_atomically(path: Path, write: Any) -> None:
-    """Write to a sibling temp file, then rename: a crash never leaves a half-written data set."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_prompts_jsonl(records: Iterable[PromptRecord], path: str | os.PathLike[str]) -> None:
     """Write records as JSONL in :data:`COLUMNS` order; ``load_prompts`` reads them back equal."""
     target = Path(path)
@@ -418,7 +408,7 @@ def write_prompts_jsonl(records: Iterable[PromptRecord], path: str | os.PathLike
             for record in records:
                 handle.write(json.dumps(_stored_row(record, folder), ensure_ascii=False) + "\n")
 
-    _replace_atomically(target, write)
+    atomic_write(target, write)  # a crash never leaves a half-written data set
 
 
 def write_prompts_parquet(records: Iterable[PromptRecord], path: str | os.PathLike[str]) -> None:
@@ -445,4 +435,4 @@ def write_prompts_parquet(records: Iterable[PromptRecord], path: str | os.PathLi
         row["meta"] = json.dumps(row["meta"], ensure_ascii=False)
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=schema)
-    _replace_atomically(target, lambda temporary: pq.write_table(table, temporary))
+    atomic_write(target, lambda temporary: pq.write_table(table, temporary))

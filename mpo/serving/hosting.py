@@ -12,6 +12,9 @@ import ray
 
 
 class RunningService(Protocol):
+    """What serving until a signal needs of a started service: every `mpo.serving.handle.ServiceHandle`
+    has it, and so has the dashboard."""
+
     def ready_event(self) -> dict[str, Any]:
         """The JSON line printed once the service is ready (address, backend, ...)."""
         ...

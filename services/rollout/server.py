@@ -8,32 +8,21 @@ from dataclasses import dataclass
 from mpo.config import RolloutConfig
 from mpo.services.rollout.pool import ReplicaPool
 from mpo.services.rollout.service import RolloutService
-from mpo.serving.server import ServiceServer, bind
+from mpo.serving.handle import ServerHandle, start_server
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class RunningRollout:
-    server: ServiceServer
+class RunningRollout(ServerHandle):
     pool: ReplicaPool
     service: RolloutService
+    name = "rollout"
 
-    @property
-    def address(self) -> str:
-        return self.server.address
+    def ready_details(self) -> dict[str, object]:
+        return {"backend": self.service.backend, "policy_version": self.service.version}
 
-    def ready_event(self) -> dict[str, object]:
-        return {
-            "event": "serving",
-            "service": "rollout",
-            "address": self.address,
-            "backend": self.service.backend,
-            "policy_version": self.service.version,
-        }
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self.server.stop(grace)
+    async def release(self) -> None:
         await self.pool.shutdown()
 
 
@@ -47,9 +36,7 @@ async def start_rollout(config: RolloutConfig) -> RunningRollout:
         raise
     version, _, description = described[0]
     service = RolloutService(config, pool, max_model_len=description.max_model_len, backend=description.backend)
-    server = ServiceServer(config.server, [bind(service)], name="rollout")
-    await server.start()
-    await server.set_ready(True)
+    server = await start_server(config.server, service, name="rollout")
     log.info(
         "rollout: %d x %s on %s serving %s at policy version %d on %s",
         config.replicas, description.backend, description.device, config.model, version, server.address,
