@@ -23,12 +23,12 @@ from mpo.config import RunConfig
 from mpo.data.records import PromptRecord
 from mpo.preflight import check_run
 from mpo.services.controller.runs import code_paths, new_run_id
-from mpo.services.controller.service import RunningController, start_controller
+from mpo.services.controller.service import start_controller
 from mpo.services.controller.store import RunStore
 from mpo.services.reward.service import start_reward
 from mpo.services.rollout.server import start_rollout
 from mpo.serving.clients import ControllerClient
-from mpo.serving.hosting import RunningService
+from mpo.serving.handle import ServiceHandle
 from mpo.trainer.service import start_trainer
 from mpo.v1 import common_pb2, controller_pb2
 
@@ -118,7 +118,7 @@ async def run_embedded(
             include_dashboard=False,
             log_to_driver=False,
         )
-    services: list[RunningService | RunningController] = []
+    services: list[ServiceHandle] = []
     try:
         rollout = await start_rollout(rollout_config)
         services.append(rollout)

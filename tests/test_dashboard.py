@@ -14,7 +14,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -28,8 +27,9 @@ from playwright.async_api import Page, expect
 from prometheus_client import CollectorRegistry
 
 from mpo.config import ControllerConfig, DashboardConfig
-from mpo.services.controller.loop import ServiceClients
+from mpo.net import free_port
 from mpo.services.controller.metrics import RoundGauges
+from mpo.services.controller.retry import ServiceClients
 from mpo.services.controller.runs import RunManager
 from mpo.services.controller.store import RunStore
 from mpo.services.dashboard import views
@@ -254,9 +254,7 @@ async def test_pages_include_the_vendored_chart_library_from_npm() -> None:
 
 async def test_controller_source_reports_unreachable_services_and_unknown_runs(store_dir: Path) -> None:
     """The controller's own source, over its RunManager, with services that do not answer (a closed port)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    closed = f"127.0.0.1:{free_port()}"
     clients = ServiceClients(RolloutClient(closed), RewardClient(closed), TrainerClient(closed))
     runs = RunManager(RunStore(store_dir), clients, ControllerConfig(), RoundGauges(CollectorRegistry()))
     source = ControllerSource(runs, clients)

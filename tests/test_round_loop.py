@@ -14,14 +14,14 @@ import pytest
 import pytest_asyncio
 import ray
 
-from mpo.config import RoundsConfig
+from mpo.config import AuthConfig, RoundsConfig
 from mpo.data.tasks.arith import derivation_holds, question_expression
 from mpo.grading.answers import extract_final_answer
 from mpo.grading.verify import answers_match
-from mpo.services.controller.loop import RoundLoop, ServiceClients, to_prompt
+from mpo.services.controller.loop import RoundLoop, to_prompt
+from mpo.services.controller.retry import ServiceClients
 from mpo.services.controller.store import RunStore
 from mpo.services.rollout.server import RunningRollout
-from mpo.serving.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.v1 import common_pb2, controller_pb2
 from tests.controller_helpers import start_round_services, sums
 
@@ -35,13 +35,10 @@ async def services(
     root = tmp_path_factory.mktemp("round-loop")
     ray.init(num_cpus=8, include_dashboard=False, namespace="mpo-round-loop-tests", log_to_driver=False)
     running = await start_round_services(sums_policy, root, global_batch_pairs=16, step_checks=True)
-    rollout, reward, trainer = running.rollout, running.reward, running.trainer
-    async with (
-        RolloutClient(rollout.address, timeout=600) as rollout_client,
-        RewardClient(reward.address, timeout=600) as reward_client,
-        TrainerClient(trainer.address, timeout=600) as trainer_client,
-    ):
-        yield ServiceClients(rollout_client, reward_client, trainer_client), rollout
+    addresses = {name: getattr(running, name).address for name in ("rollout", "reward", "trainer")}
+    clients = ServiceClients.connect(addresses, AuthConfig())  # the controller's: the round's RetryPolicy only
+    yield clients, running.rollout
+    await clients.close()
     await running.stop()
     ray.shutdown()
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image as PILImage
 
 from mpo.config import PromptConfig
-from mpo.services.controller.loop import PromptSampler
+from mpo.services.controller.scheduling import PromptSampler
 from mpo.services.controller.store import RunStore, StoreError
 from mpo.v1 import common_pb2, controller_pb2
 from tests.controller_helpers import sums

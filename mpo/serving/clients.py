@@ -1,7 +1,9 @@
 """Typed async clients for the four services: deadlines on every call, retries on UNAVAILABLE only.
 
 Retries use gRPC's own retry policy (service config), so they are transparent, bounded and backed
-off, and never repeat a call that the server actually rejected or that partly streamed.
+off, and never repeat a call that the server actually rejected or that partly streamed. A caller with
+its own retry policy turns them off (`retries=False`): the controller's round does
+(services/controller/retry.py), so no call is retried by two layers.
 """
 
 from __future__ import annotations
@@ -51,13 +53,17 @@ def open_channel(
     *,
     max_message_bytes: int = 256 * 2**20,
     tls_root_cert: Path | None = None,
+    retries: bool = True,
 ) -> grpc.aio.Channel:
-    options = [
+    """`retries`: gRPC's transparent retry of UNAVAILABLE (`RETRY_SERVICE_CONFIG`); off, every status
+    reaches the caller as the server sent it."""
+    options: list[tuple[str, int | str]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
+        ("grpc.enable_retries", int(retries)),
     ]
+    if retries:
+        options.append(("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)))
     if tls_root_cert is not None:
         credentials = grpc.ssl_channel_credentials(root_certificates=tls_root_cert.read_bytes())
         return grpc.aio.secure_channel(address, credentials, options=options)
@@ -77,9 +83,10 @@ class ServiceClient:
         timeout: float = 60.0,
         tls_root_cert: Path | None = None,
         channel: grpc.aio.Channel | None = None,
+        retries: bool = True,
     ) -> None:
         self.address = address
-        self.channel = channel or open_channel(address, tls_root_cert=tls_root_cert)
+        self.channel = channel or open_channel(address, tls_root_cert=tls_root_cert, retries=retries)
         self.stub = self.stub_class(self.channel)
         self._metadata = bearer_metadata(token)
         self.timeout = timeout
@@ -174,9 +181,16 @@ class TrainerClient(ServiceClient):
     stub_class = trainer_pb2_grpc.TrainerServiceStub
 
     async def train(
-        self, pairs: Iterable[common_pb2.PreferencePair], *, round: int, epochs: int = 0, timeout: float | None = None
+        self,
+        pairs: Iterable[common_pb2.PreferencePair],
+        *,
+        round: int,
+        prompts: Iterable[common_pb2.Prompt] = (),
+        epochs: int = 0,
+        timeout: float | None = None,
     ) -> trainer_pb2.TrainResponse:
-        request = trainer_pb2.TrainRequest(pairs=pairs, round=round, epochs=epochs)
+        """`prompts`: those the pairs name by `prompt_id` (`BuildPairsResponse.prompts`), each once."""
+        request = trainer_pb2.TrainRequest(pairs=pairs, prompts=prompts, round=round, epochs=epochs)
         return await self.stub.Train(request, **self._options(timeout))
 
     async def checkpoint(

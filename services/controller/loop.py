@@ -4,7 +4,8 @@ Every step talks to a service over gRPC (the typed clients), and what must survi
 `RunStore` before the next step relies on it: the round's pairs are committed before the trainer sees
 them, and the trainer is handed exactly the committed pairs, read back from the store. A round that was
 committed but not finished (the controller died in between) is finished first when the run continues;
-the trainer skips pair ids it has already trained, so nothing is trained twice.
+the trainer skips pair ids it has already trained, so nothing is trained twice. Every service call of a
+round goes through the run's `RetryPolicy` (retry.py), the only layer that repeats it.
 
 Sync and async mode are one pipeline: a *producer* samples, labels and commits rounds, a *consumer*
 trains, publishes, evaluates and records them in order. Round r may be produced once round
@@ -15,11 +16,11 @@ published) and `max_staleness` in async mode (rollout of round k+1 overlaps trai
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -30,8 +31,10 @@ from grpc_health.v1 import health_pb2
 from mpo.config import PromptConfig, RoundsConfig
 from mpo.data.records import PromptRecord
 from mpo.failpoints import failpoint
+from mpo.services.controller.retry import RetryPolicy, ServiceClients
+from mpo.services.controller.run_control import RunControl
+from mpo.services.controller.scheduling import PromptSampler
 from mpo.services.controller.store import RunStore
-from mpo.serving.clients import RewardClient, RolloutClient, TrainerClient
 from mpo.serving.health_check import serving_status
 from mpo.v1 import common_pb2, reward_pb2, trainer_pb2
 
@@ -60,69 +63,6 @@ def to_prompt(record: PromptRecord) -> common_pb2.Prompt:
     return prompt
 
 
-class PromptSampler:
-    """Round k's prompts: the next `per_round` of an endless sequence of seeded shuffles of the set, so a
-    resumed run draws exactly the prompts it would have drawn. With a task `mix`, each round takes a
-    fixed share of prompts per task (largest remainders), each task from its own shuffled epochs.
-
-    A round never spans two shuffles (the last `size % per_round` prompts of each shuffle are left for
-    the next ones): a round that did could draw one prompt twice, which Generate refuses."""
-
-    def __init__(
-        self, records: Sequence[PromptRecord], *, per_round: int, seed: int, mix: Mapping[str, float] | None = None
-    ) -> None:
-        if not records:
-            raise ValueError("the prompt set is empty")
-        self.per_round, self.seed = per_round, seed
-        if not mix:
-            if per_round > len(records):
-                raise ValueError(f"prompts_per_round: {per_round}, but the prompt set has {len(records)} prompts")
-            self.pools = {"": list(records)}
-            self.counts = {"": per_round}
-            return
-        by_task: dict[str, list[PromptRecord]] = {}
-        for record in records:
-            by_task.setdefault(record.task, []).append(record)
-        missing = sorted(set(mix) - set(by_task))
-        if missing:
-            raise ValueError(
-                f"task_mix names tasks without prompts: {', '.join(missing)} (have: {', '.join(sorted(by_task))})"
-            )
-        self.pools = {task: by_task[task] for task in mix}
-        self.counts = _apportion(per_round, mix)
-        for task, count in self.counts.items():
-            if count > len(self.pools[task]):
-                raise ValueError(
-                    f"task_mix: {count} {task} prompts per round, but the prompt set has {len(self.pools[task])}"
-                )
-
-    def _epoch(self, pool: str, index: int) -> list[PromptRecord]:
-        order = list(self.pools[pool])
-        random.Random(f"{self.seed}-{pool}-{index}" if pool else f"{self.seed}-{index}").shuffle(order)
-        return order
-
-    def round(self, round_index: int) -> list[PromptRecord]:
-        drawn = []
-        for pool, count in self.counts.items():
-            if not count:
-                continue
-            rounds_per_epoch = len(self.pools[pool]) // count
-            epoch, within = divmod(round_index - 1, rounds_per_epoch)
-            drawn.extend(self._epoch(pool, epoch)[within * count : (within + 1) * count])
-        return drawn
-
-
-def _apportion(total: int, weights: Mapping[str, float]) -> dict[str, int]:
-    """`total` split in proportion to `weights`, whole numbers that add up (largest remainders)."""
-    scale = sum(weights.values())
-    exact = {key: total * weight / scale for key, weight in weights.items()}
-    counts = {key: int(share) for key, share in exact.items()}
-    by_remainder = sorted(exact, key=lambda key: exact[key] - counts[key], reverse=True)
-    for key in by_remainder[: total - sum(counts.values())]:
-        counts[key] += 1
-    return counts
-
-
 @contextmanager
 def _timed(timings: Counter[str], name: str) -> Iterator[None]:
     """Adds the block's wall time to `timings[name]`."""
@@ -131,61 +71,6 @@ def _timed(timings: Counter[str], name: str) -> Iterator[None]:
         yield
     finally:
         timings[name] += time.perf_counter() - started
-
-
-@dataclass
-class ServiceClients:
-    rollout: RolloutClient
-    reward: RewardClient
-    trainer: TrainerClient
-
-
-class RunControl:
-    """Pause / resume / stop of a running loop. Checked before a round starts: a round already started
-    always finishes, so stopping never leaves work half done that the next start would have to redo.
-
-    A hand-over ends the loop at that same boundary so that a successor loop (the run under a new config)
-    takes over with this control: a pause carries over."""
-
-    def __init__(self) -> None:
-        self._paused = False
-        self.stopping = False
-        self.handing_over = False
-        self._changed = asyncio.Event()
-
-    @property
-    def paused(self) -> bool:
-        return self._paused and not self.stopping
-
-    def pause(self) -> None:
-        self._paused = True
-        self._wake()
-
-    def resume(self) -> None:
-        self._paused = False
-        self._wake()
-
-    def stop(self) -> None:
-        self.stopping = True
-        self._wake()
-
-    def hand_over(self) -> None:
-        self.handing_over = True
-        self._wake()
-
-    def take_over(self) -> None:
-        """The successor's start: its rounds may start again (unless paused or stopped)."""
-        self.handing_over = False
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def may_start(self) -> bool:
-        """Waits while paused; False once a stop or a hand-over was asked for."""
-        while self._paused and not (self.stopping or self.handing_over):
-            await self._changed.wait()
-        return not (self.stopping or self.handing_over)
 
 
 #: Called as (round, phase) when a round enters a phase: generate, label, commit, train, publish, eval,
@@ -214,8 +99,12 @@ class RoundLoop:
         on_phase: PhaseCallback | None = None,
         control: RunControl | None = None,
         prompt: PromptConfig | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
+        """`retry`: how every service call of a round is repeated; default `rounds.retries` times with the
+        standard backoff (`RetryPolicy`)."""
         self.run_id, self.config, self.store, self.clients = run_id, config, store, clients
+        self.retry = retry or RetryPolicy(retries=config.retries)
         self.prompt = prompt or PromptConfig()  # how the stored pairs' conversations read
         self.on_round, self.on_phase = on_round, on_phase
         self.control = control or RunControl()
@@ -272,7 +161,7 @@ class RoundLoop:
         if self.store.last_committed_round(self.run_id):
             return  # a run that trained before it was evaluated has no base figure to measure now
         self._phase(0, "eval")
-        accuracy = await self._retrying("evaluation", self.evaluate)
+        accuracy = await self.evaluate()
         run = self.store.get_run(self.run_id)
         assert run is not None
         run.base_eval_accuracy.update(accuracy)
@@ -309,21 +198,9 @@ class RoundLoop:
                 reported = now
             await asyncio.sleep(2.0)
 
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()`, repeated with backoff while the service answers UNAVAILABLE (an actor restarting
-        behind it); the calls repeated this way are idempotent (seeded sampling, labelling, training on pair ids
-        the trainer skips once trained, checkpoints, publishing, status)."""
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.config.retries:
-                    raise
-                delay = min(2.0 * 2**attempt, 30.0)
-                log.warning("run %s: %s unavailable (%s); retry in %.0f s", self.run_id, what, error.details(), delay)
-                await asyncio.sleep(delay)
-                attempt += 1
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` under the run's retry policy: the one way this loop calls a service."""
+        return await self.retry.call(f"run {self.run_id}: {what}", call)
 
     async def _produce(self, round_index: int) -> _Produced:
         """Sample, label and commit round `round_index`; what the consumer needs to finish it."""
@@ -340,11 +217,11 @@ class RoundLoop:
         options = reward_pb2.PairOptions(max_pairs_per_prompt=config.max_pairs_per_prompt, seed=round_index)
         self._phase(round_index, "generate")
         with _timed(timings, "generate"):
-            generated = await self._retrying("rollout", lambda: self.clients.rollout.generate(prompts, sampling))
+            generated = await self._call("generate", lambda: self.clients.rollout.generate(prompts, sampling))
         self._phase(round_index, "label")
         with _timed(timings, "label"):
-            labelled = await self._retrying(
-                "reward",
+            labelled = await self._call(
+                "build pairs",
                 lambda: self.clients.reward.build_pairs(prompts, generated.samples, round=round_index, options=options),
             )
         for pair in labelled.pairs:  # unique across the runs one trainer may serve, in ledger and trainer
@@ -359,7 +236,9 @@ class RoundLoop:
         failpoint("controller.after_rollout")
         self._phase(round_index, "commit")
         with _timed(timings, "commit"):
-            self.store.commit_pairs(self.run_id, round_index, labelled.pairs, partial, prompt=self.prompt)
+            self.store.commit_pairs(
+                self.run_id, round_index, labelled.pairs, partial, prompts=labelled.prompts, prompt=self.prompt
+            )
         failpoint("controller.after_commit")
         return _Produced(partial, timings, started)
 
@@ -372,37 +251,38 @@ class RoundLoop:
         record = common_pb2.RoundMetrics()
         record.CopyFrom(partial)
         round_index = record.round
-        pairs = self.store.committed_pairs(self.run_id, round_index)
+        prompts, pairs = self.store.committed_round(self.run_id, round_index)  # each prompt's images once
         trainer = self.clients.trainer
         self._phase(round_index, "train")
         with _timed(timings, "train"):
             # The weights that train on these pairs are the ones serving: the trainer's own counter lags
             # after a restart from a checkpoint (checkpoints are taken before publishing).
-            held = await self._retrying("rollout", self._serving_version)
+            held = await self._serving_version()
             if pairs:  # repeating Train is safe: the trainer skips the pair ids it has trained
-                response = await self._retrying(
-                    "trainer", lambda: trainer.train(pairs, round=round_index, epochs=self.config.epochs)
+                response = await self._call(
+                    "train",
+                    lambda: trainer.train(pairs, prompts=prompts, round=round_index, epochs=self.config.epochs),
                 )
                 if response.steps:  # none when a restarted controller repeats a round trained before
                     record.train.CopyFrom(response.mean)
                     record.train_steps = len(response.steps)
-            await self._retrying("trainer", lambda: trainer.checkpoint(f"round-{round_index}"))
-        step = (await self._retrying("trainer", trainer.status)).step
+            await self._call("checkpoint", lambda: trainer.checkpoint(f"round-{round_index}"))
+        step = (await self._call("trainer status", trainer.status)).step
         self.store.mark_trained(self.run_id, round_index, step, trained_version=held, partial=record)
         staleness = list(self.store.pair_staleness(self.run_id, round_index).values())
         record.staleness_max = max(staleness, default=0)
         record.staleness_mean = sum(staleness) / len(staleness) if staleness else 0.0
-        record.trained_policy_version = await self._retrying("rollout", self._serving_version)
+        record.trained_policy_version = await self._serving_version()
         if pairs:
             self._phase(round_index, "publish")
             with _timed(timings, "publish"):
                 record.trained_policy_version += 1
-                await self._retrying("publish", lambda: self._publish(record.trained_policy_version))
+                await self._call("publish", lambda: self._publish(record.trained_policy_version))
             failpoint("controller.after_publish")
         if self.config.eval_every and round_index % self.config.eval_every == 0:
             self._phase(round_index, "eval")
             with _timed(timings, "eval"):
-                record.eval_accuracy.update(await self._retrying("evaluation", self.evaluate))
+                record.eval_accuracy.update(await self.evaluate())
         self._phase(round_index, "record")
         total = time.perf_counter() - started
         record.timings.CopyFrom(
@@ -418,12 +298,13 @@ class RoundLoop:
         return record
 
     async def _serving_version(self) -> int:
-        return (await self.clients.rollout.status()).policy_version
+        return (await self._call("rollout status", self.clients.rollout.status)).policy_version
 
     async def _publish(self, version: int) -> None:
         """Publish `version` unless it serves already: the rollout service takes exactly serving + 1, and an
-        attempt whose answer was lost (UNAVAILABLE) may have committed it."""
-        if await self._serving_version() >= version:
+        attempt whose answer was lost (UNAVAILABLE) may have committed it. Retried as one unit (`_call`), so
+        its status read is a plain call here."""
+        if (await self.clients.rollout.status()).policy_version >= version:
             return
         await self.clients.trainer.publish_weights(version, _TRANSPORTS[self.config.transport])
 
@@ -438,7 +319,9 @@ class RoundLoop:
             accuracy = sum(record.eval_accuracy.values()) / len(record.eval_accuracy)
             if run.best_round == 0 or accuracy > run.best_eval_accuracy:
                 # Nothing trained since this round's checkpoint: marking it keeps exactly these weights.
-                best = await self.clients.trainer.checkpoint(f"round-{record.round}", best=True)
+                best = await self._call(
+                    "best checkpoint", lambda: self.clients.trainer.checkpoint(f"round-{record.round}", best=True)
+                )
                 run.best_eval_accuracy, run.best_round, run.best_checkpoint = accuracy, record.round, best.path
         self.store.put_run(run)
 
@@ -450,8 +333,12 @@ class RoundLoop:
         size = self.config.EVAL_BATCH_PROMPTS
         for start in range(0, len(self.heldout), size):
             batch = self.heldout[start : start + size]
-            samples = (await self.clients.rollout.generate(batch, greedy)).samples
-            scores = (await self.clients.reward.score(batch, samples)).scores
+            samples = (
+                await self._call("held-out generate", functools.partial(self.clients.rollout.generate, batch, greedy))
+            ).samples
+            scores = (
+                await self._call("held-out score", functools.partial(self.clients.reward.score, batch, samples))
+            ).scores
             task_of = {p.id: p.task for p in batch}
             for score in scores:
                 total[task_of[score.prompt_id]] += 1

@@ -25,8 +25,10 @@ from mpo.data.loader import DataError
 from mpo.data.records import PromptRecord
 from mpo.plugins import plugin_file
 from mpo.preflight import check_run
-from mpo.services.controller.loop import RoundLoop, RunControl, ServiceClients
+from mpo.services.controller.loop import RoundLoop
 from mpo.services.controller.metrics import EventFiles, RoundGauges, RoundSink, WandbRun
+from mpo.services.controller.retry import ServiceClients
+from mpo.services.controller.run_control import RunControl
 from mpo.services.controller.store import RunStore
 from mpo.serving.paths import inside, resolved_roots
 from mpo.serving.validation import InvalidRequest

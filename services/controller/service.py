@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,22 +19,19 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mpo.config import ControllerConfig, ControllerServeConfig
-from mpo.services.controller.loop import ServiceClients
+from mpo.net import free_port
 from mpo.services.controller.metrics import RoundGauges
+from mpo.services.controller.retry import ServiceClients
 from mpo.services.controller.runs import RunManager
 from mpo.services.controller.store import RunStore
 from mpo.services.dashboard.server import DashboardServer, start_dashboard
 from mpo.services.dashboard.sources import ControllerSource
-from mpo.serving.auth import Credentials
-from mpo.serving.clients import RewardClient, RolloutClient, TrainerClient
-from mpo.serving.server import ServiceServer, bind
+from mpo.serving.handle import ServiceHandle, start_server
+from mpo.serving.server import ServiceServer
 from mpo.serving.telemetry import RpcMetrics
 from mpo.v1 import controller_pb2, controller_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-#: Deadline of the controller's calls into the services: a round's Train or Generate can take long.
-SERVICE_CALL_TIMEOUT_S = 3600.0
 
 
 class ControllerService(controller_pb2_grpc.ControllerServiceServicer):
@@ -97,33 +93,23 @@ class ControllerActor:
         self.server: ServiceServer | None = None
         self.runs: RunManager | None = None
         self.dashboard: DashboardServer | None = None
-        self._clients: list[RolloutClient | RewardClient | TrainerClient] = []
+        self._clients: ServiceClients | None = None
         # Ray calls __init__ outside the actor's event loop; the server starts on it, and every method
         # waits for that first (also after Ray restarts the actor).
         self._started = asyncio.get_event_loop().create_task(self._start())
 
     async def _start(self) -> None:
-        # The controller trains and publishes: it presents the control token its own server accepts.
-        token = Credentials.from_env(self.config.server.auth).control
-        clients = ServiceClients(
-            RolloutClient(self.addresses["rollout"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),
-            RewardClient(self.addresses["reward"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),
-            TrainerClient(self.addresses["trainer"], token=token, timeout=SERVICE_CALL_TIMEOUT_S),
-        )
-        self._clients = [clients.rollout, clients.reward, clients.trainer]
+        clients = self._clients = ServiceClients.connect(self.addresses, self.config.server.auth)
         metrics = RpcMetrics()
         store = RunStore(self.store_dir, pairs_dir=self.pairs_dir)
         self.runs = RunManager(store, clients, self.config, RoundGauges(metrics.registry))
-        server = ServiceServer(
-            self.config.server, [bind(ControllerService(self.runs))], name="controller", metrics=metrics
-        )
         await self.runs.continue_interrupted()  # before serving: a reconnecting watcher sees the run live
-        await server.start()
-        self.server = server
         if self.config.dashboard.enabled:
             self.dashboard = await start_dashboard(ControllerSource(self.runs, clients), self.config.dashboard)
-        await server.set_ready(True)
-        log.info("controller serving on %s (store %s)", server.address, self.store_dir)
+        self.server = await start_server(
+            self.config.server, ControllerService(self.runs), name="controller", metrics=metrics
+        )
+        log.info("controller serving on %s (store %s)", self.server.address, self.store_dir)
 
     async def describe(self) -> dict[str, Any]:
         """Address, metrics port and process id, once the server is up."""
@@ -144,36 +130,25 @@ class ControllerActor:
             await self.dashboard.stop()
         await self.server.stop(grace)
         await self.runs.shutdown()
-        for client in self._clients:
-            await client.close()
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+        if self._clients is not None:
+            await self._clients.close()
 
 
 @dataclass
-class RunningController:
+class RunningController(ServiceHandle):
     actor: Any
     address: str
     metrics_port: int | None
     dashboard_url: str | None
     store_dir: Path
+    name = "controller"
 
     async def pid(self) -> int:
         """The actor's current process (it changes when Ray restarts the actor)."""
         return int((await self.actor.describe.remote())["pid"])
 
-    def ready_event(self) -> dict[str, object]:
-        return {
-            "event": "serving",
-            "service": "controller",
-            "address": self.address,
-            "metrics_port": self.metrics_port,
-            "dashboard_url": self.dashboard_url,
-        }
+    def ready_details(self) -> dict[str, object]:
+        return {"metrics_port": self.metrics_port, "dashboard_url": self.dashboard_url}
 
     async def stop(self, grace: float | None = None) -> None:
         try:
@@ -194,12 +169,12 @@ async def start_controller(
     """Start the controller actor (restarted by Ray after a crash) on ports fixed for its lifetime (gRPC,
     metrics, dashboard); its run store in `store_dir`, the pair shards under `pairs_dir` when given."""
     server = config.server
-    fixed = {"port": server.port or _free_port(server.host)}
+    fixed = {"port": server.port or free_port(server.host)}
     if server.metrics_port == 0:
-        fixed["metrics_port"] = _free_port(server.host)
+        fixed["metrics_port"] = free_port(server.host)
     dashboard = config.dashboard
     if dashboard.enabled and dashboard.port == 0:
-        dashboard = dashboard.model_copy(update={"port": _free_port(dashboard.host)})
+        dashboard = dashboard.model_copy(update={"port": free_port(dashboard.host)})
     config = config.model_copy(update={"server": server.model_copy(update=fixed), "dashboard": dashboard})
     store_dir.mkdir(parents=True, exist_ok=True)
     # Pinned to this process's node: its ports are this node's (the head pod's, on Kubernetes), where the

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mpo.services.controller.loop import ServiceClients
+from mpo.services.controller.retry import ServiceClients
 from mpo.services.controller.runs import RunManager
 from mpo.services.controller.store import RunStore
 from mpo.serving.validation import InvalidRequest
