@@ -186,3 +186,11 @@ def test_soak_benchmark_counts_each_status_while_a_run_trains(tmp_path: Path) ->
     for name, process in rss["processes"].items():
         assert len(process["rss_bytes"]) == len(rss["sample_seconds"]) and any(process["rss_bytes"])
         assert verdict["rss_growth_after_warmup_bytes"][name] == process["growth_after_warmup_bytes"]
+
+
+def test_pair_bytes_benchmark_measures_both_forms_of_a_shapes_round() -> None:
+    result = run_bench("pair_bytes.py", "--prompts 8 --n 4")["result"]
+    assert result["pairs"] > result["prompts_with_pairs"] > 0 and result["image_bytes_per_prompt"] > 0
+    assert set(result["bytes_per_pair"]) == {"build_pairs_response", "train_request", "stored_shard"}
+    for sizes in result["bytes_per_pair"].values():
+        assert sizes["legacy"] > sizes["new"] > 0 and sizes["ratio_legacy_over_new"] > 1, sizes

@@ -1,14 +1,24 @@
-"""Correctness pair builder (issue #6): candidates, dedup, substring rule, seeded cap, skip reasons, stats."""
+"""Correctness pair builder (issue #6): candidates, dedup, substring rule, seeded cap, skip reasons, stats;
+and the labelling around it (issue #28): a request grouped by prompt once, then judged (`score`) or paired
+(`build_pairs`) over those groups, with the service's workers called in this process."""
 
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
+from typing import Any
 
+import grpc
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
+from mpo.config import RewardConfig
+from mpo.data.records import PromptRecord
+from mpo.grading.verify import Grader, Judgement
+from mpo.net import free_port
 from mpo.services.reward import pairs as pairs_module
+from mpo.services.reward.labelling import PromptGroup, build_pairs, group_samples, score
 from mpo.services.reward.pairs import (
     SKIP_ALL_CORRECT,
     SKIP_ALL_WRONG,
@@ -22,6 +32,10 @@ from mpo.services.reward.pairs import (
     contains_truth,
     correctness_pairs,
 )
+from mpo.services.reward.service import LabellingWorker, RewardService
+from mpo.serving.clients import RolloutClient
+from mpo.serving.validation import InvalidRequest
+from mpo.v1 import common_pb2, reward_pb2
 
 TRUTH = "42"
 
@@ -318,3 +332,155 @@ def test_thousands_of_right_and_wrong_answers_give_exactly_the_cap():
         assert index_pairs(outcome) == sorted(index_pairs(outcome))
         assert all(pair.chosen.correct and not pair.rejected.correct for pair in outcome.pairs)
     assert build(samples, max_pairs=15, seed=3) == build(samples[::-1], max_pairs=15, seed=3)
+
+
+# --- labelling: one grouping, then score or build_pairs over the groups ---------------------------------------
+
+
+class CountingGrader(Grader):
+    """The default grader, counting the responses it judges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.judged: list[str] = []
+
+    def judge(self, response: str, record: PromptRecord) -> Judgement:
+        self.judged.append(f"{record.id}: {response}")
+        return super().judge(response, record)
+
+
+class InProcessWorker:
+    """A `LabellingWorker` called the way the service calls a Ray actor (`worker.method.remote(...)`)."""
+
+    def __init__(self, grader: Grader) -> None:
+        self.worker = LabellingWorker(RewardConfig(), [])
+        self.worker.grader = grader
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def __getattr__(self, method: str) -> SimpleNamespace:
+        async def remote(groups: list[PromptGroup], *args: Any) -> Any:
+            self.calls.append((method, [f"{g.prompt.id}:{len(g.samples)}" for g in groups]))
+            return getattr(self.worker, method)(groups, *args)
+
+        return SimpleNamespace(remote=remote)
+
+
+def arith(prompt_id: str) -> common_pb2.Prompt:
+    return common_pb2.Prompt(id=prompt_id, question="What is 12 + 7?", task="arith", answer="19")
+
+
+def reply(prompt_id: str, index: int, text: str) -> common_pb2.Sample:
+    return common_pb2.Sample(prompt_id=prompt_id, index=index, text=text, policy_version=2)
+
+
+RIGHT, WRONG = "12 + 7 = 19. Final answer: 19", "12 + 7 = 20. Final answer: 20"
+OPEN = common_pb2.Prompt(id="open", question="Describe it.", task="describe")  # no ground truth, no image
+
+
+def service(workers: int) -> tuple[RewardService, CountingGrader, list[InProcessWorker]]:
+    grader = CountingGrader()
+    pool = [InProcessWorker(grader) for _ in range(workers)]
+    return RewardService(RewardConfig(), pool, rollout=None, scorer=None), grader, pool
+
+
+def test_grouping_keeps_request_order_and_names_the_field_that_breaks_it():
+    prompts = [arith("a"), OPEN, arith("b")]
+    samples = [reply("b", 1, WRONG), reply("a", 0, RIGHT), reply("b", 0, RIGHT)]
+    groups = group_samples(prompts, samples)
+    assert [(g.position, g.prompt.id, [s.index for s in g.samples]) for g in groups] == [
+        (0, "a", [0]), (1, "open", []), (2, "b", [1, 0]),
+    ]  # fmt: skip
+    assert groups[2].field == "prompts[2]"
+    refused = [
+        (prompts, [*samples, reply("zzz", 0, RIGHT)], "samples[3].prompt_id",
+         "no prompt with id 'zzz' in this request"),
+        (prompts, [*samples, reply("b", 1, RIGHT)], "samples[3].index",
+         "duplicate sample (prompt_id 'b', index 1); already used at samples[0].index"),
+        ([*prompts, arith("a")], samples, "prompts[3].id", "duplicate prompt id 'a'; already used at prompts[0].id"),
+    ]  # fmt: skip
+    for bad_prompts, bad_samples, field, reason in refused:
+        with pytest.raises(InvalidRequest) as caught:
+            group_samples(bad_prompts, bad_samples)
+        assert (caught.value.field, caught.value.reason) == (field, reason)
+
+
+async def test_a_sample_of_an_unknown_prompt_fails_before_any_worker_or_verifier_runs():
+    reward, grader, pool = service(workers=2)
+    samples = [reply("a", 0, RIGHT), reply("zzz", 0, RIGHT)]
+    for call in (reward.Score, reward.BuildPairs):
+        request_type = reward_pb2.ScoreRequest if call == reward.Score else reward_pb2.BuildPairsRequest
+        with pytest.raises(InvalidRequest, match=r"^samples\[1\]\.prompt_id: no prompt with id 'zzz'"):
+            await call(request_type(prompts=[arith("a"), arith("b")], samples=samples), None)
+    assert grader.judged == [] and [worker.calls for worker in pool] == [[], []]
+
+
+async def test_score_judges_every_sample_once_and_answers_in_request_order():
+    reward, grader, pool = service(workers=2)
+    prompts = [arith("a"), OPEN, arith("b")]
+    samples = [reply("b", 0, WRONG), reply("open", 0, "A circle. Final answer: circle"), reply("a", 0, RIGHT),
+               reply("b", 1, "no idea"), reply("a", 1, WRONG)]  # fmt: skip
+    response = await reward.Score(reward_pb2.ScoreRequest(prompts=prompts, samples=samples), None)
+    assert [(s.prompt_id, s.index, s.verdict) for s in response.scores] == [
+        ("b", 0, reward_pb2.VERDICT_WRONG), ("open", 0, reward_pb2.VERDICT_NO_GROUND_TRUTH),
+        ("a", 0, reward_pb2.VERDICT_CORRECT), ("b", 1, reward_pb2.VERDICT_UNPARSABLE),
+        ("a", 1, reward_pb2.VERDICT_WRONG),
+    ]  # fmt: skip
+    assert sorted(grader.judged) == sorted(f"{s.prompt_id}: {s.text}" for s in samples)
+    assert [worker.calls for worker in pool] == [[("score", ["a:2", "open:1"])], [("score", ["b:2"])]]
+    stats = response.stats
+    assert (stats.prompts, stats.samples, stats.correct, stats.wrong, stats.unparsable) == (3, 5, 1, 3, 1)
+    assert (stats.prompts_all_correct, stats.prompts_all_wrong, stats.pairs_correctness) == (0, 1, 0)
+
+
+async def test_build_pairs_judges_only_prompts_with_ground_truth_and_sends_the_rest_to_dropout_ntp():
+    reward, grader, pool = service(workers=2)
+    prompts = [arith("a"), OPEN, arith("b")]
+    samples = [reply("a", 0, RIGHT), reply("a", 1, WRONG), reply("open", 0, "A circle. Final answer: circle"),
+               reply("b", 0, RIGHT)]  # fmt: skip
+    request = reward_pb2.BuildPairsRequest(prompts=prompts, samples=samples, round=4)
+    response = await reward.BuildPairs(request, None)
+    assert [(p.id, p.source, p.provenance.verifier) for p in response.pairs] == [
+        ("r4-a-c0-w1", common_pb2.PAIR_SOURCE_CORRECTNESS, "numeric"),
+    ]
+    assert dict(response.skipped_prompts) == {"b": "all_correct", "open": "no_image_for_dropout_ntp"}
+    assert not any(judged.startswith("open:") for judged in grader.judged) and len(grader.judged) == 3
+    assert [worker.calls for worker in pool] == [[("build_pairs", ["a:2", "open:1"])], [("build_pairs", ["b:1"])]]
+    stats = response.stats
+    assert (stats.prompts, stats.samples, stats.correct, stats.wrong) == (3, 4, 2, 1)
+    assert (stats.prompts_all_correct, stats.pairs_correctness, stats.pairs_dropout_ntp) == (1, 1, 0)
+    with_image = common_pb2.Prompt(
+        id="open", question="Describe it.", task="describe", images=[common_pb2.Image(uri="x")]
+    )
+    request = reward_pb2.BuildPairsRequest(prompts=[with_image], samples=[reply("open", 0, "A red square on white.")])
+    with pytest.raises(InvalidRequest, match="no rollout service is configured") as caught:
+        await reward.BuildPairs(request, None)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_score_and_build_pairs_agree_on_the_verdicts_of_the_same_groups():
+    grader = Grader()
+    groups = group_samples([arith("a")], [reply("a", 0, WRONG), reply("a", 1, RIGHT), reply("a", 2, "no idea")])
+    scored = score(groups, grader=grader, task_step_checks={})
+    paired = build_pairs(groups, grader=grader, task_step_checks={}, max_pairs=15, seed=0, round_index=1)
+    correct = {s.index for s in scored.scores if s.verdict == reward_pb2.VERDICT_CORRECT}
+    assert {p.provenance.chosen_sample_index for p in paired.pairs} == correct == {1}
+    assert sorted(p.provenance.rejected_sample_index for p in paired.pairs) == [0, 2]
+    assert scored.tally.pairs_correctness == 0 and paired.tally.pairs_correctness == 2
+    assert (scored.tally + paired.tally).samples == 6
+
+
+async def test_a_rollout_that_cannot_continue_keeps_its_status_so_the_round_retries():
+    """UNAVAILABLE from the rollout's Continue (nothing listening here) must not turn into INTERNAL: the
+    controller's retry policy retries UNAVAILABLE and fails at once on anything else."""
+    reward, _, _ = service(workers=1)
+    reward.rollout = RolloutClient(f"127.0.0.1:{free_port()}", retries=False)
+    with_image = common_pb2.Prompt(
+        id="open", question="Describe it.", task="describe", images=[common_pb2.Image(uri="x")]
+    )
+    request = reward_pb2.BuildPairsRequest(prompts=[with_image], samples=[reply("open", 0, "A red square on white.")])
+    try:
+        with pytest.raises(InvalidRequest, match="the rollout service's Continue failed") as caught:
+            await reward.BuildPairs(request, None)
+    finally:
+        await reward.rollout.close()
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and caught.value.field == "prompts"

@@ -102,8 +102,10 @@ async def test_build_pairs_correctness_cap_seed_and_skips(services) -> None:
     assert len(first.pairs) == 4 and [p.id for p in first.pairs] == [p.id for p in again.pairs]
     assert len(uncapped.pairs) == 9  # 3 right x 3 wrong, under the default cap of 15
     assert len({p.id for p in uncapped.pairs}) == 9
+    assert list(first.prompts) == [prompts[0]], "the one prompt with pairs, once, however many pairs name it"
     for pair in first.pairs:
-        assert pair.source == common_pb2.PAIR_SOURCE_CORRECTNESS and pair.prompt.id == "mixed"
+        assert pair.source == common_pb2.PAIR_SOURCE_CORRECTNESS and pair.prompt_id == "mixed"
+        assert not pair.HasField("prompt"), "pairs name their prompt instead of carrying it"
         assert pair.chosen.endswith("Final answer: 19") and not pair.rejected.endswith("Final answer: 19")
         assert (pair.provenance.round, pair.provenance.policy_version, pair.provenance.verifier) == (5, 3, "numeric")
         assert pair.provenance.chosen_sample_index < 3 <= pair.provenance.rejected_sample_index
@@ -163,7 +165,7 @@ async def test_dropout_ntp_continues_the_prefix_without_the_image(services) -> N
     assert pair.source == common_pb2.PAIR_SOURCE_DROPOUT_NTP and pair.chosen == chosen
     assert pair.rejected.startswith(prefix) and pair.rejected != chosen
     assert pair.provenance.rejected_sample_index == 0 and pair.provenance.round == 2
-    assert pair.prompt.images[0].data == scene.images[0].data, "the pair keeps the image for training"
+    assert pair.prompt_id == "scene" and list(response.prompts) == [scene], "the image travels once, for training"
     assert dict(response.skipped_prompts) == {"plain": "no_image_for_dropout_ntp"}
     assert response.stats.pairs_dropout_ntp == 1
 
@@ -279,7 +281,7 @@ async def test_plugin_verifiers_judge_in_every_labelling_worker(plugged) -> None
     assert (stats.correct, stats.wrong, stats.unparsable) == (4, 5, 0), "plug-ins judge; nothing is unparsable"
     assert dict(stats.accuracy_by_task) == pytest.approx({"words": 1 / 3, "arith": 2 / 3, "overlap": 1 / 3})
     pairs = {
-        (p.prompt.id, p.provenance.chosen_sample_index, p.provenance.rejected_sample_index): p for p in built.pairs
+        (p.prompt_id, p.provenance.chosen_sample_index, p.provenance.rejected_sample_index): p for p in built.pairs
     }
     assert sorted(pairs) == [("a", 0, 1), ("a", 2, 1), ("o", 0, 1), ("o", 0, 2), ("w", 0, 1), ("w", 0, 2)]
     assert pairs[("w", 0, 2)].provenance.verifier == by_path and pairs[("o", 0, 2)].provenance.verifier == by_module

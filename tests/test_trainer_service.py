@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import ray
 
 from mpo.config import RolloutConfig, TrainerConfig
 from mpo.models.tiny import build_text_model
+from mpo.pairs import referring
 from mpo.services.rollout.server import RunningRollout, start_rollout
 from mpo.serving.clients import RolloutClient, TrainerClient
 from mpo.trainer.service import RunningTrainer, start_trainer
@@ -89,6 +91,22 @@ async def test_bad_requests_get_precise_statuses_and_change_nothing(
         grpc.StatusCode.INVALID_ARGUMENT,
         "pairs[1].prompt.images",
     )
+    # Pairs naming their prompt by id: every broken reference is refused, naming the field.
+    prompts, named = referring(arith_pairs(2))
+    both, neither = arith_pairs(2)[1], common_pb2.PreferencePair()
+    both.prompt_id = prompts[1].id
+    neither.CopyFrom(named[1])
+    neither.ClearField("prompt_id")
+    for pairs, sent, field in [
+        ([named[0], both], prompts, "pairs[1].prompt_id"),  # prompt and prompt_id
+        ([named[0], neither], prompts[:1], "pairs[1].prompt"),  # neither
+        (named, prompts[:1], "pairs[1].prompt_id"),  # an id not in prompts
+        (named, [prompts[0], prompts[0]], "prompts[1].id"),  # a prompt id twice
+        (named[:1], prompts, "prompts"),  # more prompts than pairs
+        ([named[0], arith_pairs(1, start=5)[0]], prompts, "prompts[1]"),  # a prompt no pair names
+    ]:
+        request = trainer_pb2.TrainRequest(pairs=pairs, prompts=sent)
+        await expect(stub.Train(request), grpc.StatusCode.INVALID_ARGUMENT, f"{field}:")
     await expect(
         stub.PublishWeights(trainer_pb2.PublishWeightsRequest(version=1)), grpc.StatusCode.INVALID_ARGUMENT, "transport"
     )
@@ -143,3 +161,16 @@ async def test_train_publish_and_export_give_the_same_greedy_output(
     served = list(sample.token_ids)
     assert served == transformers_greedy(exported, QUESTION, GREEDY.max_tokens), "rollout serves the exported weights"
     assert before == transformers_greedy(text_model, QUESTION, GREEDY.max_tokens), "version 0 was the base"
+
+
+async def test_pairs_naming_their_prompt_train_beside_legacy_pairs_carrying_it(
+    services: tuple[RunningRollout, RunningTrainer],
+) -> None:
+    prompts, named = referring(arith_pairs(4, start=40, prefix="named"))
+    legacy = arith_pairs(4, start=50, prefix="legacy")
+    async with TrainerClient(services[1].address, timeout=600) as client:
+        trained = await client.train([*named, *legacy], prompts=prompts, round=2)
+        again = await client.train(named, prompts=prompts, round=2)
+    assert len(trained.steps) == 2 and trained.pairs_already_trained == 0
+    assert all(math.isfinite(step.loss) for step in trained.steps)
+    assert again.pairs_already_trained == 4 and not again.steps

@@ -202,10 +202,13 @@ def generate_requests(draw: st.DrawFn) -> rollout_pb2.GenerateRequest:
 
 @st.composite
 def pairs(draw: st.DrawFn, pair_id: str) -> common_pb2.PreferencePair:
+    """Half carry their prompt, half name one of the request's `prompts` (p0, p1) by id."""
     chosen = draw(mostly(st.just("2 + 3 = 5. Final answer: 5"), st.sampled_from(["", "2 + 3 = 6. Final answer: 6"])))
+    by_id = draw(st.booleans())
     return common_pb2.PreferencePair(
         id=draw(mostly(st.just(pair_id), st.sampled_from(["", "x0"]))),
-        prompt=draw(mostly(prompts("p0"), st.none())),
+        prompt=None if by_id else draw(mostly(prompts("p0"), st.none())),
+        prompt_id=draw(mostly(st.sampled_from(["p0", "p1"]) if by_id else st.just(""), st.sampled_from(["p0", "p9"]))),
         chosen=chosen,
         rejected=draw(mostly(st.just("2 + 3 = 6. Final answer: 6"), st.sampled_from(["", chosen]))),
         source=draw(mostly(st.sampled_from([1, 2]), st.integers(-1, 3) | st.integers(-(2**31), 2**31 - 1))),
@@ -217,6 +220,7 @@ def train_requests(draw: st.DrawFn) -> trainer_pb2.TrainRequest:
     count = draw(sized(LIMITS.max_pairs_per_request))
     return trainer_pb2.TrainRequest(
         pairs=[draw(pairs(f"x{i}")) for i in range(count)],
+        prompts=[draw(prompts(f"p{j}")) for j in range(draw(st.integers(0, 2)))],
         round=draw(st.integers(0, 2**64 - 1)),
         epochs=draw(mostly(st.integers(0, LIMITS.max_epochs), hostile_counts)),
     )
@@ -267,12 +271,19 @@ def _generate_ok(request: rollout_pb2.GenerateRequest) -> bool:
 
 
 def _train_ok(request: trainer_pb2.TrainRequest) -> bool:
+    prompt_ids = [prompt.id for prompt in request.prompts]
     return (
         1 <= len(request.pairs) <= LIMITS.max_pairs_per_request
         and _unique_nonempty([pair.id for pair in request.pairs])
+        and len(request.prompts) <= len(request.pairs)
+        and _unique_nonempty(prompt_ids)
+        and all(_prompt_ok(prompt) for prompt in request.prompts)
+        and set(prompt_ids) <= {pair.prompt_id for pair in request.pairs}
         and all(
-            pair.HasField("prompt")
-            and _prompt_ok(pair.prompt)
+            (
+                (pair.HasField("prompt") and not pair.prompt_id and _prompt_ok(pair.prompt))
+                or (not pair.HasField("prompt") and pair.prompt_id in prompt_ids)
+            )
             and pair.chosen
             and pair.rejected
             and pair.chosen != pair.rejected

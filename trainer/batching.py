@@ -47,6 +47,12 @@ class EncodedPair:
         return len(self.chosen_ids) + len(self.rejected_ids)
 
 
+@dataclass(frozen=True)
+class EncodedPrompt:
+    ids: torch.Tensor  # image tokens expanded
+    image_inputs: dict[str, torch.Tensor]
+
+
 class PairEncoder:
     def __init__(
         self,
@@ -71,30 +77,45 @@ class PairEncoder:
         ids = self.renderer.chat_renderer.response_ids(text)  # the template's end of turn, not eos_token
         return torch.tensor(ids[:room], dtype=torch.long), len(ids) > room
 
-    def encode(self, pair: common_pb2.PreferencePair, field: str) -> EncodedPair:
-        text, images = self.renderer.chat(pair.prompt, f"{field}.prompt")
+    def encode_prompt(self, prompt: common_pb2.Prompt, field: str) -> EncodedPrompt:
+        """The rendered prompt with its decoded images; `field` names it in errors."""
+        text, images = self.renderer.chat(prompt, field)
         inputs = self.renderer.model_inputs(text, images)
         prompt_ids = inputs.pop("input_ids")[0]
-        room = self.max_length - len(prompt_ids)
-        if room < 1:
+        if len(prompt_ids) >= self.max_length:
             raise InvalidRequest(
-                f"{field}.prompt",
+                field,
                 f"prompt of {len(prompt_ids)} tokens leaves no room for a response within the trainer's "
                 f"max_length of {self.max_length} tokens",
             )
+        return EncodedPrompt(prompt_ids, inputs)
+
+    def encode(self, pair: common_pb2.PreferencePair, field: str, prompt: EncodedPrompt | None = None) -> EncodedPair:
+        """`prompt`: the encoded prompt `pair` names by id; None for a pair that carries its own."""
+        prompt = prompt or self.encode_prompt(pair.prompt, f"{field}.prompt")
+        room = self.max_length - len(prompt.ids)
         chosen, chosen_cut = self._response(pair.chosen, room)
         rejected, rejected_cut = self._response(pair.rejected, room)
         return EncodedPair(
             id=pair.id,
-            prompt_ids=prompt_ids,
-            image_inputs=inputs,
+            prompt_ids=prompt.ids,
+            image_inputs=prompt.image_inputs,
             chosen_ids=chosen,
             rejected_ids=rejected,
             truncated=chosen_cut or rejected_cut,
         )
 
-    def encode_all(self, pairs: Sequence[common_pb2.PreferencePair]) -> list[EncodedPair]:
-        return [self.encode(pair, f"pairs[{i}]") for i, pair in enumerate(pairs)]
+    def encode_all(
+        self, pairs: Sequence[common_pb2.PreferencePair], prompts: Sequence[common_pb2.Prompt] = ()
+    ) -> list[EncodedPair]:
+        """Pairs as validated (`mpo.serving.validation.check_pairs`): each of `prompts` is rendered and its
+        images decoded once per call, its pairs sharing the tensors (pickled once for the ranks); a pair with
+        an inline prompt is encoded on its own, as before `prompt_id` existed."""
+        encoded = {prompt.id: self.encode_prompt(prompt, f"prompts[{i}]") for i, prompt in enumerate(prompts)}
+        return [
+            self.encode(pair, f"pairs[{i}]", None if pair.HasField("prompt") else encoded[pair.prompt_id])
+            for i, pair in enumerate(pairs)
+        ]
 
 
 def pair_batch(

@@ -130,9 +130,16 @@ class TrainerHost:
                 await self._recover(error)
         raise AssertionError("unreachable")
 
-    async def train(self, pairs: Sequence[common_pb2.PreferencePair], round_index: int, epochs: int) -> TrainOutcome:
+    async def train(
+        self,
+        pairs: Sequence[common_pb2.PreferencePair],
+        round_index: int,
+        epochs: int,
+        prompts: Sequence[common_pb2.Prompt] = (),
+    ) -> TrainOutcome:
+        """`prompts`: those the pairs name by `prompt_id` (`TrainRequest.prompts`)."""
         # Encoded (and so validated) in full before anything changes.
-        encoded: list[EncodedPair] = await asyncio.to_thread(self.encoder.encode_all, pairs)
+        encoded: list[EncodedPair] = await asyncio.to_thread(self.encoder.encode_all, pairs, prompts)
         async with self.lock:
             fresh = [p for p in encoded if p.id not in self.state.trained]
             outcome = TrainOutcome(

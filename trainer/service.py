@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import grpc
 
 from mpo.config import TrainerConfig
-from mpo.serving.auth import Credentials
 from mpo.serving.clients import RolloutClient
-from mpo.serving.server import ServiceServer, bind
+from mpo.serving.handle import ServerHandle, connect, start_server
 from mpo.serving.validation import InvalidRequest
 from mpo.trainer.host import TrainerHost
 from mpo.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
@@ -70,7 +69,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
         # Shielded: a caller that goes away (a controller killed mid-call) must not cut a call whose steps
         # the ranks finish anyway; the host then records the pairs as trained, and the caller's retry
         # finds them trained instead of training them twice.
-        outcome = await asyncio.shield(self.host.train(request.pairs, request.round, request.epochs))
+        outcome = await asyncio.shield(self.host.train(request.pairs, request.round, request.epochs, request.prompts))
         return trainer_pb2.TrainResponse(
             steps=[step_metrics(s) for s in outcome.steps],
             mean=mean_metrics(outcome.steps),
@@ -142,27 +141,15 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
 
 
 @dataclass
-class RunningTrainer:
-    server: ServiceServer
+class RunningTrainer(ServerHandle):
     service: TrainerService
+    name = "trainer"
 
-    @property
-    def address(self) -> str:
-        return self.server.address
+    def ready_details(self) -> dict[str, object]:
+        config = self.service.config
+        return {"world_size": config.world_size, "strategy": config.strategy, "step": self.service.host.state.step}
 
-    def ready_event(self) -> dict[str, object]:
-        state = self.service.host.state
-        return {
-            "event": "serving",
-            "service": "trainer",
-            "address": self.address,
-            "world_size": self.service.config.world_size,
-            "strategy": self.service.config.strategy,
-            "step": state.step,
-        }
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self.server.stop(grace)
+    async def release(self) -> None:
         if self.service.rollout is not None:
             await self.service.rollout.close()
         await self.service.host.stop()
@@ -177,12 +164,13 @@ async def start_trainer(config: TrainerConfig) -> RunningTrainer:
         await host.stop()
         raise
     # Loading weights needs the control token: the trainer presents the one its own server accepts.
-    token = Credentials.from_env(config.server.auth).control
-    rollout = RolloutClient(config.rollout_address, token=token, timeout=3600) if config.rollout_address else None
+    rollout = (
+        connect(RolloutClient, config.rollout_address, config.server.auth, timeout=3600)
+        if config.rollout_address
+        else None
+    )
     service = TrainerService(config, host, rollout)
-    server = ServiceServer(config.server, [bind(service)], name="trainer")
-    await server.start()
-    await server.set_ready(True)
+    server = await start_server(config.server, service, name="trainer")
     log.info(
         "trainer: %d rank(s), %s, %s at step %d on %s",
         config.world_size,

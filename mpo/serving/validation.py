@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Callable, Hashable, Sequence, Sized
+from collections.abc import Callable, Container, Hashable, Sequence, Sized
 from functools import cache
 from typing import Any
 
@@ -254,10 +254,19 @@ def _check_samples(
         _check_unique((sample.prompt_id, sample.index), f"{field}.index", seen, what)
 
 
-def _check_pair(pair: common_pb2.PreferencePair, field: str, limits: RequestLimits) -> None:
+def _check_pair(
+    pair: common_pb2.PreferencePair, field: str, limits: RequestLimits, prompt_ids: Container[Hashable]
+) -> None:
+    """One pair; its prompt is inline (checked here) or one of `prompt_ids` (checked once by the caller)."""
     _check_nonempty(pair.id, f"{field}.id")
-    _check_present(pair, "prompt", f"{field}.prompt")
-    _check_prompt(pair.prompt, f"{field}.prompt", limits)
+    if pair.HasField("prompt"):
+        if pair.prompt_id:
+            raise InvalidRequest(f"{field}.prompt_id", "set either prompt or prompt_id, not both")
+        _check_prompt(pair.prompt, f"{field}.prompt", limits)
+    elif not pair.prompt_id:
+        raise InvalidRequest(f"{field}.prompt", "required (or prompt_id naming one of prompts)")
+    elif pair.prompt_id not in prompt_ids:
+        raise InvalidRequest(f"{field}.prompt_id", f"no prompt with id {_quote(pair.prompt_id)} in prompts")
     _check_nonempty(pair.chosen, f"{field}.chosen")
     _check_nonempty(pair.rejected, f"{field}.rejected")
     if pair.chosen == pair.rejected:
@@ -320,12 +329,30 @@ def _check_build_pairs(request: reward_pb2.BuildPairsRequest, limits: RequestLim
     _check_float(options.dropout_prefix_fraction, "options.dropout_prefix_fraction", 0.0, 1.0, high_open=True)
 
 
-def _check_train(request: trainer_pb2.TrainRequest, limits: RequestLimits) -> None:
-    _check_count(request.pairs, "pairs", limits.max_pairs_per_request, "max_pairs_per_request")
+def check_pairs(
+    pairs: Sequence[common_pb2.PreferencePair], prompts: Sequence[common_pb2.Prompt], limits: RequestLimits
+) -> None:
+    """Pairs with the prompts they name by id (TrainRequest, BuildPairsResponse). Counted before any image
+    is read, and each prompt checked once however many pairs name it: a prompt's images cost once."""
+    _check_count(pairs, "pairs", limits.max_pairs_per_request, "max_pairs_per_request")
+    if len(prompts) > len(pairs):
+        raise InvalidRequest("prompts", f"at most one per pair ({len(pairs)}), got {len(prompts)}")
+    prompt_fields: dict[Hashable, str] = {}
+    for j, prompt in enumerate(prompts):
+        _check_prompt(prompt, f"prompts[{j}]", limits)
+        _check_unique(prompt.id, f"prompts[{j}].id", prompt_fields, f"prompt id {_quote(prompt.id)}")
     seen: dict[Hashable, str] = {}
-    for i, pair in enumerate(request.pairs):
-        _check_pair(pair, f"pairs[{i}]", limits)
+    for i, pair in enumerate(pairs):
+        _check_pair(pair, f"pairs[{i}]", limits, prompt_fields)
         _check_unique(pair.id, f"pairs[{i}].id", seen, f"pair id {_quote(pair.id)}")
+    named = {pair.prompt_id for pair in pairs}
+    for j, prompt in enumerate(prompts):
+        if prompt.id not in named:
+            raise InvalidRequest(f"prompts[{j}]", f"no pair names prompt id {_quote(prompt.id)}")
+
+
+def _check_train(request: trainer_pb2.TrainRequest, limits: RequestLimits) -> None:
+    check_pairs(request.pairs, request.prompts, limits)
     _check_at_most(request.epochs, "epochs", limits.max_epochs, "max_epochs")
 
 
@@ -444,8 +471,10 @@ class WeightStreamValidator:
             raise InvalidRequest(
                 "chunk.index", f"expected {self.chunks_received}, got {chunk.index} (chunks must arrive in order)"
             )
-        _check_nonempty(chunk.payload, "chunk.payload")
-        total = self.bytes_received + len(chunk.payload)
+        size = len(chunk.payload)  # read once: every read of a bytes field copies it out of the message
+        if size == 0:
+            raise InvalidRequest("chunk.payload", "must not be empty")
+        total = self.bytes_received + size
         if total > self.manifest.total_bytes:
             raise InvalidRequest(
                 "chunk.payload", f"{total} bytes received, more than manifest.total_bytes ({self.manifest.total_bytes})"

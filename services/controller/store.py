@@ -18,11 +18,14 @@ image in a shard with images), with the images as a `datasets` Image sequence, s
 `datasets.load_dataset("parquet", data_files=...)` gives a DPO-ready data set with decoded images.
 Each row also keeps the whole pair (minus the image bytes, which live in `images`) so the controller
 can resend exactly what it committed after a crash.
+
+A prompt's images are on disk once per round however many pairs answer it: each row still lists its
+images (TRL reads them per row), but the shard is one row group with the image bytes dictionary-encoded,
+so equal images share one dictionary entry (`datasets`' own writer stores every row's bytes plainly).
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -31,13 +34,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, Image, Value
 from datasets import Sequence as DatasetSequence
 
 from mpo.config import PromptConfig
 from mpo.data.prompting import user_text
-from mpo.durable import fsync
+from mpo.durable import atomic_write
+from mpo.pairs import prompt_of, prompts_by_id, referring
 from mpo.v1 import common_pb2, controller_pb2
 
 _SCHEMA = """
@@ -109,16 +114,25 @@ def _turn(role: str, text: str, images: int, vision: bool) -> dict[str, object]:
     return {"role": role, "content": content}
 
 
-def _row(pair: common_pb2.PreferencePair, round_index: int, prompt: PromptConfig, vision: bool) -> dict[str, object]:
+def _row(
+    pair: common_pb2.PreferencePair,
+    question: common_pb2.Prompt,
+    round_index: int,
+    prompt: PromptConfig,
+    vision: bool,
+) -> dict[str, object]:
+    """`question`: the prompt `pair` answers; the row's pair carries it inline, minus its images."""
     stripped = common_pb2.PreferencePair()
     stripped.CopyFrom(pair)
+    stripped.ClearField("prompt_id")
+    stripped.prompt.CopyFrom(question)
     del stripped.prompt.images[:]
     system = [_turn("system", prompt.system_prompt, 0, vision)] if prompt.system_prompt else []
-    user = _turn("user", user_text(pair.prompt.question, prompt.instruction), len(pair.prompt.images), vision)
+    user = _turn("user", user_text(question.question, prompt.instruction), len(question.images), vision)
     return {
         "id": pair.id,
         "round": round_index,
-        "task": pair.prompt.task,
+        "task": question.task,
         "source": common_pb2.PairSource.Name(pair.source),
         "policy_version": pair.provenance.policy_version,
         "prompt": [*system, user],
@@ -128,10 +142,19 @@ def _row(pair: common_pb2.PreferencePair, round_index: int, prompt: PromptConfig
             {"bytes": image.data, "path": None}
             if image.WhichOneof("source") == "data"
             else {"bytes": None, "path": image.uri.removeprefix("file://")}
-            for image in pair.prompt.images
+            for image in question.images
         ],
         "pair": stripped.SerializeToString(),
     }
+
+
+def _write_shard(table: pa.Table, path: Path) -> None:
+    """One row group, every column dictionary-encoded with room for a round's distinct images: a prompt's
+    image bytes are stored once, whichever rows list them. The table's schema keeps the `datasets`
+    features, so readers still decode the images."""
+    pq.write_table(
+        table, path, row_group_size=max(1, table.num_rows), use_dictionary=True, dictionary_pagesize_limit=2**31 - 1
+    )
 
 
 class RunStore:
@@ -211,27 +234,30 @@ class RunStore:
         pairs: Sequence[common_pb2.PreferencePair],
         partial: common_pb2.RoundMetrics | None = None,
         *,
+        prompts: Sequence[common_pb2.Prompt] = (),
         prompt: PromptConfig | None = None,
     ) -> CommittedRound:
         """Commit a round's pairs exactly once, with what is known of its record so far (rollout and
         labelling), so a round interrupted later can still be finished; a repeat changes nothing.
-        `prompt` is the run's prompt settings, so the shard's conversations are the ones rendered."""
+        `prompts` are those the pairs name by `prompt_id` (`BuildPairsResponse.prompts`; pairs may also
+        carry theirs). `prompt` is the run's prompt settings, so the shard's conversations are the ones
+        rendered."""
         existing = self._committed(run_id, round_index)
         if existing is not None:
             return existing
         if self.get_run(run_id) is None:
             raise StoreError(f"unknown run {run_id!r}")
         shard = self.pairs_folder(run_id) / f"round-{round_index:06d}.parquet"
-        shard.parent.mkdir(parents=True, exist_ok=True)
-        temporary = shard.with_suffix(".parquet.tmp")
-        vision = any(pair.prompt.images for pair in pairs)
+        named = prompts_by_id(prompts)
+        questions = [prompt_of(pair, named) for pair in pairs]
+        vision = any(question.images for question in questions)
         features = _VISION_FEATURES if vision else _TEXT_FEATURES
-        rows = [_row(pair, round_index, prompt or PromptConfig(), vision) for pair in pairs]
-        columns = {name: [row[name] for row in rows] for name in features}
-        Dataset.from_dict(columns, features=features).to_parquet(str(temporary))
-        fsync(temporary)
-        os.replace(temporary, shard)
-        fsync(shard.parent)
+        settings = prompt or PromptConfig()
+        rows = [_row(pair, q, round_index, settings, vision) for pair, q in zip(pairs, questions, strict=True)]
+        table = Dataset.from_dict(
+            {name: [row[name] for row in rows] for name in features}, features=features
+        ).data.table
+        atomic_write(shard, lambda temporary: _write_shard(table, temporary))
         with self._transaction() as db:
             if db.execute(
                 "SELECT 1 FROM rounds WHERE run_id = ? AND round = ?", (run_id, round_index)
@@ -273,7 +299,7 @@ class RunStore:
         return CommittedRound(run_id, round_index, row[0], self.root / row[1], newly_committed=False)
 
     def committed_pairs(self, run_id: str, round_index: int) -> list[common_pb2.PreferencePair]:
-        """The pairs exactly as committed (images restored), e.g. to train them after a crash."""
+        """The pairs as committed, each with its prompt inline (images restored)."""
         committed = self._committed(run_id, round_index)
         if committed is None:
             raise StoreError(f"round {round_index} of run {run_id!r} is not committed")
@@ -287,6 +313,13 @@ class RunStore:
                     pair.prompt.images.add(uri=image["path"])
             pairs.append(pair)
         return pairs
+
+    def committed_round(
+        self, run_id: str, round_index: int
+    ) -> tuple[list[common_pb2.Prompt], list[common_pb2.PreferencePair]]:
+        """The round's prompts, each once, and its pairs naming them by id: what Train takes, e.g. to
+        train the round after a crash."""
+        return referring(self.committed_pairs(run_id, round_index))
 
     def mark_trained(
         self,

@@ -1,4 +1,4 @@
-"""DropoutNTP pairs (MMPR, DESIGN §4) for prompts without ground truth.
+"""DropoutNTP pairs (MMPR, docs/design.md §4) for prompts without ground truth.
 
 Chosen = the policy's own answer. Its first fraction of words is continued by the policy *without the
 images* (RolloutService.Continue, drop_images); rejected = that prefix + the image-less continuation,
@@ -73,7 +73,7 @@ async def continue_without_images(
         pairs.append(
             common_pb2.PreferencePair(
                 id=f"r{round_index}-{job.prompt.id}-d{job.sample.index}",
-                prompt=job.prompt,
+                prompt_id=job.prompt.id,
                 chosen=job.sample.text,
                 rejected=rejected,
                 source=common_pb2.PAIR_SOURCE_DROPOUT_NTP,

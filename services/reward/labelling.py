@@ -1,7 +1,9 @@
-"""Labels a batch of samples and builds its correctness pairs (the part of RewardService that is pure CPU).
+"""Labelling a request's samples, the part of RewardService that is pure CPU: grouping by prompt, judging
+(`score`) and correctness pairs (`build_pairs`).
 
-Runs inside the labelling worker actors: each gets whole prompts with all their samples, so a prompt's
-pairs never depend on how the batch was split. Counts come back as a `Tally` that merges by addition.
+The service groups a request once (`group_samples`) and hands each labelling worker (Ray actor) whole
+groups, so a prompt's pairs never depend on how the batch was split. Counts come back as a `Tally` that
+merges by addition, and so do the batches (`ScoredBatch`, `PairedBatch`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mpo.services.reward.pairs import (
     SKIP_EMPTY,
     SKIP_IDENTICAL,
     SKIP_NO_SAMPLES,
+    CorrectnessPair,
     LabelledSample,
     correctness_pairs,
 )
@@ -85,12 +88,80 @@ _COUNT_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class PromptGroup:
+    """One prompt of a request with its samples (in request order), and the prompt's position in the
+    request, so that errors name the client's field."""
+
+    position: int
+    prompt: common_pb2.Prompt
+    samples: list[common_pb2.Sample]
+
+    @property
+    def field(self) -> str:
+        return f"prompts[{self.position}]"
+
+
+def group_samples(prompts: Sequence[common_pb2.Prompt], samples: Sequence[common_pb2.Sample]) -> list[PromptGroup]:
+    """Every prompt, in request order, with its samples: the one grouping a request gets.
+
+    A sample of a prompt the request does not hold, or a repeated prompt id or (prompt id, index), is
+    refused before anything is judged, naming the field as the request interceptor does
+    (`mpo/serving/validation.py`, which refuses such a gRPC request first): groups are never wrong.
+    """
+    position_of: dict[str, int] = {}
+    for i, prompt in enumerate(prompts):
+        first = position_of.setdefault(prompt.id, i)
+        if first != i:
+            raise InvalidRequest(
+                f"prompts[{i}].id", f"duplicate prompt id {prompt.id!r}; already used at prompts[{first}].id"
+            )
+    members: dict[str, list[common_pb2.Sample]] = {prompt.id: [] for prompt in prompts}
+    first_sample: dict[tuple[str, int], int] = {}
+    for i, sample in enumerate(samples):
+        if sample.prompt_id not in members:
+            raise InvalidRequest(f"samples[{i}].prompt_id", f"no prompt with id {sample.prompt_id!r} in this request")
+        first = first_sample.setdefault((sample.prompt_id, sample.index), i)
+        if first != i:
+            raise InvalidRequest(
+                f"samples[{i}].index",
+                f"duplicate sample (prompt_id {sample.prompt_id!r}, index {sample.index}); "
+                f"already used at samples[{first}].index",
+            )
+        members[sample.prompt_id].append(sample)
+    return [PromptGroup(i, prompt, members[prompt.id]) for i, prompt in enumerate(prompts)]
+
+
 @dataclass
-class LabelledBatch:
-    scores: dict[tuple[str, int], reward_pb2.SampleScore]
-    pairs: list[common_pb2.PreferencePair]
-    skipped: dict[str, str]
-    tally: Tally
+class ScoredBatch:
+    """What `score` gives: one score per sample, in group order."""
+
+    scores: list[reward_pb2.SampleScore] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+
+    def __add__(self, other: ScoredBatch) -> ScoredBatch:
+        return ScoredBatch([*self.scores, *other.scores], self.tally + other.tally)
+
+
+@dataclass
+class PairedBatch:
+    """What `build_pairs` gives: correctness pairs in group order, and why a prompt gave none."""
+
+    pairs: list[common_pb2.PreferencePair] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    tally: Tally = field(default_factory=Tally)
+
+    def __add__(self, other: PairedBatch) -> PairedBatch:
+        return PairedBatch([*self.pairs, *other.pairs], {**self.skipped, **other.skipped}, self.tally + other.tally)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One sample after judging: its score for the client and its label for the pair builder."""
+
+    sample: common_pb2.Sample
+    score: reward_pb2.SampleScore
+    label: LabelledSample
 
 
 _VERDICTS = {
@@ -99,6 +170,69 @@ _VERDICTS = {
     "unparsable": reward_pb2.VERDICT_UNPARSABLE,
     "no_ground_truth": reward_pb2.VERDICT_NO_GROUND_TRUTH,
 }
+
+
+def score(groups: Sequence[PromptGroup], *, grader: Grader, task_step_checks: Mapping[str, str]) -> ScoredBatch:
+    """Judge every sample of `groups` with `grader`: what `Score` returns, but the model-based reward."""
+    batch = ScoredBatch(tally=_sizes(groups))
+    for group in groups:
+        batch.scores.extend(judged.score for judged in _judge_group(group, grader, task_step_checks, batch.tally))
+    return batch
+
+
+def build_pairs(
+    groups: Sequence[PromptGroup],
+    *,
+    grader: Grader,
+    task_step_checks: Mapping[str, str],
+    max_pairs: int,
+    seed: int,
+    round_index: int,
+) -> PairedBatch:
+    """Correctness pairs (at most `max_pairs` per prompt, drawn with `seed`) for the groups whose prompt has
+    ground truth; the others are left to DropoutNTP (the service), counted in `prompts` and `samples` only."""
+    batch = PairedBatch(tally=_sizes(groups))
+    for group in groups:
+        if not group.prompt.HasField("answer"):
+            continue
+        judged = _judge_group(group, grader, task_step_checks, batch.tally)
+        prompt = group.prompt
+        truth = None if prompt.choices else prompt.answer  # substring rule off for option letters
+        outcome = correctness_pairs(prompt.id, [j.label for j in judged], truth=truth, max_pairs=max_pairs, seed=seed)
+        if outcome.skipped is not None:
+            batch.skipped[prompt.id] = SKIP_CODES[outcome.skipped]
+        by_index = {j.sample.index: j for j in judged}
+        batch.pairs.extend(_pair_proto(prompt, pair, by_index, round_index) for pair in outcome.pairs)
+        batch.tally.pairs_correctness += len(outcome.pairs)
+    return batch
+
+
+def _judge_group(group: PromptGroup, grader: Grader, task_step_checks: Mapping[str, str], tally: Tally) -> list[Judged]:
+    """The per-sample verdict step `score` and `build_pairs` share: every sample of one prompt judged, and
+    counted in `tally`.
+
+    Errors name the client's field: an unusable ground truth or a question the task's step check cannot
+    read is INVALID_ARGUMENT, a failing plug-in verifier FAILED_PRECONDITION.
+    """
+    prompt = group.prompt
+    record = _record(prompt)
+    step_check = _step_check(group, task_step_checks)
+    judged = [_judge(record, group.field, sample, grader, step_check) for sample in group.samples]
+    tally.wrong_step += sum(j.score.verdict == reward_pb2.VERDICT_WRONG_STEP for j in judged)
+    tally.unparsable += sum(j.score.verdict == reward_pb2.VERDICT_UNPARSABLE for j in judged)
+    if prompt.HasField("answer"):
+        n_correct = sum(j.label.correct for j in judged)
+        tally.correct += n_correct
+        tally.wrong += len(judged) - n_correct
+        tally.judged_by_task[prompt.task] += len(judged)
+        tally.correct_by_task[prompt.task] += n_correct
+        tally.prompts_all_correct += bool(judged) and n_correct == len(judged)
+        tally.prompts_all_wrong += bool(judged) and n_correct == 0
+    return judged
+
+
+def _sizes(groups: Sequence[PromptGroup]) -> Tally:
+    return Tally(prompts=len(groups), samples=sum(len(group.samples) for group in groups))
 
 
 def _record(prompt: common_pb2.Prompt) -> PromptRecord:
@@ -110,9 +244,22 @@ def _record(prompt: common_pb2.Prompt) -> PromptRecord:
     )
 
 
-def _score(
+def _step_check(group: PromptGroup, task_step_checks: Mapping[str, str]) -> StepCheck | None:
+    """The task's step check, once its question proved readable (whatever the samples say)."""
+    prompt = group.prompt
+    if prompt.task not in task_step_checks or not prompt.HasField("answer"):
+        return None
+    step_check = STEP_CHECKS[task_step_checks[prompt.task]]
+    try:
+        step_check.check(prompt.question, "")
+    except ValueError as exc:
+        raise InvalidRequest(f"{group.field}.question", f"step check {step_check.name!r}: {exc}") from exc
+    return step_check
+
+
+def _judge(
     record: PromptRecord, field_name: str, sample: common_pb2.Sample, grader: Grader, step_check: StepCheck | None
-) -> tuple[reward_pb2.SampleScore, LabelledSample]:
+) -> Judged:
     try:
         judgement = grader.judge(sample.text, record)
     except VerifierFailed as exc:  # the deployment's verifier, not the client's data: retrying will not help
@@ -132,81 +279,26 @@ def _score(
         score.verdict, correct = reward_pb2.VERDICT_WRONG_STEP, False
     # A plug-in judges the whole response: without an extracted answer its sample is still judged, not unparsable.
     answer = None if judgement.verdict == "unparsable" else extraction.answer or ""
-    return score, LabelledSample(sample.index, sample.text, answer, correct)
+    return Judged(sample, score, LabelledSample(sample.index, sample.text, answer, correct))
 
 
-def label_batch(
-    prompts: Sequence[tuple[int, common_pb2.Prompt]],
-    samples: Sequence[common_pb2.Sample],
-    *,
-    grader: Grader,
-    task_step_checks: Mapping[str, str],
-    build_pairs: bool,
-    max_pairs: int,
-    seed: int,
-    round_index: int,
-) -> LabelledBatch:
-    """Judge every sample with `grader`; with `build_pairs`, correctness pairs for the prompts that have
-    ground truth.
-
-    `prompts` carries each prompt's position in the request, so errors name the client's field: an unusable
-    ground truth is INVALID_ARGUMENT, a failing plug-in verifier FAILED_PRECONDITION.
-    """
-    by_prompt: dict[str, list[common_pb2.Sample]] = {prompt.id: [] for _, prompt in prompts}
-    for sample in samples:
-        by_prompt[sample.prompt_id].append(sample)
-    result = LabelledBatch(scores={}, pairs=[], skipped={}, tally=Tally(prompts=len(prompts), samples=len(samples)))
-    tally = result.tally
-    for position, prompt in prompts:
-        record = _record(prompt)
-        step_check = None
-        if prompt.task in task_step_checks and prompt.HasField("answer"):
-            step_check = STEP_CHECKS[task_step_checks[prompt.task]]
-            try:  # the question itself must be readable, whatever the samples say
-                step_check.check(prompt.question, "")
-            except ValueError as exc:
-                raise InvalidRequest(f"prompts[{position}].question", f"step check {step_check.name!r}: {exc}") from exc
-        labelled, versions = [], {}
-        for sample in by_prompt[prompt.id]:
-            score, label = _score(record, f"prompts[{position}]", sample, grader, step_check)
-            tally.wrong_step += score.verdict == reward_pb2.VERDICT_WRONG_STEP
-            tally.unparsable += score.verdict == reward_pb2.VERDICT_UNPARSABLE
-            result.scores[(sample.prompt_id, sample.index)] = score
-            labelled.append(label)
-            versions[sample.index] = sample.policy_version
-        if not prompt.HasField("answer"):
-            continue
-        n_correct = sum(label.correct for label in labelled)
-        tally.correct += n_correct
-        tally.wrong += len(labelled) - n_correct
-        tally.judged_by_task[prompt.task] += len(labelled)
-        tally.correct_by_task[prompt.task] += n_correct
-        tally.prompts_all_correct += bool(labelled) and n_correct == len(labelled)
-        tally.prompts_all_wrong += bool(labelled) and n_correct == 0
-        if not build_pairs:
-            continue
-        truth = None if prompt.choices else prompt.answer  # substring rule off for option letters
-        outcome = correctness_pairs(prompt.id, labelled, truth=truth, max_pairs=max_pairs, seed=seed)
-        if outcome.skipped is not None:
-            result.skipped[prompt.id] = SKIP_CODES[outcome.skipped]
-        for pair in outcome.pairs:
-            result.pairs.append(
-                common_pb2.PreferencePair(
-                    id=f"r{round_index}-{prompt.id}-c{pair.chosen.index}-w{pair.rejected.index}",
-                    prompt=prompt,
-                    chosen=pair.chosen.text,
-                    rejected=pair.rejected.text,
-                    source=common_pb2.PAIR_SOURCE_CORRECTNESS,
-                    provenance=common_pb2.Provenance(
-                        policy_version=min(versions[pair.chosen.index], versions[pair.rejected.index]),
-                        round=round_index,
-                        verifier=result.scores[(prompt.id, pair.chosen.index)].verifier,
-                        chosen_sample_index=pair.chosen.index,
-                        rejected_sample_index=pair.rejected.index,
-                        chosen_answer=pair.chosen.answer or "",
-                        rejected_answer=pair.rejected.answer or "",
-                    ),
-                )
-            )
-        tally.pairs_correctness += len(outcome.pairs)
-    return result
+def _pair_proto(
+    prompt: common_pb2.Prompt, pair: CorrectnessPair, by_index: Mapping[int, Judged], round_index: int
+) -> common_pb2.PreferencePair:
+    chosen, rejected = by_index[pair.chosen.index], by_index[pair.rejected.index]
+    return common_pb2.PreferencePair(
+        id=f"r{round_index}-{prompt.id}-c{pair.chosen.index}-w{pair.rejected.index}",
+        prompt_id=prompt.id,
+        chosen=pair.chosen.text,
+        rejected=pair.rejected.text,
+        source=common_pb2.PAIR_SOURCE_CORRECTNESS,
+        provenance=common_pb2.Provenance(
+            policy_version=min(chosen.sample.policy_version, rejected.sample.policy_version),
+            round=round_index,
+            verifier=chosen.score.verifier,
+            chosen_sample_index=pair.chosen.index,
+            rejected_sample_index=pair.rejected.index,
+            chosen_answer=pair.chosen.answer or "",
+            rejected_answer=pair.rejected.answer or "",
+        ),
+    )

@@ -1,32 +1,38 @@
 """`RewardService` over gRPC: labelling workers (Ray actors) behind one endpoint, plus DropoutNTP.
 
-A batch is split by prompt across the workers (each prompt with all its samples, so pairs never depend
-on the split); correctness pairs come back from the workers, DropoutNTP pairs from one batched
-`RolloutService.Continue` call, and the label statistics are summed for the controller's round record.
+A request is grouped by prompt once (`labelling.group_samples`) and its groups are split across the
+workers (each prompt with all its samples, so pairs never depend on the split). `Score` has them judged
+(`labelling.score`); `BuildPairs` has them paired (`labelling.build_pairs`: correctness pairs for prompts
+with ground truth) and sends the prompts without it to DropoutNTP, one batched `RolloutService.Continue`
+call. The label statistics are summed for the controller's round record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import ray
 
 from mpo.config import RewardConfig
 from mpo.grading.verify import Grader
+from mpo.pairs import named_prompts
 from mpo.plugins import import_roots
-from mpo.services.reward import dropout_ntp
-from mpo.services.reward.labelling import LabelledBatch, Tally, label_batch
+from mpo.services.reward import dropout_ntp, labelling
+from mpo.services.reward.labelling import PairedBatch, PromptGroup, ScoredBatch, group_samples
 from mpo.services.reward.scorer import Scorer, create_scorer
-from mpo.serving.auth import Credentials
 from mpo.serving.clients import RolloutClient
-from mpo.serving.server import ServiceServer, bind
+from mpo.serving.handle import ServerHandle, connect, start_server
 from mpo.serving.validation import InvalidRequest
 from mpo.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+
+Batch = TypeVar("Batch", ScoredBatch, PairedBatch)
 
 
 class LabellingWorker:
@@ -53,32 +59,27 @@ class LabellingWorker:
         """None once the worker can label; otherwise why it cannot."""
         return self.problem
 
-    def label(
-        self,
-        prompts: list[tuple[int, common_pb2.Prompt]],
-        samples: list[common_pb2.Sample],
-        options: dict[str, Any],
-    ) -> LabelledBatch | InvalidRequest:
+    def score(self, groups: list[PromptGroup]) -> ScoredBatch | InvalidRequest:
+        return self._run(labelling.score, groups)
+
+    def build_pairs(
+        self, groups: list[PromptGroup], max_pairs: int, seed: int, round_index: int
+    ) -> PairedBatch | InvalidRequest:
+        return self._run(labelling.build_pairs, groups, max_pairs=max_pairs, seed=seed, round_index=round_index)
+
+    def _run(self, label: Callable[..., Batch], groups: list[PromptGroup], **options: Any) -> Batch | InvalidRequest:
         if self.grader is None:
             return InvalidRequest("prompts", self.problem or "", grpc.StatusCode.FAILED_PRECONDITION)
         try:
-            return label_batch(prompts, samples, grader=self.grader, task_step_checks=self.task_step_checks, **options)
+            return label(groups, grader=self.grader, task_step_checks=self.task_step_checks, **options)
         except InvalidRequest as error:
             return error
 
 
-def _by_prompt(samples: Sequence[common_pb2.Sample]) -> dict[str, list[common_pb2.Sample]]:
-    grouped: dict[str, list[common_pb2.Sample]] = {}
-    for sample in samples:
-        grouped.setdefault(sample.prompt_id, []).append(sample)
-    return grouped
-
-
-def _split(prompts: Sequence[common_pb2.Prompt], parts: int) -> list[list[tuple[int, common_pb2.Prompt]]]:
-    """Contiguous groups of (position, prompt), so merged results keep request order."""
-    indexed = list(enumerate(prompts))
-    size = -(-len(indexed) // parts)
-    return [indexed[i : i + size] for i in range(0, len(indexed), size)]
+def _split(groups: list[PromptGroup], parts: int) -> list[list[PromptGroup]]:
+    """Contiguous runs of groups, so merged results keep request order."""
+    size = max(1, -(-len(groups) // parts))
+    return [groups[i : i + size] for i in range(0, len(groups), size)]
 
 
 class RewardService(reward_pb2_grpc.RewardServiceServicer):
@@ -87,34 +88,27 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
     ) -> None:
         self.config, self.workers, self.rollout, self.scorer = config, workers, rollout, scorer
 
-    async def _label(
-        self, prompts: Sequence[common_pb2.Prompt], samples: Sequence[common_pb2.Sample], **options: Any
-    ) -> LabelledBatch:
-        groups = _split(prompts, len(self.workers))
-        samples_of = _by_prompt(samples)
+    async def _on_workers(self, empty: Batch, method: str, groups: list[PromptGroup], *args: Any) -> Batch:
+        """`method` of the workers over `groups`, split among them; their batches added up in order."""
         calls = [
-            worker.label.remote(group, [s for _, p in group for s in samples_of.get(p.id, [])], options)
-            for worker, group in zip(self.workers, groups, strict=False)
+            getattr(worker, method).remote(part, *args)
+            for worker, part in zip(self.workers, _split(groups, len(self.workers)), strict=False)
         ]
-        merged = LabelledBatch(scores={}, pairs=[], skipped={}, tally=Tally())
-        for result in await asyncio.gather(*calls):
+        results = await asyncio.gather(*calls)
+        for result in results:
             if isinstance(result, InvalidRequest):
                 raise result
-            merged.scores.update(result.scores)
-            merged.pairs.extend(result.pairs)
-            merged.skipped.update(result.skipped)
-            merged.tally = merged.tally + result.tally
-        return merged
+        return functools.reduce(operator.add, results, empty)
 
     async def Score(
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreResponse:
-        batch = await self._label(
-            request.prompts, request.samples, build_pairs=False, max_pairs=1, seed=0, round_index=0
-        )
-        scores = [batch.scores[(s.prompt_id, s.index)] for s in request.samples]
+        groups = group_samples(request.prompts, request.samples)
+        batch = await self._on_workers(ScoredBatch(), "score", groups)
+        score_of = {(score.prompt_id, score.index): score for score in batch.scores}
+        scores = [score_of[(s.prompt_id, s.index)] for s in request.samples]
         if self.scorer is not None:
-            prompt_of = {p.id: p for p in request.prompts}
+            prompt_of = {group.prompt.id: group.prompt for group in groups}
             items = [(prompt_of[s.prompt_id], s.text) for s in request.samples]
             for score, reward in zip(scores, await asyncio.to_thread(self.scorer.score, items), strict=True):
                 score.reward = reward
@@ -126,58 +120,61 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
         options = request.options
         max_pairs = options.max_pairs_per_prompt or self.config.max_pairs_per_prompt
         fraction = options.dropout_prefix_fraction or self.config.dropout_prefix_fraction
-        batch = await self._label(
-            request.prompts, request.samples, build_pairs=True, max_pairs=max_pairs, seed=options.seed,
-            round_index=request.round,
-        )  # fmt: skip
-        samples_of = _by_prompt(request.samples)
+        groups = group_samples(request.prompts, request.samples)
+        batch = await self._on_workers(PairedBatch(), "build_pairs", groups, max_pairs, options.seed, request.round)
         jobs: list[dropout_ntp.DropoutJob] = []
-        for prompt in request.prompts:
-            if prompt.HasField("answer"):
+        for group in groups:
+            if group.prompt.HasField("answer"):
                 continue
             planned, skipped = dropout_ntp.plan(
-                prompt, samples_of.get(prompt.id, []), fraction=fraction, max_pairs=max_pairs, seed=options.seed
+                group.prompt, group.samples, fraction=fraction, max_pairs=max_pairs, seed=options.seed
             )
             jobs.extend(planned)
             if skipped is not None:
-                batch.skipped[prompt.id] = skipped
-        if jobs and self.rollout is None:
+                batch.skipped[group.prompt.id] = skipped
+        dropout_pairs = await self._continue(jobs, seed=options.seed, round_index=request.round)
+        batch.tally.pairs_dropout_ntp = len(dropout_pairs)
+        pairs = [*batch.pairs, *dropout_pairs]
+        return reward_pb2.BuildPairsResponse(
+            pairs=pairs,
+            prompts=named_prompts(request.prompts, pairs),  # pairs name their prompt: its images travel once
+            stats=batch.tally.to_proto(),
+            skipped_prompts=batch.skipped,
+        )
+
+    async def _continue(
+        self, jobs: list[dropout_ntp.DropoutJob], *, seed: int, round_index: int
+    ) -> list[common_pb2.PreferencePair]:
+        """DropoutNTP's pairs from the rollout service; FAILED_PRECONDITION when jobs need one and none is set.
+        A failed Continue keeps its status code (UNAVAILABLE while a replica restarts), not INTERNAL."""
+        if not jobs:
+            return []
+        if self.rollout is None:
             raise InvalidRequest(
                 "prompts",
                 "prompts without ground truth need DropoutNTP, and no rollout service is configured "
                 "(reward.rollout_address)",
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
-        dropout_pairs = []
-        if jobs:
-            assert self.rollout is not None
-            dropout_pairs = await dropout_ntp.continue_without_images(
-                self.rollout,
-                jobs,
-                max_tokens=self.config.continuation_max_tokens,
-                seed=options.seed,
-                round_index=request.round,
+        try:
+            return await dropout_ntp.continue_without_images(
+                self.rollout, jobs, max_tokens=self.config.continuation_max_tokens, seed=seed, round_index=round_index
             )
-        batch.tally.pairs_dropout_ntp = len(dropout_pairs)
-        return reward_pb2.BuildPairsResponse(
-            pairs=[*batch.pairs, *dropout_pairs], stats=batch.tally.to_proto(), skipped_prompts=batch.skipped
-        )
+        except grpc.aio.AioRpcError as error:  # the rollout's own status, so the round's retry policy sees it
+            raise InvalidRequest(
+                "prompts", f"the rollout service's Continue failed: {error.details()}", error.code()
+            ) from error
 
 
 @dataclass
-class RunningReward:
-    server: ServiceServer
+class RunningReward(ServerHandle):
     service: RewardService
+    name = "reward"
 
-    @property
-    def address(self) -> str:
-        return self.server.address
+    def ready_details(self) -> dict[str, object]:
+        return {"workers": len(self.service.workers)}
 
-    def ready_event(self) -> dict[str, object]:
-        return {"event": "serving", "service": "reward", "address": self.address, "workers": len(self.service.workers)}
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self.server.stop(grace)
+    async def release(self) -> None:
         if self.service.rollout is not None:
             await self.service.rollout.close()
         for worker in self.service.workers:
@@ -195,10 +192,10 @@ async def start_reward(config: RewardConfig) -> RunningReward:
             ray.kill(worker)
         raise ValueError(problems[0])
     # DropoutNTP only samples (Continue): the reward service presents the user token when there is one.
-    token = Credentials.from_env(config.server.auth).for_sampling
-    rollout = RolloutClient(config.rollout_address, token=token, timeout=600) if config.rollout_address else None
+    rollout = (
+        connect(RolloutClient, config.rollout_address, config.server.auth, timeout=600, sampling_only=True)
+        if config.rollout_address
+        else None
+    )
     service = RewardService(config, workers, rollout, await asyncio.to_thread(create_scorer, config.scorer))
-    server = ServiceServer(config.server, [bind(service)], name="reward")
-    await server.start()
-    await server.set_ready(True)
-    return RunningReward(server, service)
+    return RunningReward(await start_server(config.server, service, name="reward"), service)

@@ -78,7 +78,7 @@ class BuildPairsRequest(_message.Message):
     def __init__(self, prompts: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[_common_pb2.Sample, _Mapping]]] = ..., round: _Optional[int] = ..., options: _Optional[_Union[PairOptions, _Mapping]] = ...) -> None: ...
 
 class BuildPairsResponse(_message.Message):
-    __slots__ = ("pairs", "stats", "skipped_prompts")
+    __slots__ = ("pairs", "stats", "skipped_prompts", "prompts")
     class SkippedPromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,7 +89,9 @@ class BuildPairsResponse(_message.Message):
     PAIRS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     pairs: _containers.RepeatedCompositeFieldContainer[_common_pb2.PreferencePair]
     stats: _common_pb2.LabelStats
     skipped_prompts: _containers.ScalarMap[str, str]
-    def __init__(self, pairs: _Optional[_Iterable[_Union[_common_pb2.PreferencePair, _Mapping]]] = ..., stats: _Optional[_Union[_common_pb2.LabelStats, _Mapping]] = ..., skipped_prompts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    prompts: _containers.RepeatedCompositeFieldContainer[_common_pb2.Prompt]
+    def __init__(self, pairs: _Optional[_Iterable[_Union[_common_pb2.PreferencePair, _Mapping]]] = ..., stats: _Optional[_Union[_common_pb2.LabelStats, _Mapping]] = ..., skipped_prompts: _Optional[_Mapping[str, str]] = ..., prompts: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ...) -> None: ...

@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from mpo.v1 import common_pb2 as mpo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mpo/v1/trainer.proto\x12\x06mpo.v1\x1a\x13mpo/v1/common.proto\"T\n\x0cTrainRequest\x12%\n\x05pairs\x18\x01 \x03(\x0b\x32\x16.mpo.v1.PreferencePair\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\r\"\x8e\x01\n\rTrainResponse\x12\"\n\x05steps\x18\x01 \x03(\x0b\x32\x13.mpo.v1.StepMetrics\x12!\n\x04mean\x18\x02 \x01(\x0b\x32\x13.mpo.v1.StepMetrics\x12\x1d\n\x15pairs_already_trained\x18\x03 \x01(\r\x12\x17\n\x0fpairs_truncated\x18\x04 \x01(\r\".\n\x11\x43heckpointRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x65st\x18\x02 \x01(\x08\"?\n\x12\x43heckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\r\n\x05round\x18\x03 \x01(\x04\"T\n\x15PublishWeightsRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12*\n\ttransport\x18\x02 \x01(\x0e\x32\x17.mpo.v1.WeightTransport\"\x8a\x01\n\x16PublishWeightsResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x16\n\x0egather_seconds\x18\x03 \x01(\x01\x12\x18\n\x10transfer_seconds\x18\x04 \x01(\x01\x12\x17\n\x0freplicas_loaded\x18\x05 \x01(\r\" \n\x1eTrainerServiceGetStatusRequest\"\xb0\x01\n\x1fTrainerServiceGetStatusResponse\x12\x12\n\nworld_size\x18\x01 \x01(\r\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x04\x12\x14\n\x0creward_shift\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08*\x9b\x01\n\x0fWeightTransport\x12 \n\x1cWEIGHT_TRANSPORT_UNSPECIFIED\x10\x00\x12 \n\x1cWEIGHT_TRANSPORT_GRPC_STREAM\x10\x01\x12#\n\x1fWEIGHT_TRANSPORT_SHARED_STORAGE\x10\x02\x12\x1f\n\x1bWEIGHT_TRANSPORT_GPU_DIRECT\x10\x03\x32\xba\x02\n\x0eTrainerService\x12\x34\n\x05Train\x12\x14.mpo.v1.TrainRequest\x1a\x15.mpo.v1.TrainResponse\x12\x43\n\nCheckpoint\x12\x19.mpo.v1.CheckpointRequest\x1a\x1a.mpo.v1.CheckpointResponse\x12O\n\x0ePublishWeights\x12\x1d.mpo.v1.PublishWeightsRequest\x1a\x1e.mpo.v1.PublishWeightsResponse\x12\\\n\tGetStatus\x12&.mpo.v1.TrainerServiceGetStatusRequest\x1a\'.mpo.v1.TrainerServiceGetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mpo/v1/trainer.proto\x12\x06mpo.v1\x1a\x13mpo/v1/common.proto\"u\n\x0cTrainRequest\x12%\n\x05pairs\x18\x01 \x03(\x0b\x32\x16.mpo.v1.PreferencePair\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\r\x12\x1f\n\x07prompts\x18\x04 \x03(\x0b\x32\x0e.mpo.v1.Prompt\"\x8e\x01\n\rTrainResponse\x12\"\n\x05steps\x18\x01 \x03(\x0b\x32\x13.mpo.v1.StepMetrics\x12!\n\x04mean\x18\x02 \x01(\x0b\x32\x13.mpo.v1.StepMetrics\x12\x1d\n\x15pairs_already_trained\x18\x03 \x01(\r\x12\x17\n\x0fpairs_truncated\x18\x04 \x01(\r\".\n\x11\x43heckpointRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x65st\x18\x02 \x01(\x08\"?\n\x12\x43heckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\r\n\x05round\x18\x03 \x01(\x04\"T\n\x15PublishWeightsRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12*\n\ttransport\x18\x02 \x01(\x0e\x32\x17.mpo.v1.WeightTransport\"\x8a\x01\n\x16PublishWeightsResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x16\n\x0egather_seconds\x18\x03 \x01(\x01\x12\x18\n\x10transfer_seconds\x18\x04 \x01(\x01\x12\x17\n\x0freplicas_loaded\x18\x05 \x01(\r\" \n\x1eTrainerServiceGetStatusRequest\"\xb0\x01\n\x1fTrainerServiceGetStatusResponse\x12\x12\n\nworld_size\x18\x01 \x01(\r\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x04\x12\x14\n\x0creward_shift\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08*\x9b\x01\n\x0fWeightTransport\x12 \n\x1cWEIGHT_TRANSPORT_UNSPECIFIED\x10\x00\x12 \n\x1cWEIGHT_TRANSPORT_GRPC_STREAM\x10\x01\x12#\n\x1fWEIGHT_TRANSPORT_SHARED_STORAGE\x10\x02\x12\x1f\n\x1bWEIGHT_TRANSPORT_GPU_DIRECT\x10\x03\x32\xba\x02\n\x0eTrainerService\x12\x34\n\x05Train\x12\x14.mpo.v1.TrainRequest\x1a\x15.mpo.v1.TrainResponse\x12\x43\n\nCheckpoint\x12\x19.mpo.v1.CheckpointRequest\x1a\x1a.mpo.v1.CheckpointResponse\x12O\n\x0ePublishWeights\x12\x1d.mpo.v1.PublishWeightsRequest\x1a\x1e.mpo.v1.PublishWeightsResponse\x12\\\n\tGetStatus\x12&.mpo.v1.TrainerServiceGetStatusRequest\x1a\'.mpo.v1.TrainerServiceGetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mpo.v1.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WEIGHTTRANSPORT']._serialized_start=838
-  _globals['_WEIGHTTRANSPORT']._serialized_end=993
+  _globals['_WEIGHTTRANSPORT']._serialized_start=871
+  _globals['_WEIGHTTRANSPORT']._serialized_end=1026
   _globals['_TRAINREQUEST']._serialized_start=53
-  _globals['_TRAINREQUEST']._serialized_end=137
-  _globals['_TRAINRESPONSE']._serialized_start=140
-  _globals['_TRAINRESPONSE']._serialized_end=282
-  _globals['_CHECKPOINTREQUEST']._serialized_start=284
-  _globals['_CHECKPOINTREQUEST']._serialized_end=330
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=332
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=395
-  _globals['_PUBLISHWEIGHTSREQUEST']._serialized_start=397
-  _globals['_PUBLISHWEIGHTSREQUEST']._serialized_end=481
-  _globals['_PUBLISHWEIGHTSRESPONSE']._serialized_start=484
-  _globals['_PUBLISHWEIGHTSRESPONSE']._serialized_end=622
-  _globals['_TRAINERSERVICEGETSTATUSREQUEST']._serialized_start=624
-  _globals['_TRAINERSERVICEGETSTATUSREQUEST']._serialized_end=656
-  _globals['_TRAINERSERVICEGETSTATUSRESPONSE']._serialized_start=659
-  _globals['_TRAINERSERVICEGETSTATUSRESPONSE']._serialized_end=835
-  _globals['_TRAINERSERVICE']._serialized_start=996
-  _globals['_TRAINERSERVICE']._serialized_end=1310
+  _globals['_TRAINREQUEST']._serialized_end=170
+  _globals['_TRAINRESPONSE']._serialized_start=173
+  _globals['_TRAINRESPONSE']._serialized_end=315
+  _globals['_CHECKPOINTREQUEST']._serialized_start=317
+  _globals['_CHECKPOINTREQUEST']._serialized_end=363
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=365
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=428
+  _globals['_PUBLISHWEIGHTSREQUEST']._serialized_start=430
+  _globals['_PUBLISHWEIGHTSREQUEST']._serialized_end=514
+  _globals['_PUBLISHWEIGHTSRESPONSE']._serialized_start=517
+  _globals['_PUBLISHWEIGHTSRESPONSE']._serialized_end=655
+  _globals['_TRAINERSERVICEGETSTATUSREQUEST']._serialized_start=657
+  _globals['_TRAINERSERVICEGETSTATUSREQUEST']._serialized_end=689
+  _globals['_TRAINERSERVICEGETSTATUSRESPONSE']._serialized_start=692
+  _globals['_TRAINERSERVICEGETSTATUSRESPONSE']._serialized_end=868
+  _globals['_TRAINERSERVICE']._serialized_start=1029
+  _globals['_TRAINERSERVICE']._serialized_end=1343
 # @@protoc_insertion_point(module_scope)

@@ -20,14 +20,16 @@ WEIGHT_TRANSPORT_SHARED_STORAGE: WeightTransport
 WEIGHT_TRANSPORT_GPU_DIRECT: WeightTransport
 
 class TrainRequest(_message.Message):
-    __slots__ = ("pairs", "round", "epochs")
+    __slots__ = ("pairs", "round", "epochs", "prompts")
     PAIRS_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     pairs: _containers.RepeatedCompositeFieldContainer[_common_pb2.PreferencePair]
     round: int
     epochs: int
-    def __init__(self, pairs: _Optional[_Iterable[_Union[_common_pb2.PreferencePair, _Mapping]]] = ..., round: _Optional[int] = ..., epochs: _Optional[int] = ...) -> None: ...
+    prompts: _containers.RepeatedCompositeFieldContainer[_common_pb2.Prompt]
+    def __init__(self, pairs: _Optional[_Iterable[_Union[_common_pb2.PreferencePair, _Mapping]]] = ..., round: _Optional[int] = ..., epochs: _Optional[int] = ..., prompts: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("steps", "mean", "pairs_already_trained", "pairs_truncated")
