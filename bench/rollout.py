@@ -1,4 +1,4 @@
-"""Rollout service: gRPC overhead on sampling, and weight-update speed per transport (DESIGN §6).
+"""Rollout service: gRPC overhead on sampling, and weight-update speed per transport (docs/design.md §6).
 
 For each model size (the tiny default policy, and a ~0.5B-parameter random-weight Qwen2):
 - tokens/s of the same workload through the gRPC service (1 replica) vs the same engine class called
@@ -9,6 +9,7 @@ For each model size (the tiny default policy, and a ~0.5B-parameter random-weigh
   the engine's in-place reload.
 
     .venv/bin/python bench/rollout.py [--sizes tiny,0.5b] [--prompts 32] [--n 4] [--max-tokens 64]
+                                      [--skip-sampling]  (weight updates alone: minutes less at 0.5b)
 """
 
 from __future__ import annotations
@@ -91,12 +92,12 @@ async def run_size(name: str, spec: TextModelSpec, work: Path, args: argparse.Na
     )
     prompts = workload(args.prompts)
     params = common_pb2.SamplingParams(n=args.n, temperature=1.0, max_tokens=args.max_tokens, seed=0)
-    direct = await in_process_tokens_per_s(config, prompts, params)
+    direct = None if args.skip_sampling else await in_process_tokens_per_s(config, prompts, params)
 
     running = await start_rollout(config)
     try:
         async with RolloutClient(running.address, timeout=1800) as client:
-            through_grpc = await grpc_tokens_per_s(client, prompts, params)
+            through_grpc = None if direct is None else await grpc_tokens_per_s(client, prompts, params)
             state = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
             parameters = sum(t.numel() for t in state.values())
             manifest, blobs = pack(state, version=1)
@@ -112,11 +113,16 @@ async def run_size(name: str, spec: TextModelSpec, work: Path, args: argparse.Na
     finally:
         await running.stop(0)
     total = manifest.total_bytes
+    sampling = {}
+    if direct is not None and through_grpc is not None:
+        sampling = {
+            "tokens_per_s": {"in_process": round(direct, 1), "grpc": round(through_grpc, 1)},
+            "ratio_grpc_over_in_process": round(through_grpc / direct, 3),
+        }
     return {
         "parameters": parameters,
         "update_bytes": total,
-        "tokens_per_s": {"in_process": round(direct, 1), "grpc": round(through_grpc, 1)},
-        "ratio_grpc_over_in_process": round(through_grpc / direct, 3),
+        **sampling,
         "weight_update": {
             "memcpy_bytes_per_s": round(memcpy),
             "streamed": {"seconds": round(streamed_s, 3), "bytes_per_s": round(total / streamed_s)},
@@ -143,6 +149,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--kv-cache-mib", type=int, default=256)
     parser.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start)")
+    parser.add_argument(
+        "--skip-sampling", action="store_true", help="measure the weight updates only (no tokens/s comparison)"
+    )
     args = parser.parse_args()
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-from mpo.durable import fsync
+from mpo.durable import atomic_write, fsync
 from mpo.failpoints import failpoint
 from mpo.serving.validation import WEIGHT_FORMAT, InvalidRequest
 from mpo.v1 import rollout_pb2
@@ -131,7 +131,11 @@ def shard_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.endswith(SHARD_SUFFIX))
 
 
-def _sha256_of_files(paths: Sequence[Path]) -> tuple[str, int]:
+#: (SHA-256 hex, byte count) of shards in order, as the manifest states them.
+Digest = tuple[str, int]
+
+
+def _sha256_of_files(paths: Sequence[Path]) -> Digest:
     digest, total = hashlib.sha256(), 0
     for path in paths:
         with path.open("rb") as handle:
@@ -139,6 +143,32 @@ def _sha256_of_files(paths: Sequence[Path]) -> tuple[str, int]:
                 digest.update(block)
                 total += len(block)
     return digest.hexdigest(), total
+
+
+class ShardWriter:
+    """Writes received blobs as shard files in order and hashes them on the way: each byte is written
+    once and never read back before verification (`verify_files(..., digest=writer.digest)`).
+
+    Not thread-safe: one `write` at a time, in blob order (the hash is over the blobs in order)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files: list[Path] = []
+        self._sha256 = hashlib.sha256()
+        self._total = 0
+
+    def write(self, payload: bytes) -> Path:
+        path = self.directory / f"weights-{len(self.files):05d}{SHARD_SUFFIX}"
+        with path.open("xb") as handle:  # hashlib and file writes release the GIL: the event loop runs on
+            handle.write(payload)
+        self._sha256.update(payload)
+        self._total += len(payload)
+        self.files.append(path)
+        return path
+
+    @property
+    def digest(self) -> Digest:
+        return self._sha256.hexdigest(), self._total
 
 
 def _headers(paths: Sequence[Path]) -> Iterator[tuple[str, str, list[int], Path]]:
@@ -192,12 +222,20 @@ def check_next_version(version: int, serving: int) -> None:
         )
 
 
-def verify_files(paths: Sequence[Path], manifest: rollout_pb2.WeightManifest, signature: WeightSignature) -> None:
+def verify_files(
+    paths: Sequence[Path],
+    manifest: rollout_pb2.WeightManifest,
+    signature: WeightSignature,
+    *,
+    digest: Digest | None = None,
+) -> None:
     """Raise InvalidRequest unless the shard files are exactly the update the manifest describes.
 
-    Floating dtypes may differ from the model's (a bf16 trainer can feed an fp32 engine); shapes may not.
+    `digest`: the files' hash and size taken as they were written (`ShardWriter`); without it the files
+    are read and hashed here. Floating dtypes may differ from the model's (a bf16 trainer can feed an
+    fp32 engine); shapes may not.
     """
-    sha256, total = _sha256_of_files(paths)
+    sha256, total = digest if digest is not None else _sha256_of_files(paths)
     if total != manifest.total_bytes:
         raise InvalidRequest("manifest.total_bytes", f"manifest says {manifest.total_bytes} bytes, payload has {total}")
     if sha256 != manifest.sha256:
@@ -307,11 +345,7 @@ class WeightLedger:
                 "format": manifest.format,
             },
         }
-        temporary = self.root / "current.json.tmp"
-        temporary.write_text(json.dumps(record))
-        fsync(temporary)
-        temporary.replace(self._pointer)
-        fsync(self.root)
+        atomic_write(self._pointer, json.dumps(record).encode())
         self._prune(keep=target)
         return CommittedWeights(version, kept, manifest)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -15,11 +16,14 @@ from safetensors.torch import save
 
 from mpo import failpoints
 from mpo.failpoints import FailpointError
+from mpo.services.rollout.service import _receive
 from mpo.serving.validation import InvalidRequest
+from mpo.v1 import rollout_pb2
 from mpo.weights import (
     FAILPOINT_AFTER_FIRST_TENSOR,
     HEADER_BYTES_PER_TENSOR,
     UPDATE_SLACK_BYTES,
+    ShardWriter,
     TensorSpec,
     WeightLedger,
     check_update_size,
@@ -62,7 +66,7 @@ def test_model_signature_uses_module_names_without_allocating(tmp_path: Path) ->
     model.save_pretrained(tmp_path)
     signature = model_signature(tmp_path)
     assert signature == {n: TensorSpec(tuple(t.shape), t.dtype) for n, t in model.state_dict().items()}
-    assert "lm_head.weight" in signature  # untied: the head travels explicitly (DESIGN §5)
+    assert "lm_head.weight" in signature  # untied: the head travels explicitly (docs/design.md §5)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +111,56 @@ def test_verification_checks_manifest_against_the_bytes(tmp_path: Path) -> None:
     garbage = [b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"]
     with pytest.raises(InvalidRequest, match="not a readable safetensors file"):
         verify_files(write_shards(garbage, tmp_path / "bad"), manifest_for(garbage, 1, tensor_count=1), expected)
+
+
+def test_shard_writer_hashes_what_it_writes(tmp_path: Path) -> None:
+    """A streamed update is hashed as it is written; verification trusts that digest, not a re-read."""
+    tensors = state()
+    manifest, blobs = pack(tensors, version=1, bucket_bytes=40)
+    writer = ShardWriter(tmp_path)
+    for blob in blobs:
+        writer.write(blob)
+    assert writer.digest == (manifest.sha256, manifest.total_bytes)
+    assert [p.read_bytes() for p in writer.files] == blobs and writer.files == sorted(writer.files)
+    verify_files(writer.files, manifest, signature_of(tensors), digest=writer.digest)
+    with pytest.raises(InvalidRequest, match="checksum mismatch"):
+        verify_files(writer.files, manifest, signature_of(tensors), digest=("0" * 64, manifest.total_bytes))
+    with pytest.raises(FileExistsError):  # a staged shard is never overwritten
+        ShardWriter(tmp_path).write(blobs[0])
+
+
+def chunks(blobs: list[bytes]) -> list[rollout_pb2.LoadWeightsRequest]:
+    return [
+        rollout_pb2.LoadWeightsRequest(chunk=rollout_pb2.WeightChunk(index=i, payload=b)) for i, b in enumerate(blobs)
+    ]
+
+
+def test_receive_writes_every_chunk_in_order(tmp_path: Path) -> None:
+    manifest, blobs = pack(state(), version=1, bucket_bytes=40)
+
+    async def stream():
+        for message in chunks(blobs):
+            yield message
+
+    writer = asyncio.run(_receive(stream(), tmp_path))
+    assert [p.read_bytes() for p in writer.files] == blobs
+    assert writer.digest == (manifest.sha256, manifest.total_bytes)
+
+
+def test_receive_lands_the_write_under_way_before_a_failed_stream_ends(tmp_path: Path) -> None:
+    """Chunk i is written while chunk i + 1 arrives; when the stream then fails, the write still under way
+    finishes before the error reaches the caller, who removes staging next: no file lands after that."""
+    _, blobs = pack(state(), version=1, bucket_bytes=40)
+
+    async def failing():
+        for message in chunks(blobs[:2]):
+            yield message
+        await asyncio.sleep(0)  # the second write is under way in its thread
+        raise InvalidRequest("stream", "the client went away")
+
+    with pytest.raises(InvalidRequest, match="went away"):
+        asyncio.run(_receive(failing(), tmp_path))
+    assert [p.read_bytes() for p in sorted(tmp_path.iterdir())] == blobs[:2]
 
 
 def test_ledger_commits_prunes_and_refuses_old_versions(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from ray.exceptions import RayError
@@ -30,7 +30,8 @@ from mpo.services.rollout.pool import ReplicaPool, ReplicaUnavailable
 from mpo.serving.validation import InvalidRequest, error_text
 from mpo.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
 from mpo.weights import (
-    SHARD_SUFFIX,
+    Digest,
+    ShardWriter,
     WeightLedger,
     WeightSignature,
     check_next_version,
@@ -98,19 +99,32 @@ async def _idle_limited(messages: AsyncIterator[T], seconds: float) -> AsyncIter
         yield message
 
 
-async def _receive(messages: AsyncIterator[rollout_pb2.LoadWeightsRequest], staging: Path) -> list[Path]:
-    """Write the chunks after the manifest into `staging` as they come (the guard has checked their order,
-    indexes and sizes: at most `manifest.total_bytes` in all); the shard files in order."""
-    files = []
-    async for message in messages:
-        path = staging / f"weights-{message.chunk.index:05d}{SHARD_SUFFIX}"
-        # Finished even if the client leaves meanwhile, so that no file lands after staging is removed.
-        await _to_the_end(asyncio.to_thread(path.write_bytes, message.chunk.payload))
-        files.append(path)
-    return files
+async def _receive(messages: AsyncIterator[rollout_pb2.LoadWeightsRequest], staging: Path) -> ShardWriter:
+    """Write the chunks after the manifest into `staging`, hashing them, as they come (the guard has
+    checked their order, indexes and sizes: at most `manifest.total_bytes` in all).
+
+    Chunk i is written while chunk i + 1 arrives, so the disk and the network overlap; one write at a
+    time, so the hash runs over the chunks in order and at most two chunks are held in memory."""
+    writer = ShardWriter(staging)
+    writing: asyncio.Future[Path] | None = None
+    try:
+        async for message in messages:
+            payload = message.chunk.payload  # read once: each read copies the bytes out of the message
+            if writing is not None:
+                await _to_the_end(writing)
+            writing = asyncio.ensure_future(asyncio.to_thread(writer.write, payload))
+        if writing is not None:
+            await _to_the_end(writing)
+    except BaseException:
+        # The stream failed or the client left: the write under way lands before staging is removed.
+        if writing is not None and not writing.done():
+            with suppress(Exception):  # the stream's own error is the one to report
+                await _to_the_end(writing)
+        raise
+    return writer
 
 
-async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
+async def _to_the_end(work: Awaitable[T]) -> T:
     """`work`, run to its end even when the caller is cancelled (the client left or its deadline passed);
     the cancellation is raised once `work` is done, still under the load lock. So a chunk being written
     lands before its staging folder is removed, and a verified update is committed and broadcast whole:
@@ -244,14 +258,17 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
 
     # --- weights -------------------------------------------------------------------------------------
 
-    async def _install(self, manifest: rollout_pb2.WeightManifest, files: list[Path]) -> tuple[int, float]:
+    async def _install(
+        self, manifest: rollout_pb2.WeightManifest, files: list[Path], digest: Digest | None = None
+    ) -> tuple[int, float]:
         """Verify, commit, broadcast; returns (replicas loaded, seconds). Callers hold the load lock and
-        run it `_to_the_end`.
+        run it `_to_the_end`. `digest`: the files' hash taken while they were received (else they are
+        read and hashed here).
 
         Committed, the version is the serving one at once: a replica whose reload fails restarts into
         the ledger's version, so by the time `pool.load` returns every replica serves it."""
         started = time.perf_counter()
-        await asyncio.to_thread(verify_files, files, manifest, self.signature)
+        await asyncio.to_thread(verify_files, files, manifest, self.signature, digest=digest)
         committed = await asyncio.to_thread(self.ledger.commit, manifest.version, files, manifest)
         self.version = committed.version
         loaded = await self.pool.load(committed.version, committed.files, manifest.tensor_count)
@@ -268,9 +285,9 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
         async with self.pool.load_lock:
             check_next_version(manifest.version, self.version)
             with self.ledger.staging(manifest.version) as staging:
-                files = await _receive(messages, staging)
+                received = await _receive(messages, staging)
                 try:
-                    loaded, seconds = await _to_the_end(self._install(manifest, files))
+                    loaded, seconds = await _to_the_end(self._install(manifest, received.files, received.digest))
                 except ReplicaUnavailable as error:
                     await self._unavailable(context, error)
         return rollout_pb2.LoadWeightsResponse(
