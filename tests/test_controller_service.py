@@ -249,24 +249,25 @@ async def test_controller_killed_after_rollout_after_commit_after_publish_and_mi
     round_3_calls: list[int] = []
     real_train = host.train
 
-    async def train_and_tell(pairs: object, round_index: int, epochs: int) -> object:
+    async def train_and_tell(pairs: object, round_index: int, epochs: int, prompts: object = ()) -> object:
         if round_index == 3:
             round_3_calls.append(round_index)
             training_round_3.set()
             if len(round_3_calls) == 1:
                 await controller_dead.wait()
-        return await real_train(pairs, round_index, epochs)  # type: ignore[arg-type]
+        return await real_train(pairs, round_index, epochs, prompts)  # type: ignore[arg-type]
 
     host.train = train_and_tell  # type: ignore[method-assign]
-    await client.start_run(run_yaml(services, rounds=4), run_id="crashes")
-    await wait_for_phase(client, "crashes", 2, "done")  # round 1 got through all three failpoints
-    assert services.failpoints.read_text() == "", "every armed failpoint fired"
-    await asyncio.wait_for(training_round_3.wait(), timeout=600)
-    os.kill(await services.controller.pid(), signal.SIGKILL)
-    controller_dead.set()
-    records = [r async for r in follow_rounds(client, "crashes", from_round=1)]
-
-    host.train = real_train  # type: ignore[method-assign]
+    try:  # restored however this ends, or every later test in the module would train through the spy
+        await client.start_run(run_yaml(services, rounds=4), run_id="crashes")
+        await wait_for_phase(client, "crashes", 2, "done")  # round 1 got through all three failpoints
+        assert services.failpoints.read_text() == "", "every armed failpoint fired"
+        await asyncio.wait_for(training_round_3.wait(), timeout=600)
+        os.kill(await services.controller.pid(), signal.SIGKILL)
+        controller_dead.set()
+        records = [r async for r in follow_rounds(client, "crashes", from_round=1)]
+    finally:
+        host.train = real_train  # type: ignore[method-assign]
     run = await client.get_run("crashes")
     assert run.state == controller_pb2.RUN_STATE_COMPLETED
     assert [r.round for r in records] == [1, 2, 3, 4], "round numbers continue without gaps or repeats"
