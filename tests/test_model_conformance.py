@@ -139,7 +139,7 @@ async def test_family_goes_through_rollout_reward_training_and_publishing(
             assert common_pb2.PAIR_SOURCE_CORRECTNESS in sources, built.skipped_prompts
             if spec.image_text:
                 assert common_pb2.PAIR_SOURCE_DROPOUT_NTP in sources, built.skipped_prompts
-            trained = await learner.train(built.pairs, round=1)
+            trained = await learner.train(built.pairs, prompts=built.prompts, round=1)
             assert trained.steps and all(math.isfinite(s.loss) for s in trained.steps)
             published = await learner.publish_weights(1, trainer_pb2.WEIGHT_TRANSPORT_GRPC_STREAM)
             assert published.replicas_loaded == 1
