@@ -31,6 +31,7 @@ from mpo.models.loading import load_model
 from mpo.models.logprobs import SequenceLogProbs, model_logprobs
 from mpo.net import free_port
 from mpo.trainer.batching import EncodedPair, pair_batch
+from mpo.trainer.extensions import build_collective_op
 from mpo.trainer.objective import MPOObjective
 from mpo.trainer.plan import StepPlan, plan_epoch, plan_step
 from mpo.trainer.reward_shift import sum_across_ranks
@@ -134,6 +135,7 @@ class TrainerRank:
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
+        build_collective_op()  # before init_distributed builds it, where a stale build lock would hang it
         deepspeed.init_distributed(
             dist_backend="nccl" if self.cuda else "gloo", auto_mpi_discovery=False, verbose=False
         )

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from mpo.net import free_ports
+from mpo.trainer.extensions import extensions_dir
 from rehearsal.release import PodGroup, Release
 
 #: Ray's default object store share of a container's memory limit.
@@ -191,8 +192,9 @@ class LocalCluster:
         env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["HOME"] = str(node.temp_dir / "home")
-        # DeepSpeed's CPU ops are compiled on first use into $HOME; an image would carry them built.
-        env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+        # DeepSpeed's CPU op is compiled on first use, by default under $HOME: the nodes share this
+        # environment's build instead, as an image would carry it built.
+        env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
         (node.temp_dir / "home").mkdir(parents=True, exist_ok=True)
         return env
 
