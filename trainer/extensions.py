@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,10 @@ GUARD_FILE = ".onlinempo-build.lock"
 
 
 def extensions_dir() -> Path:
-    """This environment's own build folder: keyed by interpreter prefix and torch/DeepSpeed versions."""
-    import deepspeed
-    import torch
-
-    key = hashlib.sha256(f"{sys.prefix}|{torch.__version__}|{deepspeed.__version__}".encode()).hexdigest()[:16]
+    """This environment's own build folder: keyed by interpreter prefix and torch/DeepSpeed versions (read
+    from the installed metadata, so a caller that only passes the folder on imports neither)."""
+    versions = "|".join(version(package) for package in ("torch", "deepspeed"))
+    key = hashlib.sha256(f"{sys.prefix}|{versions}".encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "onlinempo" / "torch_extensions" / key
 
