@@ -10,6 +10,7 @@ For each model size (the tiny default policy, and a ~0.5B-parameter random-weigh
 
     .venv/bin/python bench/rollout.py [--sizes tiny,0.5b] [--prompts 32] [--n 4] [--max-tokens 64]
                                       [--skip-sampling]  (weight updates alone: minutes less at 0.5b)
+                                      [--bucket-bytes N] (chunk / shard size; default the product's)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from mpo.services.rollout.server import start_rollout
 from mpo.services.rollout.service import sampling_spec
 from mpo.serving.clients import RolloutClient
 from mpo.v1 import common_pb2
-from mpo.weights import pack, write_shards
+from mpo.weights import DEFAULT_BUCKET_BYTES, pack, write_shards
 
 
 def workload(prompts: int) -> list[common_pb2.Prompt]:
@@ -100,15 +101,17 @@ async def run_size(name: str, spec: TextModelSpec, work: Path, args: argparse.Na
             through_grpc = None if direct is None else await grpc_tokens_per_s(client, prompts, params)
             state = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
             parameters = sum(t.numel() for t in state.values())
-            manifest, blobs = pack(state, version=1)
+            manifest, blobs = pack(state, version=1, bucket_bytes=args.bucket_bytes)
             memcpy = memcpy_bytes_per_s(blobs)
             started = time.perf_counter()
-            await client.load_weights(manifest, blobs)
+            streamed = await client.load_weights(manifest, blobs)
             streamed_s = time.perf_counter() - started
-            manifest2, blobs2 = pack({k: v * 1.0001 for k, v in state.items()}, version=2)
+            manifest2, blobs2 = pack(
+                {k: v * 1.0001 for k, v in state.items()}, version=2, bucket_bytes=args.bucket_bytes
+            )
             write_shards(blobs2, shared / "v2")
             started = time.perf_counter()
-            await client.load_weights_from_storage(manifest2, str(shared / "v2"))
+            from_storage = await client.load_weights_from_storage(manifest2, str(shared / "v2"))
             storage_s = time.perf_counter() - started
     finally:
         await running.stop(0)
@@ -124,9 +127,19 @@ async def run_size(name: str, spec: TextModelSpec, work: Path, args: argparse.Na
         "update_bytes": total,
         **sampling,
         "weight_update": {
+            "bucket_bytes": args.bucket_bytes,
+            "blobs": len(blobs),
             "memcpy_bytes_per_s": round(memcpy),
-            "streamed": {"seconds": round(streamed_s, 3), "bytes_per_s": round(total / streamed_s)},
-            "storage": {"seconds": round(storage_s, 3), "bytes_per_s": round(manifest2.total_bytes / storage_s)},
+            "streamed": {
+                "seconds": round(streamed_s, 3),
+                "install_seconds": round(streamed.load_seconds, 3),  # verify, commit, reload: after the bytes are in
+                "bytes_per_s": round(total / streamed_s),
+            },
+            "storage": {
+                "seconds": round(storage_s, 3),
+                "install_seconds": round(from_storage.load_seconds, 3),
+                "bytes_per_s": round(manifest2.total_bytes / storage_s),
+            },
             "ratio_streamed_over_memcpy": round(total / streamed_s / memcpy, 4),
             "ratio_storage_over_memcpy": round(manifest2.total_bytes / storage_s / memcpy, 4),
         },
@@ -151,6 +164,12 @@ def main() -> None:
     parser.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start)")
     parser.add_argument(
         "--skip-sampling", action="store_true", help="measure the weight updates only (no tokens/s comparison)"
+    )
+    parser.add_argument(
+        "--bucket-bytes",
+        type=int,
+        default=DEFAULT_BUCKET_BYTES,
+        help="target size of one weight chunk / shard file (default: the product's)",
     )
     args = parser.parse_args()
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)

@@ -15,6 +15,7 @@ from mpo.models.corpus import task_corpus
 from mpo.models.families import FAMILIES
 from mpo.models.tiny import build_text_model
 from mpo.overrides import OverrideError
+from mpo.weights import DEFAULT_BUCKET_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,10 @@ def test_rollout_benchmark_prints_its_ratios() -> None:
     assert tiny["ratio_grpc_over_in_process"] > 0 and tiny["tokens_per_s"]["grpc"] > 0
     update = tiny["weight_update"]
     assert update["streamed"]["seconds"] > 0 and update["storage"]["seconds"] > 0
+    for transport in ("streamed", "storage"):  # the service's own install time is part of the call's
+        assert 0 < update[transport]["install_seconds"] <= update[transport]["seconds"]
     assert update["ratio_storage_over_memcpy"] > 0 and tiny["update_bytes"] > tiny["parameters"]
+    assert update["bucket_bytes"] == DEFAULT_BUCKET_BYTES and update["blobs"] >= 1
 
 
 @pytest.mark.slow
