@@ -38,8 +38,11 @@ from mpo.failpoints import failpoint
 from mpo.serving.validation import WEIGHT_FORMAT, InvalidRequest
 from mpo.v1 import rollout_pb2
 
-#: Target size of one safetensors bucket (a gRPC chunk or a shard file); tensors are never split.
-DEFAULT_BUCKET_BYTES = 64 * 2**20
+#: Target size of one safetensors blob (a `LoadWeights` chunk or a shard file); tensors are never split,
+#: so a larger tensor is a blob of its own. Small on purpose: receiving 64 MiB chunks faulted fresh pages
+#: in for every chunk (~1.6 million faults per 537 MB, against ~1,000 with 4 MiB chunks) and a streamed
+#: update took about twice as long (docs/results.md, "Streamed updates").
+DEFAULT_BUCKET_BYTES = 4 * 2**20
 SHARD_SUFFIX = ".safetensors"
 #: Header room per tensor beyond its name: dtype, shape, offsets, JSON syntax, and its blob's framing.
 HEADER_BYTES_PER_TENSOR = 256
@@ -74,6 +77,12 @@ def pack(
     tensors: Mapping[str, torch.Tensor], version: int, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES
 ) -> tuple[rollout_pb2.WeightManifest, list[bytes]]:
     """Split a state dict into safetensors blobs of about `bucket_bytes` and describe them."""
+    blobs = to_blobs(tensors, bucket_bytes)
+    return manifest_for(blobs, version, tensor_count=len(tensors)), blobs
+
+
+def to_blobs(tensors: Mapping[str, torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[bytes]:
+    """Whole tensors, in order, as safetensors blobs of about `bucket_bytes` each."""
     blobs: list[bytes] = []
     bucket: dict[str, torch.Tensor] = {}
     size = 0
@@ -86,7 +95,7 @@ def pack(
         size += nbytes
     if bucket:
         blobs.append(save(bucket))
-    return manifest_for(blobs, version, tensor_count=len(tensors)), blobs
+    return blobs
 
 
 def manifest_for(blobs: Sequence[bytes], version: int, *, tensor_count: int) -> rollout_pb2.WeightManifest:

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import save
 from torch.optim.lr_scheduler import LambdaLR
 
 from mpo.config import TrainerConfig
@@ -35,6 +34,7 @@ from mpo.trainer.extensions import build_collective_op
 from mpo.trainer.objective import MPOObjective
 from mpo.trainer.plan import StepPlan, plan_epoch, plan_step
 from mpo.trainer.reward_shift import sum_across_ranks
+from mpo.weights import to_blobs
 
 #: Per-step sums every rank contributes (reduced over ranks), in this order.
 _SUMS = (
@@ -338,8 +338,10 @@ class TrainerRank:
     # --- publishing ----------------------------------------------------------------------------------------
 
     def gather_weights(self, bucket_bytes: int) -> tuple[list[bytes], int] | None:
-        """The full weights as safetensors blobs of about `bucket_bytes`, named as in the module's
-        `state_dict()` (tied weights under every name). Collective; rank 0 gets the blobs."""
+        """The full weights as safetensors blobs, named as in the module's `state_dict()` (tied weights
+        under every name). Collective; rank 0 gets the blobs. Parameters are gathered about
+        `bucket_bytes` at a time (fewer, larger all-gathers) and each gathered bucket is cut into blobs of
+        the transport's size (`mpo.weights.DEFAULT_BUCKET_BYTES`)."""
         import deepspeed
 
         module = self.engine.module
@@ -363,7 +365,7 @@ class TrainerRank:
                     for alias in names[id(param)]
                     if alias in wanted
                 }
-            blobs.append(save(tensors))
+            blobs.extend(to_blobs(tensors))
             count += len(tensors)
 
         bucket: list[torch.nn.Parameter] = []
@@ -379,6 +381,6 @@ class TrainerRank:
             flush(bucket)
         buffers = {name: b.detach().cpu().contiguous() for name, b in module.named_buffers() if name in wanted}
         if buffers and self.rank == 0:
-            blobs.append(save(buffers))
+            blobs.extend(to_blobs(buffers))
             count += len(buffers)
         return (blobs, count) if self.rank == 0 else None

@@ -20,15 +20,13 @@ from mpo.serving.handle import ServerHandle, connect, start_server
 from mpo.serving.validation import InvalidRequest
 from mpo.trainer.host import TrainerHost
 from mpo.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from mpo.weights import (
-    DEFAULT_BUCKET_BYTES,
-    manifest_for,
-    prune_published,
-    published_dir,
-    write_shards,
-)
+from mpo.weights import manifest_for, prune_published, published_dir, write_shards
 
 log = logging.getLogger(__name__)
+
+#: Parameters gathered per all-gather when publishing (the memory one gather holds on each rank). The
+#: blobs sent are cut from each gathered bucket at the transport's own size.
+GATHER_BUCKET_BYTES = 64 * 2**20
 
 #: StepMetrics field ← the rank's metric name.
 _METRIC_FIELDS = {
@@ -100,7 +98,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
                 "no rollout service is configured (trainer.rollout_address)",
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
-        blobs, count, gather_seconds = await self.host.gather_weights(DEFAULT_BUCKET_BYTES)
+        blobs, count, gather_seconds = await self.host.gather_weights(GATHER_BUCKET_BYTES)
         manifest = manifest_for(blobs, request.version, tensor_count=count)
         started = time.perf_counter()
         try:
