@@ -65,6 +65,7 @@ def round_metrics(run_id: str, round_index: int, *, evaluate: bool) -> common_pb
                                         eval=0.5 if evaluate else 0.0, overhead=0.1, total=4.45),
         rollout_tokens_per_second=300.0 + round_index,
         eval_accuracy={"arith": 0.25 + 0.01 * round_index, "shapes": 0.5} if evaluate else {},
+        eval_degenerate={"arith": 0.2 - 0.02 * round_index, "shapes": 0.1} if evaluate else {},
         finished_at=time.time(),
     )  # fmt: skip
 
@@ -73,7 +74,8 @@ def start_run(store: RunStore, run_id: str, state: int = controller_pb2.RUN_STAT
     now = time.time()
     store.put_run(
         controller_pb2.Run(run_id=run_id, state=state, started_at=now - 60, updated_at=now, config_yaml="rounds: {}\n",
-                           base_eval_accuracy={"arith": 0.25, "shapes": 0.5})
+                           base_eval_accuracy={"arith": 0.25, "shapes": 0.5},
+                           base_eval_degenerate={"arith": 0.2, "shapes": 0.1})
     )  # fmt: skip
 
 

@@ -222,10 +222,15 @@ async def test_async_run_paused_resumed_and_its_controller_killed_mid_train(
     metrics_port = services.controller.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     assert 'mpo_run_round{run_id="async"} 3.0' in text
+    share = records[-1].eval_degenerate["arith"]
+    assert f'mpo_eval_degenerate_share{{run_id="async",task="arith"}} {share!r}' in text
     events = EventAccumulator(str(services.store.root / "runs" / "async" / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
     assert [e.value for e in events.Scalars("eval/arith")] == pytest.approx([r.eval_accuracy["arith"] for r in records])
+    assert [e.value for e in events.Scalars("eval_degenerate/arith")] == pytest.approx(
+        [r.eval_degenerate["arith"] for r in records]
+    )
     # ... and in its W&B run (offline: the client's transaction log), the last logged row of each round.
     logged = {row["_step"]: row for row in wandb_history(services.store.root / "runs" / "async" / "wandb", "async")}
     assert sorted(logged) == [1, 2, 3]
@@ -346,8 +351,8 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
     Its pod stops mid-run; a deployment naming another run stops the first; the first command continues it."""
     store = services.root / "served-store"
 
-    def serve_command(run_id: str, rounds: int) -> list[str]:
-        run_config = yaml.safe_load(run_yaml(services, rounds=rounds, eval_every=0))
+    def serve_command(run_id: str, rounds: int, **fields: object) -> list[str]:
+        run_config = yaml.safe_load(run_yaml(services, rounds=rounds, **({"eval_every": 0} | fields)))
         run_config.update(run_id=run_id, store_dir=str(store), controller={"data_roots": [str(services.root)]})
         (services.root / f"{run_id}.yaml").write_text(yaml.safe_dump(run_config))
         return [
@@ -374,13 +379,19 @@ async def test_mpo_serve_controller_drives_a_run_over_running_services(services:
     assert interrupted is not None and interrupted.state == controller_pb2.RUN_STATE_RUNNING
     assert RunStore(store).get_run("bad") is None, "a rejected config creates nothing"
 
-    # An upgrade names a new run: the interrupted one is stopped (kept in the store), the new one runs.
-    async with serving(serve_command("served-next", rounds=1)) as (started, ready):
+    # An upgrade names a new run: the interrupted one is stopped (kept in the store), the new one runs. It
+    # evaluates with 4 tokens per answer: too few for a rationale and a final answer, so every held-out
+    # answer is degenerate (cut at the limit, or stopped without a final answer), base and round 1.
+    async with serving(serve_command("served-next", rounds=1, eval_every=1, eval_max_tokens=4)) as (started, ready):
         assert started == {"event": "run", "run_id": "served-next", "round": 0}
         assert RunStore(store).get_run("served").state == controller_pb2.RUN_STATE_STOPPED  # type: ignore[union-attr]
         async with ControllerClient(ready["address"], token=TOKEN, timeout=120) as served:
             assert [r.round async for r in follow_rounds(served, "served-next", from_round=1)] == [1]
-    assert RunStore(store).get_run("served-next").state == controller_pb2.RUN_STATE_COMPLETED  # type: ignore[union-attr]
+    next_run = RunStore(store).get_run("served-next")
+    assert next_run is not None and next_run.state == controller_pb2.RUN_STATE_COMPLETED
+    assert next_run.base_eval_degenerate and set(next_run.base_eval_degenerate.values()) == {1.0}
+    (evaluated,) = RunStore(store).round_records("served-next")
+    assert dict(evaluated.eval_degenerate) == dict(next_run.base_eval_degenerate)
 
     # The first deployment again (e.g. a rollback): the same command continues its run, repeating nothing.
     async with serving(command) as (restarted, ready):
@@ -417,6 +428,11 @@ async def test_dashboard_follows_a_live_run_and_shows_the_services(
         accuracy = await page.evaluate("() => window.mpoDashboard.charts.accuracy.data[1]")
         base = (await client.get_run("watched")).base_eval_accuracy["arith"]
         assert accuracy == pytest.approx([base] + [r.eval_accuracy["arith"] for r in records])
+        degenerate = await page.evaluate("() => window.mpoDashboard.charts.degenerate.data[1]")
+        base_share = (await client.get_run("watched")).base_eval_degenerate["arith"]
+        assert degenerate == pytest.approx([base_share] + [r.eval_degenerate["arith"] for r in records])
+        assert all(0.0 <= share <= 1.0 for share in degenerate)
+        assert all(set(r.eval_degenerate) == set(r.eval_accuracy) for r in records)
         await screenshot(page, "live-run")
 
         await page.goto(url + "#/services")

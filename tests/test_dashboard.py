@@ -96,6 +96,7 @@ async def test_runs_and_rounds_endpoints_return_the_stored_records(api: httpx.As
     rounds = (await api.get("/api/runs/finished-run/rounds")).json()["rounds"]
     assert [row["round"] for row in rounds] == [1, 2, 3]
     assert rounds[0]["eval_accuracy.arith"] == pytest.approx(0.26) and "eval_accuracy.arith" not in rounds[1]
+    assert rounds[0]["eval_degenerate.arith"] == pytest.approx(0.18) and "eval_degenerate.arith" not in rounds[1]
     assert rounds[2]["train.loss"] == pytest.approx(0.75) and rounds[2]["pairs"] == 3
     later = (await api.get("/api/runs/finished-run/rounds", params={"from_round": 2})).json()["rounds"]
     assert [row["round"] for row in later] == [2, 3]
@@ -299,9 +300,14 @@ async def test_runs_page_lists_runs_and_run_page_draws_charts_and_table(dashboar
         )
         assert points["accuracy"] == [3, 3]  # arith and shapes: the base (round 0), rounds 1 and 3
         assert await page.evaluate("() => window.mpoDashboard.charts.accuracy.data[0]") == [0, 1, 2, 3]
+        # Degenerate answers: the same rounds, round 0 from the run's base_eval_degenerate.
+        assert points["degenerate"] == [3, 3]
+        degenerate = await page.evaluate("() => window.mpoDashboard.charts.degenerate.data")
+        assert degenerate[0] == [0, 1, 2, 3] and degenerate[1][0] == pytest.approx(0.2)  # arith's base share
         assert points["loss"] == [3, 3, 3, 3] and points["timings"] == [3] * 7
         assert set(points) == {
             "accuracy",
+            "degenerate",
             "loss",
             "shift",
             "reward",

@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2
 from mpo.config import PromptConfig, RoundsConfig
 from mpo.data.records import PromptRecord
 from mpo.failpoints import failpoint
+from mpo.grading.degenerate import judge_degeneracy
 from mpo.services.controller.retry import RetryPolicy, ServiceClients
 from mpo.services.controller.run_control import RunControl
 from mpo.services.controller.scheduling import PromptSampler
@@ -51,6 +52,14 @@ _TRANSPORTS = {
     "grpc_stream": trainer_pb2.WEIGHT_TRANSPORT_GRPC_STREAM,
     "shared_storage": trainer_pb2.WEIGHT_TRANSPORT_SHARED_STORAGE,
 }
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One held-out evaluation, per task: greedy accuracy and the share of degenerate answers."""
+
+    accuracy: dict[str, float]
+    degenerate: dict[str, float]
 
 
 def to_prompt(record: PromptRecord) -> common_pb2.Prompt:
@@ -161,13 +170,19 @@ class RoundLoop:
         if self.store.last_committed_round(self.run_id):
             return  # a run that trained before it was evaluated has no base figure to measure now
         self._phase(0, "eval")
-        accuracy = await self.evaluate()
+        held_out = await self.evaluate()
         run = self.store.get_run(self.run_id)
         assert run is not None
-        run.base_eval_accuracy.update(accuracy)
+        run.base_eval_accuracy.update(held_out.accuracy)
+        run.base_eval_degenerate.update(held_out.degenerate)
         self.store.put_run(run)
         self._phase(0, "done")
-        log.info("run %s: base policy accuracy %s", self.run_id, accuracy)
+        log.info(
+            "run %s: base policy accuracy %s, degenerate answers %s",
+            self.run_id,
+            held_out.accuracy,
+            held_out.degenerate,
+        )
 
     def _phase(self, round_index: int, phase: str) -> None:
         if self.on_phase is not None:
@@ -282,7 +297,9 @@ class RoundLoop:
         if self.config.eval_every and round_index % self.config.eval_every == 0:
             self._phase(round_index, "eval")
             with _timed(timings, "eval"):
-                record.eval_accuracy.update(await self.evaluate())
+                held_out = await self.evaluate()
+                record.eval_accuracy.update(held_out.accuracy)
+                record.eval_degenerate.update(held_out.degenerate)
         self._phase(round_index, "record")
         total = time.perf_counter() - started
         record.timings.CopyFrom(
@@ -325,11 +342,12 @@ class RoundLoop:
                 run.best_eval_accuracy, run.best_round, run.best_checkpoint = accuracy, record.round, best.path
         self.store.put_run(run)
 
-    async def evaluate(self) -> dict[str, float]:
-        """Greedy held-out accuracy per task, judged by the reward service's verifiers: final-answer
-        accuracy, so a step check that makes labelling stricter does not move the yardstick."""
+    async def evaluate(self) -> HeldOut:
+        """Greedy held-out accuracy per task, judged by the reward service's verifiers (final-answer
+        accuracy, so a step check that makes labelling stricter does not move the yardstick), and the
+        share of degenerate answers per task (`mpo.grading.degenerate`)."""
         greedy = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=self.config.heldout_max_tokens)
-        correct, total = Counter[str](), Counter[str]()
+        correct, degenerate, total = Counter[str](), Counter[str](), Counter[str]()
         size = self.config.EVAL_BATCH_PROMPTS
         for start in range(0, len(self.heldout), size):
             batch = self.heldout[start : start + size]
@@ -340,7 +358,14 @@ class RoundLoop:
                 await self._call("held-out score", functools.partial(self.clients.reward.score, batch, samples))
             ).scores
             task_of = {p.id: p.task for p in batch}
+            sample_of = {(s.prompt_id, s.index): s for s in samples}
             for score in scores:
-                total[task_of[score.prompt_id]] += 1
-                correct[task_of[score.prompt_id]] += score.verdict in _FINAL_ANSWER_RIGHT
-        return {task: correct[task] / total[task] for task in total}
+                task = task_of[score.prompt_id]
+                total[task] += 1
+                correct[task] += score.verdict in _FINAL_ANSWER_RIGHT
+                sample = sample_of[score.prompt_id, score.index]
+                degenerate[task] += judge_degeneracy(sample, score.verdict).degenerate
+        return HeldOut(
+            accuracy={task: correct[task] / total[task] for task in total},
+            degenerate={task: degenerate[task] / total[task] for task in total},
+        )

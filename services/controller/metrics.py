@@ -16,7 +16,8 @@ _PHASES = ("generate", "label", "commit", "train", "publish", "eval", "overhead"
 
 
 def scalars(record: common_pb2.RoundMetrics) -> dict[str, float]:
-    """The round's numbers under TensorBoard-style tags (`train/loss`, `eval/arith`, `time/generate`, ...)."""
+    """The round's numbers under TensorBoard-style tags (`train/loss`, `eval/arith`, `eval_degenerate/arith`,
+    `time/generate`, ...)."""
     labels, train = record.labels, record.train
     values = {
         "rollout/pairs": labels.pairs_correctness + labels.pairs_dropout_ntp,
@@ -34,6 +35,7 @@ def scalars(record: common_pb2.RoundMetrics) -> dict[str, float]:
     values |= {f"train/{term}": getattr(train, term) for term in _LOSS_TERMS}
     values |= {f"time/{phase}": getattr(record.timings, phase) for phase in _PHASES}
     values |= {f"eval/{task}": accuracy for task, accuracy in record.eval_accuracy.items()}
+    values |= {f"eval_degenerate/{task}": share for task, share in record.eval_degenerate.items()}
     return values
 
 
@@ -51,6 +53,13 @@ class RoundGauges:
         self.accuracy = Gauge(
             "mpo_eval_accuracy",
             "Held-out greedy accuracy of the last evaluation.",
+            ["run_id", "task"],
+            registry=registry,
+        )
+        self.degenerate = Gauge(
+            "mpo_eval_degenerate_share",
+            "Share of the last evaluation's held-out answers that are degenerate (no final answer, a "
+            "repetition loop or cut at the token limit).",
             ["run_id", "task"],
             registry=registry,
         )
@@ -73,6 +82,8 @@ class RoundGauges:
         self.reward_shift.labels(run).set(record.train.reward_shift)
         for task, accuracy in record.eval_accuracy.items():
             self.accuracy.labels(run, task).set(accuracy)
+        for task, share in record.eval_degenerate.items():
+            self.degenerate.labels(run, task).set(share)
         for phase in _PHASES:
             self.seconds.labels(run, phase).set(getattr(record.timings, phase))
         self.staleness.labels(run).set(record.staleness_max)

@@ -209,8 +209,15 @@ class PhaseTimings(_message.Message):
     def __init__(self, generate: _Optional[float] = ..., label: _Optional[float] = ..., commit: _Optional[float] = ..., train: _Optional[float] = ..., publish: _Optional[float] = ..., eval: _Optional[float] = ..., overhead: _Optional[float] = ..., total: _Optional[float] = ...) -> None: ...
 
 class RoundMetrics(_message.Message):
-    __slots__ = ("run_id", "round", "rollout_policy_version", "trained_policy_version", "staleness_max", "staleness_mean", "labels", "train", "train_steps", "timings", "rollout_tokens_per_second", "eval_accuracy", "finished_at")
+    __slots__ = ("run_id", "round", "rollout_policy_version", "trained_policy_version", "staleness_max", "staleness_mean", "labels", "train", "train_steps", "timings", "rollout_tokens_per_second", "eval_accuracy", "finished_at", "eval_degenerate")
     class EvalAccuracyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class EvalDegenerateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +237,7 @@ class RoundMetrics(_message.Message):
     ROLLOUT_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     EVAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DEGENERATE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     rollout_policy_version: int
@@ -243,4 +251,5 @@ class RoundMetrics(_message.Message):
     rollout_tokens_per_second: float
     eval_accuracy: _containers.ScalarMap[str, float]
     finished_at: float
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., rollout_policy_version: _Optional[int] = ..., trained_policy_version: _Optional[int] = ..., staleness_max: _Optional[int] = ..., staleness_mean: _Optional[float] = ..., labels: _Optional[_Union[LabelStats, _Mapping]] = ..., train: _Optional[_Union[StepMetrics, _Mapping]] = ..., train_steps: _Optional[int] = ..., timings: _Optional[_Union[PhaseTimings, _Mapping]] = ..., rollout_tokens_per_second: _Optional[float] = ..., eval_accuracy: _Optional[_Mapping[str, float]] = ..., finished_at: _Optional[float] = ...) -> None: ...
+    eval_degenerate: _containers.ScalarMap[str, float]
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., rollout_policy_version: _Optional[int] = ..., trained_policy_version: _Optional[int] = ..., staleness_max: _Optional[int] = ..., staleness_mean: _Optional[float] = ..., labels: _Optional[_Union[LabelStats, _Mapping]] = ..., train: _Optional[_Union[StepMetrics, _Mapping]] = ..., train_steps: _Optional[int] = ..., timings: _Optional[_Union[PhaseTimings, _Mapping]] = ..., rollout_tokens_per_second: _Optional[float] = ..., eval_accuracy: _Optional[_Mapping[str, float]] = ..., finished_at: _Optional[float] = ..., eval_degenerate: _Optional[_Mapping[str, float]] = ...) -> None: ...

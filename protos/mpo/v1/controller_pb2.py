@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mpo.v1 import common_pb2 as mpo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mpo/v1/controller.proto\x12\x06mpo.v1\x1a\x13mpo/v1/common.proto\"\x96\x03\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1f\n\x05state\x18\x02 \x01(\x0e\x32\x10.mpo.v1.RunState\x12\x15\n\rcurrent_round\x18\x03 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x04\x12\x1a\n\x12\x62\x65st_eval_accuracy\x18\x05 \x01(\x01\x12\x12\n\nbest_round\x18\x06 \x01(\x04\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\n \x01(\t\x12\r\n\x05phase\x18\x0b \x01(\t\x12\x13\n\x0bphase_round\x18\x0c \x01(\x04\x12=\n\x12\x62\x61se_eval_accuracy\x18\r \x03(\x0b\x32!.mpo.v1.Run.BaseEvalAccuracyEntry\x12\x17\n\x0f\x62\x65st_checkpoint\x18\x0e \x01(\t\x1a\x37\n\x15\x42\x61seEvalAccuracyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"6\n\x0fStartRunRequest\x12\x13\n\x0b\x63onfig_yaml\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\",\n\x10StartRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\"!\n\x0fPauseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\",\n\x10PauseRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\"\"\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x11ResumeRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"+\n\x0fStopRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"*\n\x0eGetRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\"\x11\n\x0fListRunsRequest\"-\n\x10ListRunsResponse\x12\x19\n\x04runs\x18\x01 \x03(\x0b\x32\x0b.mpo.v1.Run\"F\n\x11ListRoundsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nfrom_round\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\":\n\x12ListRoundsResponse\x12$\n\x06rounds\x18\x01 \x03(\x0b\x32\x14.mpo.v1.RoundMetrics\"8\n\x12WatchRoundsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nfrom_round\x18\x02 \x01(\x04\":\n\x13WatchRoundsResponse\x12#\n\x05round\x18\x01 \x01(\x0b\x32\x14.mpo.v1.RoundMetrics*\x98\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x14\n\x10RUN_STATE_PAUSED\x10\x02\x12\x15\n\x11RUN_STATE_STOPPED\x10\x03\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x32\x96\x04\n\x11\x43ontrollerService\x12=\n\x08StartRun\x12\x17.mpo.v1.StartRunRequest\x1a\x18.mpo.v1.StartRunResponse\x12=\n\x08PauseRun\x12\x17.mpo.v1.PauseRunRequest\x1a\x18.mpo.v1.PauseRunResponse\x12@\n\tResumeRun\x12\x18.mpo.v1.ResumeRunRequest\x1a\x19.mpo.v1.ResumeRunResponse\x12:\n\x07StopRun\x12\x16.mpo.v1.StopRunRequest\x1a\x17.mpo.v1.StopRunResponse\x12\x37\n\x06GetRun\x12\x15.mpo.v1.GetRunRequest\x1a\x16.mpo.v1.GetRunResponse\x12=\n\x08ListRuns\x12\x17.mpo.v1.ListRunsRequest\x1a\x18.mpo.v1.ListRunsResponse\x12\x43\n\nListRounds\x12\x19.mpo.v1.ListRoundsRequest\x1a\x1a.mpo.v1.ListRoundsResponse\x12H\n\x0bWatchRounds\x12\x1a.mpo.v1.WatchRoundsRequest\x1a\x1b.mpo.v1.WatchRoundsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mpo/v1/controller.proto\x12\x06mpo.v1\x1a\x13mpo/v1/common.proto\"\x94\x04\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1f\n\x05state\x18\x02 \x01(\x0e\x32\x10.mpo.v1.RunState\x12\x15\n\rcurrent_round\x18\x03 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x04\x12\x1a\n\x12\x62\x65st_eval_accuracy\x18\x05 \x01(\x01\x12\x12\n\nbest_round\x18\x06 \x01(\x04\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\n \x01(\t\x12\r\n\x05phase\x18\x0b \x01(\t\x12\x13\n\x0bphase_round\x18\x0c \x01(\x04\x12=\n\x12\x62\x61se_eval_accuracy\x18\r \x03(\x0b\x32!.mpo.v1.Run.BaseEvalAccuracyEntry\x12\x17\n\x0f\x62\x65st_checkpoint\x18\x0e \x01(\t\x12\x41\n\x14\x62\x61se_eval_degenerate\x18\x0f \x03(\x0b\x32#.mpo.v1.Run.BaseEvalDegenerateEntry\x1a\x37\n\x15\x42\x61seEvalAccuracyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x39\n\x17\x42\x61seEvalDegenerateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"6\n\x0fStartRunRequest\x12\x13\n\x0b\x63onfig_yaml\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\",\n\x10StartRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\"!\n\x0fPauseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\",\n\x10PauseRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\"\"\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x11ResumeRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"+\n\x0fStopRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"*\n\x0eGetRunResponse\x12\x18\n\x03run\x18\x01 \x01(\x0b\x32\x0b.mpo.v1.Run\"\x11\n\x0fListRunsRequest\"-\n\x10ListRunsResponse\x12\x19\n\x04runs\x18\x01 \x03(\x0b\x32\x0b.mpo.v1.Run\"F\n\x11ListRoundsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nfrom_round\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\":\n\x12ListRoundsResponse\x12$\n\x06rounds\x18\x01 \x03(\x0b\x32\x14.mpo.v1.RoundMetrics\"8\n\x12WatchRoundsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nfrom_round\x18\x02 \x01(\x04\":\n\x13WatchRoundsResponse\x12#\n\x05round\x18\x01 \x01(\x0b\x32\x14.mpo.v1.RoundMetrics*\x98\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x14\n\x10RUN_STATE_PAUSED\x10\x02\x12\x15\n\x11RUN_STATE_STOPPED\x10\x03\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x32\x96\x04\n\x11\x43ontrollerService\x12=\n\x08StartRun\x12\x17.mpo.v1.StartRunRequest\x1a\x18.mpo.v1.StartRunResponse\x12=\n\x08PauseRun\x12\x17.mpo.v1.PauseRunRequest\x1a\x18.mpo.v1.PauseRunResponse\x12@\n\tResumeRun\x12\x18.mpo.v1.ResumeRunRequest\x1a\x19.mpo.v1.ResumeRunResponse\x12:\n\x07StopRun\x12\x16.mpo.v1.StopRunRequest\x1a\x17.mpo.v1.StopRunResponse\x12\x37\n\x06GetRun\x12\x15.mpo.v1.GetRunRequest\x1a\x16.mpo.v1.GetRunResponse\x12=\n\x08ListRuns\x12\x17.mpo.v1.ListRunsRequest\x1a\x18.mpo.v1.ListRunsResponse\x12\x43\n\nListRounds\x12\x19.mpo.v1.ListRoundsRequest\x1a\x1a.mpo.v1.ListRoundsResponse\x12H\n\x0bWatchRounds\x12\x1a.mpo.v1.WatchRoundsRequest\x1a\x1b.mpo.v1.WatchRoundsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,44 +34,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUN_BASEEVALACCURACYENTRY']._loaded_options = None
   _globals['_RUN_BASEEVALACCURACYENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=1204
-  _globals['_RUNSTATE']._serialized_end=1356
+  _globals['_RUN_BASEEVALDEGENERATEENTRY']._loaded_options = None
+  _globals['_RUN_BASEEVALDEGENERATEENTRY']._serialized_options = b'8\001'
+  _globals['_RUNSTATE']._serialized_start=1330
+  _globals['_RUNSTATE']._serialized_end=1482
   _globals['_RUN']._serialized_start=57
-  _globals['_RUN']._serialized_end=463
-  _globals['_RUN_BASEEVALACCURACYENTRY']._serialized_start=408
-  _globals['_RUN_BASEEVALACCURACYENTRY']._serialized_end=463
-  _globals['_STARTRUNREQUEST']._serialized_start=465
-  _globals['_STARTRUNREQUEST']._serialized_end=519
-  _globals['_STARTRUNRESPONSE']._serialized_start=521
-  _globals['_STARTRUNRESPONSE']._serialized_end=565
-  _globals['_PAUSERUNREQUEST']._serialized_start=567
-  _globals['_PAUSERUNREQUEST']._serialized_end=600
-  _globals['_PAUSERUNRESPONSE']._serialized_start=602
-  _globals['_PAUSERUNRESPONSE']._serialized_end=646
-  _globals['_RESUMERUNREQUEST']._serialized_start=648
-  _globals['_RESUMERUNREQUEST']._serialized_end=682
-  _globals['_RESUMERUNRESPONSE']._serialized_start=684
-  _globals['_RESUMERUNRESPONSE']._serialized_end=729
-  _globals['_STOPRUNREQUEST']._serialized_start=731
-  _globals['_STOPRUNREQUEST']._serialized_end=763
-  _globals['_STOPRUNRESPONSE']._serialized_start=765
-  _globals['_STOPRUNRESPONSE']._serialized_end=808
-  _globals['_GETRUNREQUEST']._serialized_start=810
-  _globals['_GETRUNREQUEST']._serialized_end=841
-  _globals['_GETRUNRESPONSE']._serialized_start=843
-  _globals['_GETRUNRESPONSE']._serialized_end=885
-  _globals['_LISTRUNSREQUEST']._serialized_start=887
-  _globals['_LISTRUNSREQUEST']._serialized_end=904
-  _globals['_LISTRUNSRESPONSE']._serialized_start=906
-  _globals['_LISTRUNSRESPONSE']._serialized_end=951
-  _globals['_LISTROUNDSREQUEST']._serialized_start=953
-  _globals['_LISTROUNDSREQUEST']._serialized_end=1023
-  _globals['_LISTROUNDSRESPONSE']._serialized_start=1025
-  _globals['_LISTROUNDSRESPONSE']._serialized_end=1083
-  _globals['_WATCHROUNDSREQUEST']._serialized_start=1085
-  _globals['_WATCHROUNDSREQUEST']._serialized_end=1141
-  _globals['_WATCHROUNDSRESPONSE']._serialized_start=1143
-  _globals['_WATCHROUNDSRESPONSE']._serialized_end=1201
-  _globals['_CONTROLLERSERVICE']._serialized_start=1359
-  _globals['_CONTROLLERSERVICE']._serialized_end=1893
+  _globals['_RUN']._serialized_end=589
+  _globals['_RUN_BASEEVALACCURACYENTRY']._serialized_start=475
+  _globals['_RUN_BASEEVALACCURACYENTRY']._serialized_end=530
+  _globals['_RUN_BASEEVALDEGENERATEENTRY']._serialized_start=532
+  _globals['_RUN_BASEEVALDEGENERATEENTRY']._serialized_end=589
+  _globals['_STARTRUNREQUEST']._serialized_start=591
+  _globals['_STARTRUNREQUEST']._serialized_end=645
+  _globals['_STARTRUNRESPONSE']._serialized_start=647
+  _globals['_STARTRUNRESPONSE']._serialized_end=691
+  _globals['_PAUSERUNREQUEST']._serialized_start=693
+  _globals['_PAUSERUNREQUEST']._serialized_end=726
+  _globals['_PAUSERUNRESPONSE']._serialized_start=728
+  _globals['_PAUSERUNRESPONSE']._serialized_end=772
+  _globals['_RESUMERUNREQUEST']._serialized_start=774
+  _globals['_RESUMERUNREQUEST']._serialized_end=808
+  _globals['_RESUMERUNRESPONSE']._serialized_start=810
+  _globals['_RESUMERUNRESPONSE']._serialized_end=855
+  _globals['_STOPRUNREQUEST']._serialized_start=857
+  _globals['_STOPRUNREQUEST']._serialized_end=889
+  _globals['_STOPRUNRESPONSE']._serialized_start=891
+  _globals['_STOPRUNRESPONSE']._serialized_end=934
+  _globals['_GETRUNREQUEST']._serialized_start=936
+  _globals['_GETRUNREQUEST']._serialized_end=967
+  _globals['_GETRUNRESPONSE']._serialized_start=969
+  _globals['_GETRUNRESPONSE']._serialized_end=1011
+  _globals['_LISTRUNSREQUEST']._serialized_start=1013
+  _globals['_LISTRUNSREQUEST']._serialized_end=1030
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1032
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1077
+  _globals['_LISTROUNDSREQUEST']._serialized_start=1079
+  _globals['_LISTROUNDSREQUEST']._serialized_end=1149
+  _globals['_LISTROUNDSRESPONSE']._serialized_start=1151
+  _globals['_LISTROUNDSRESPONSE']._serialized_end=1209
+  _globals['_WATCHROUNDSREQUEST']._serialized_start=1211
+  _globals['_WATCHROUNDSREQUEST']._serialized_end=1267
+  _globals['_WATCHROUNDSRESPONSE']._serialized_start=1269
+  _globals['_WATCHROUNDSRESPONSE']._serialized_end=1327
+  _globals['_CONTROLLERSERVICE']._serialized_start=1485
+  _globals['_CONTROLLERSERVICE']._serialized_end=2019
 # @@protoc_insertion_point(module_scope)

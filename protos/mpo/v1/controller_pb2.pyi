@@ -24,8 +24,15 @@ RUN_STATE_COMPLETED: RunState
 RUN_STATE_FAILED: RunState
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "state", "current_round", "policy_version", "best_eval_accuracy", "best_round", "started_at", "updated_at", "error", "config_yaml", "phase", "phase_round", "base_eval_accuracy", "best_checkpoint")
+    __slots__ = ("run_id", "state", "current_round", "policy_version", "best_eval_accuracy", "best_round", "started_at", "updated_at", "error", "config_yaml", "phase", "phase_round", "base_eval_accuracy", "best_checkpoint", "base_eval_degenerate")
     class BaseEvalAccuracyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class BaseEvalDegenerateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +53,7 @@ class Run(_message.Message):
     PHASE_ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_EVAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     BEST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    BASE_EVAL_DEGENERATE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     current_round: int
@@ -60,7 +68,8 @@ class Run(_message.Message):
     phase_round: int
     base_eval_accuracy: _containers.ScalarMap[str, float]
     best_checkpoint: str
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_round: _Optional[int] = ..., policy_version: _Optional[int] = ..., best_eval_accuracy: _Optional[float] = ..., best_round: _Optional[int] = ..., started_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., phase: _Optional[str] = ..., phase_round: _Optional[int] = ..., base_eval_accuracy: _Optional[_Mapping[str, float]] = ..., best_checkpoint: _Optional[str] = ...) -> None: ...
+    base_eval_degenerate: _containers.ScalarMap[str, float]
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_round: _Optional[int] = ..., policy_version: _Optional[int] = ..., best_eval_accuracy: _Optional[float] = ..., best_round: _Optional[int] = ..., started_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., phase: _Optional[str] = ..., phase_round: _Optional[int] = ..., base_eval_accuracy: _Optional[_Mapping[str, float]] = ..., best_checkpoint: _Optional[str] = ..., base_eval_degenerate: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("config_yaml", "run_id")

@@ -81,6 +81,8 @@ async function showRuns() {
 const CHARTS = [
   // Round 0 of the accuracy chart is the base policy (the run's base_eval_accuracy).
   { name: "accuracy", title: "Held-out accuracy per task (round 0: base policy)", keys: (rows) => prefixed(rows, "eval_accuracy."), withBase: true },
+  // Share of held-out answers with no final answer, a repetition loop or cut at the token limit.
+  { name: "degenerate", title: "Degenerate held-out answers per task (round 0: base policy)", keys: (rows) => prefixed(rows, "eval_degenerate."), withBase: true },
   { name: "loss", title: "MPO loss terms", keys: () => ["train.loss_preference", "train.loss_quality", "train.loss_generation", "train.loss"] },
   { name: "shift", title: "δ (reward shift)", keys: () => ["train.reward_shift"] },
   { name: "reward", title: "Reward margin and preference accuracy", keys: () => ["train.reward_margin", "train.preference_accuracy"] },
@@ -100,11 +102,12 @@ function chartData(rows, keys) {
   return [rows.map((row) => row.round), ...keys.map((key) => rows.map((row) => (key in row ? row[key] : null)))];
 }
 
-// The base policy's accuracy as a round-0 row, or null when the run has not measured it.
+// The base policy's held-out figures (base_eval_accuracy.*, base_eval_degenerate.*) as a round-0 row, or
+// null when the run has not measured them.
 function baseRow(run) {
   const row = { round: 0 };
   for (const [key, value] of Object.entries(run)) {
-    if (key.startsWith("base_eval_accuracy.")) row[key.replace("base_", "")] = value;
+    if (/^base_eval_\w+\./.test(key)) row[key.replace("base_", "")] = value;
   }
   return Object.keys(row).length > 1 ? row : null;
 }
@@ -120,7 +123,7 @@ function makeChart(spec, allRows, base, container, replacing = null) {
     scales: { x: { time: false } },
     axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, {}],
     series: [{ label: "round" }, ...keys.map((key, i) => ({
-      label: key.replace(/^(train|labels|timings|eval_accuracy)\./, ""),
+      label: key.replace(/^(train|labels|timings|eval_accuracy|eval_degenerate)\./, ""),
       stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true, points: { show: true, size: 5 } }))],
   }, chartData(rows, keys), box);
   chart.mpoKeys = keys;
