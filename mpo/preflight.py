@@ -14,6 +14,7 @@ from mpo.chat import ChatRenderer, TemplateError
 from mpo.config import ConfigError, RunConfig
 from mpo.data.records import PromptRecord
 from mpo.data.sources import load_split
+from mpo.grading.hallucination import described_scenes
 
 #: Services that validate a prompt's task against their `server.limits.known_tasks`.
 _TASK_CHECKING = ("rollout", "reward", "trainer")
@@ -52,11 +53,16 @@ def check_tasks(config: RunConfig, records: Sequence[PromptRecord], split: str) 
 
 
 def check_run(config: RunConfig, *, image_dir: Path) -> tuple[list[PromptRecord], list[PromptRecord]]:
-    """All checks; returns the train and held-out records (images written to `image_dir`)."""
+    """All checks, the held-out scenes judged for hallucination among them; returns the train and held-out
+    records (images written to `image_dir`)."""
     assert config.data is not None
     train = load_split(config.data, "train", image_dir=image_dir).records
     heldout = load_split(config.data, "heldout", image_dir=image_dir).records
     check_template(config)
     check_tasks(config, train, "train")
     check_tasks(config, heldout, "heldout")
+    try:
+        described_scenes(heldout)  # the round loop judges these answers for hallucination
+    except ValueError as error:
+        raise ConfigError(f"data.heldout: {error}") from error
     return train, heldout

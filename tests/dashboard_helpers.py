@@ -48,6 +48,10 @@ def record_pairs(run_id: str, round_index: int) -> list[common_pb2.PreferencePai
     return pairs
 
 
+def hallucination(rate: float) -> common_pb2.Hallucination:
+    return common_pb2.Hallucination(rate=rate, mentions=2 * rate, recall=0.9 - rate, descriptions=12)
+
+
 def round_metrics(run_id: str, round_index: int, *, evaluate: bool) -> common_pb2.RoundMetrics:
     return common_pb2.RoundMetrics(
         run_id=run_id,
@@ -66,6 +70,7 @@ def round_metrics(run_id: str, round_index: int, *, evaluate: bool) -> common_pb
         rollout_tokens_per_second=300.0 + round_index,
         eval_accuracy={"arith": 0.25 + 0.01 * round_index, "shapes": 0.5} if evaluate else {},
         eval_degenerate={"arith": 0.2 - 0.02 * round_index, "shapes": 0.1} if evaluate else {},
+        eval_hallucination={"describe": hallucination(0.4 - 0.05 * round_index)} if evaluate else {},
         finished_at=time.time(),
     )  # fmt: skip
 
@@ -75,7 +80,8 @@ def start_run(store: RunStore, run_id: str, state: int = controller_pb2.RUN_STAT
     store.put_run(
         controller_pb2.Run(run_id=run_id, state=state, started_at=now - 60, updated_at=now, config_yaml="rounds: {}\n",
                            base_eval_accuracy={"arith": 0.25, "shapes": 0.5},
-                           base_eval_degenerate={"arith": 0.2, "shapes": 0.1})
+                           base_eval_degenerate={"arith": 0.2, "shapes": 0.1},
+                           base_eval_hallucination={"describe": hallucination(0.4)})
     )  # fmt: skip
 
 

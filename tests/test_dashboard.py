@@ -97,6 +97,10 @@ async def test_runs_and_rounds_endpoints_return_the_stored_records(api: httpx.As
     assert [row["round"] for row in rounds] == [1, 2, 3]
     assert rounds[0]["eval_accuracy.arith"] == pytest.approx(0.26) and "eval_accuracy.arith" not in rounds[1]
     assert rounds[0]["eval_degenerate.arith"] == pytest.approx(0.18) and "eval_degenerate.arith" not in rounds[1]
+    assert rounds[0]["eval_hallucination.describe.rate"] == pytest.approx(0.35)
+    assert rounds[0]["eval_hallucination.describe.descriptions"] == 12
+    assert "eval_hallucination.describe.rate" not in rounds[1]
+    assert detail["run"]["base_eval_hallucination.describe.recall"] == pytest.approx(0.5)
     assert rounds[2]["train.loss"] == pytest.approx(0.75) and rounds[2]["pairs"] == 3
     later = (await api.get("/api/runs/finished-run/rounds", params={"from_round": 2})).json()["rounds"]
     assert [row["round"] for row in later] == [2, 3]
@@ -110,6 +114,7 @@ async def test_rounds_csv_has_every_round_and_column(api: httpx.AsyncClient) -> 
     assert [row["round"] for row in rows] == ["1", "2", "3"]
     assert rows[1]["eval_accuracy.arith"] == "" and float(rows[2]["eval_accuracy.arith"]) == pytest.approx(0.28)
     assert {"timings.generate", "labels.pairs_dropout_ntp", "train.reward_shift", "staleness_max"} <= set(rows[0])
+    assert float(rows[2]["eval_hallucination.describe.recall"]) == pytest.approx(0.65)
 
 
 async def test_pairs_filter_page_and_serve_their_images(api: httpx.AsyncClient) -> None:
@@ -304,10 +309,20 @@ async def test_runs_page_lists_runs_and_run_page_draws_charts_and_table(dashboar
         assert points["degenerate"] == [3, 3]
         degenerate = await page.evaluate("() => window.mpoDashboard.charts.degenerate.data")
         assert degenerate[0] == [0, 1, 2, 3] and degenerate[1][0] == pytest.approx(0.2)  # arith's base share
+        # Hallucination: rate, mentions and recall of describe, round 0 from base_eval_hallucination.
+        assert points["hallucination"] == [3, 3, 3]
+        hallucination = await page.evaluate("() => window.mpoDashboard.charts.hallucination.data")
+        assert await page.evaluate("() => window.mpoDashboard.charts.hallucination.mpoKeys") == [
+            "eval_hallucination.describe.mentions",
+            "eval_hallucination.describe.rate",
+            "eval_hallucination.describe.recall",
+        ]
+        assert hallucination[0] == [0, 1, 2, 3] and hallucination[2][:2] == pytest.approx([0.4, 0.35])  # the rates
         assert points["loss"] == [3, 3, 3, 3] and points["timings"] == [3] * 7
         assert set(points) == {
             "accuracy",
             "degenerate",
+            "hallucination",
             "loss",
             "shift",
             "reward",

@@ -827,3 +827,22 @@ async def test_start_run_loads_no_code_from_outside_the_data_roots(services: Ser
             assert details == f"config_yaml: {field}: {roots}"
         assert not marker.exists(), "the plug-in file was executed"
         assert not (await stub.ListRuns(controller_pb2.ListRunsRequest(), metadata=CONTROL, timeout=60)).runs
+
+
+async def test_a_held_out_scene_the_hallucination_metric_cannot_read_is_refused(services: Services) -> None:
+    """Held-out descriptions are judged against `meta.scene` every evaluation: a malformed scene is refused
+    when the run starts, naming the prompt and the entry, not in the middle of round 1's evaluation."""
+    train = services.data / "scene-train.jsonl"
+    train.write_text(json.dumps({"id": "t", "question": "What is 1 + 1?", "answer": "2", "task": "arith"}) + "\n")
+    heldout = services.data / "scene-heldout.jsonl"
+    scene = [{"colour": "red", "shape": "circle"}, {"colour": "purple", "shape": "circle"}]
+    row = {"id": "d1", "question": "Describe the image.", "task": "describe", "meta": {"scene": scene}}
+    heldout.write_text(json.dumps(row) + "\n")
+    opened, stub = controller_stub(services)
+    async with opened:
+        request = controller_pb2.StartRunRequest(config_yaml=run_yaml(train, heldout), run_id="scenes")
+        details = await rejected(stub.StartRun(request, metadata=CONTROL, timeout=60))
+        assert details.startswith("config_yaml: data.heldout: prompt 'd1': meta.scene[1]: needs colour in"), details
+        assert "'purple'" in details
+        runs = await stub.ListRuns(controller_pb2.ListRunsRequest(), metadata=CONTROL, timeout=60)
+        assert "scenes" not in [run.run_id for run in runs.runs]

@@ -32,6 +32,7 @@ from mpo.config import PromptConfig, RoundsConfig
 from mpo.data.records import PromptRecord
 from mpo.failpoints import failpoint
 from mpo.grading.degenerate import judge_degeneracy
+from mpo.grading.hallucination import DescriptionCheck, described_scenes, judge_description, summarize
 from mpo.services.controller.retry import RetryPolicy, ServiceClients
 from mpo.services.controller.run_control import RunControl
 from mpo.services.controller.scheduling import PromptSampler
@@ -56,10 +57,12 @@ _TRANSPORTS = {
 
 @dataclass(frozen=True)
 class HeldOut:
-    """One held-out evaluation, per task: greedy accuracy and the share of degenerate answers."""
+    """One held-out evaluation, per task: greedy accuracy (prompts with ground truth), the share of
+    degenerate answers, and hallucination in descriptions of scenes (open-ended prompts with a scene)."""
 
     accuracy: dict[str, float]
     degenerate: dict[str, float]
+    hallucination: dict[str, common_pb2.Hallucination]
 
 
 def to_prompt(record: PromptRecord) -> common_pb2.Prompt:
@@ -119,6 +122,8 @@ class RoundLoop:
         self.control = control or RunControl()
         self.sampler = PromptSampler(train, per_round=config.prompts_per_round, seed=config.seed, mix=config.task_mix)
         self.heldout = [to_prompt(r) for r in heldout[: config.eval_prompts]]
+        #: Scenes of the held-out prompts judged for hallucination, by prompt id.
+        self.scenes = described_scenes(heldout[: config.eval_prompts])
 
     @property
     def staleness_bound(self) -> int:
@@ -165,7 +170,7 @@ class RoundLoop:
     async def _evaluate_base(self) -> None:
         """The baseline of every later evaluation, once per run, before its first round trains."""
         run = self.store.get_run(self.run_id)
-        if run is None or not self.config.eval_every or run.base_eval_accuracy:
+        if run is None or not self.config.eval_every or run.base_eval_accuracy or run.base_eval_degenerate:
             return
         if self.store.last_committed_round(self.run_id):
             return  # a run that trained before it was evaluated has no base figure to measure now
@@ -175,13 +180,16 @@ class RoundLoop:
         assert run is not None
         run.base_eval_accuracy.update(held_out.accuracy)
         run.base_eval_degenerate.update(held_out.degenerate)
+        for task, hallucination in held_out.hallucination.items():
+            run.base_eval_hallucination[task].CopyFrom(hallucination)
         self.store.put_run(run)
         self._phase(0, "done")
         log.info(
-            "run %s: base policy accuracy %s, degenerate answers %s",
+            "run %s: base policy accuracy %s, degenerate answers %s, hallucination rate %s",
             self.run_id,
             held_out.accuracy,
             held_out.degenerate,
+            {task: round(h.rate, 4) for task, h in held_out.hallucination.items()},
         )
 
     def _phase(self, round_index: int, phase: str) -> None:
@@ -300,6 +308,8 @@ class RoundLoop:
                 held_out = await self.evaluate()
                 record.eval_accuracy.update(held_out.accuracy)
                 record.eval_degenerate.update(held_out.degenerate)
+                for task, hallucination in held_out.hallucination.items():
+                    record.eval_hallucination[task].CopyFrom(hallucination)
         self._phase(round_index, "record")
         total = time.perf_counter() - started
         record.timings.CopyFrom(
@@ -344,10 +354,13 @@ class RoundLoop:
 
     async def evaluate(self) -> HeldOut:
         """Greedy held-out accuracy per task, judged by the reward service's verifiers (final-answer
-        accuracy, so a step check that makes labelling stricter does not move the yardstick), and the
-        share of degenerate answers per task (`mpo.grading.degenerate`)."""
+        accuracy, so a step check that makes labelling stricter does not move the yardstick) on the prompts
+        with ground truth, the share of degenerate answers per task (`mpo.grading.degenerate`), and
+        hallucination in the answers to open-ended prompts about a known scene (`mpo.grading.hallucination`)."""
         greedy = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=self.config.heldout_max_tokens)
-        correct, degenerate, total = Counter[str](), Counter[str](), Counter[str]()
+        correct, graded = Counter[str](), Counter[str]()
+        degenerate, total = Counter[str](), Counter[str]()
+        descriptions: dict[str, list[DescriptionCheck]] = {}
         size = self.config.EVAL_BATCH_PROMPTS
         for start in range(0, len(self.heldout), size):
             batch = self.heldout[start : start + size]
@@ -361,11 +374,24 @@ class RoundLoop:
             sample_of = {(s.prompt_id, s.index): s for s in samples}
             for score in scores:
                 task = task_of[score.prompt_id]
-                total[task] += 1
-                correct[task] += score.verdict in _FINAL_ANSWER_RIGHT
                 sample = sample_of[score.prompt_id, score.index]
+                total[task] += 1
                 degenerate[task] += judge_degeneracy(sample, score.verdict).degenerate
+                if score.verdict != reward_pb2.VERDICT_NO_GROUND_TRUTH:
+                    graded[task] += 1
+                    correct[task] += score.verdict in _FINAL_ANSWER_RIGHT
+                if score.prompt_id in self.scenes:
+                    check = judge_description(self.scenes[score.prompt_id], sample.text)
+                    descriptions.setdefault(task, []).append(check)
         return HeldOut(
-            accuracy={task: correct[task] / total[task] for task in total},
+            accuracy={task: correct[task] / graded[task] for task in graded},
             degenerate={task: degenerate[task] / total[task] for task in total},
+            hallucination={task: _hallucination(checks) for task, checks in descriptions.items()},
         )
+
+
+def _hallucination(checks: Sequence[DescriptionCheck]) -> common_pb2.Hallucination:
+    summary = summarize(checks)
+    return common_pb2.Hallucination(
+        rate=summary.rate, mentions=summary.mentions, recall=summary.recall, descriptions=summary.descriptions
+    )

@@ -13,11 +13,12 @@ from mpo.v1 import common_pb2
 
 _LOSS_TERMS = ("loss", "loss_preference", "loss_quality", "loss_generation")
 _PHASES = ("generate", "label", "commit", "train", "publish", "eval", "overhead", "total")
+_HALLUCINATION = ("rate", "mentions", "recall")
 
 
 def scalars(record: common_pb2.RoundMetrics) -> dict[str, float]:
     """The round's numbers under TensorBoard-style tags (`train/loss`, `eval/arith`, `eval_degenerate/arith`,
-    `time/generate`, ...)."""
+    `eval_hallucination/describe/rate`, `time/generate`, ...)."""
     labels, train = record.labels, record.train
     values = {
         "rollout/pairs": labels.pairs_correctness + labels.pairs_dropout_ntp,
@@ -36,6 +37,8 @@ def scalars(record: common_pb2.RoundMetrics) -> dict[str, float]:
     values |= {f"time/{phase}": getattr(record.timings, phase) for phase in _PHASES}
     values |= {f"eval/{task}": accuracy for task, accuracy in record.eval_accuracy.items()}
     values |= {f"eval_degenerate/{task}": share for task, share in record.eval_degenerate.items()}
+    for task, hallucination in record.eval_hallucination.items():
+        values |= {f"eval_hallucination/{task}/{name}": getattr(hallucination, name) for name in _HALLUCINATION}
     return values
 
 
@@ -63,6 +66,13 @@ class RoundGauges:
             ["run_id", "task"],
             registry=registry,
         )
+        self.hallucination = Gauge(
+            "mpo_eval_hallucination",
+            "Hallucination in the last evaluation's held-out scene descriptions: rate (share of descriptions "
+            "naming a shape, colour or count not in the scene), mentions (hallucinated per description), recall.",
+            ["run_id", "task", "measure"],
+            registry=registry,
+        )
         self.seconds = Gauge(
             "mpo_round_phase_seconds", "Wall time per phase of the last round.", ["run_id", "phase"], registry=registry
         )
@@ -84,6 +94,9 @@ class RoundGauges:
             self.accuracy.labels(run, task).set(accuracy)
         for task, share in record.eval_degenerate.items():
             self.degenerate.labels(run, task).set(share)
+        for task, hallucination in record.eval_hallucination.items():
+            for name in _HALLUCINATION:
+                self.hallucination.labels(run, task, name).set(getattr(hallucination, name))
         for phase in _PHASES:
             self.seconds.labels(run, phase).set(getattr(record.timings, phase))
         self.staleness.labels(run).set(record.staleness_max)

@@ -24,13 +24,15 @@ _ACTIVE_STATES = (controller_pb2.RUN_STATE_RUNNING, controller_pb2.RUN_STATE_PAU
 
 def _flatten(message: Message, prefix: str = "") -> dict[str, Any]:
     """Every field, zeros included, with nested messages and maps as dotted keys (`train.loss`,
-    `eval_accuracy.arith`)."""
+    `eval_accuracy.arith`, `eval_hallucination.describe.rate`)."""
     row: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         key = prefix + field.name
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            row.update({f"{key}.{name}": item for name, item in sorted(value.items())})
+            of_messages = field.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_MESSAGE
+            for name, item in sorted(value.items()):
+                row.update(_flatten(item, f"{key}.{name}.") if of_messages else {f"{key}.{name}": item})
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             row.update(_flatten(value, key + "."))
         else:

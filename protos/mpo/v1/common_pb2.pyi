@@ -209,7 +209,7 @@ class PhaseTimings(_message.Message):
     def __init__(self, generate: _Optional[float] = ..., label: _Optional[float] = ..., commit: _Optional[float] = ..., train: _Optional[float] = ..., publish: _Optional[float] = ..., eval: _Optional[float] = ..., overhead: _Optional[float] = ..., total: _Optional[float] = ...) -> None: ...
 
 class RoundMetrics(_message.Message):
-    __slots__ = ("run_id", "round", "rollout_policy_version", "trained_policy_version", "staleness_max", "staleness_mean", "labels", "train", "train_steps", "timings", "rollout_tokens_per_second", "eval_accuracy", "finished_at", "eval_degenerate")
+    __slots__ = ("run_id", "round", "rollout_policy_version", "trained_policy_version", "staleness_max", "staleness_mean", "labels", "train", "train_steps", "timings", "rollout_tokens_per_second", "eval_accuracy", "finished_at", "eval_degenerate", "eval_hallucination")
     class EvalAccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +224,13 @@ class RoundMetrics(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class EvalHallucinationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Hallucination
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Hallucination, _Mapping]] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +245,7 @@ class RoundMetrics(_message.Message):
     EVAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     EVAL_DEGENERATE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_HALLUCINATION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     rollout_policy_version: int
@@ -252,4 +260,17 @@ class RoundMetrics(_message.Message):
     eval_accuracy: _containers.ScalarMap[str, float]
     finished_at: float
     eval_degenerate: _containers.ScalarMap[str, float]
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., rollout_policy_version: _Optional[int] = ..., trained_policy_version: _Optional[int] = ..., staleness_max: _Optional[int] = ..., staleness_mean: _Optional[float] = ..., labels: _Optional[_Union[LabelStats, _Mapping]] = ..., train: _Optional[_Union[StepMetrics, _Mapping]] = ..., train_steps: _Optional[int] = ..., timings: _Optional[_Union[PhaseTimings, _Mapping]] = ..., rollout_tokens_per_second: _Optional[float] = ..., eval_accuracy: _Optional[_Mapping[str, float]] = ..., finished_at: _Optional[float] = ..., eval_degenerate: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    eval_hallucination: _containers.MessageMap[str, Hallucination]
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., rollout_policy_version: _Optional[int] = ..., trained_policy_version: _Optional[int] = ..., staleness_max: _Optional[int] = ..., staleness_mean: _Optional[float] = ..., labels: _Optional[_Union[LabelStats, _Mapping]] = ..., train: _Optional[_Union[StepMetrics, _Mapping]] = ..., train_steps: _Optional[int] = ..., timings: _Optional[_Union[PhaseTimings, _Mapping]] = ..., rollout_tokens_per_second: _Optional[float] = ..., eval_accuracy: _Optional[_Mapping[str, float]] = ..., finished_at: _Optional[float] = ..., eval_degenerate: _Optional[_Mapping[str, float]] = ..., eval_hallucination: _Optional[_Mapping[str, Hallucination]] = ...) -> None: ...
+
+class Hallucination(_message.Message):
+    __slots__ = ("rate", "mentions", "recall", "descriptions")
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    MENTIONS_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    rate: float
+    mentions: float
+    recall: float
+    descriptions: int
+    def __init__(self, rate: _Optional[float] = ..., mentions: _Optional[float] = ..., recall: _Optional[float] = ..., descriptions: _Optional[int] = ...) -> None: ...

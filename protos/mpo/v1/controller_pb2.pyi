@@ -24,7 +24,7 @@ RUN_STATE_COMPLETED: RunState
 RUN_STATE_FAILED: RunState
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "state", "current_round", "policy_version", "best_eval_accuracy", "best_round", "started_at", "updated_at", "error", "config_yaml", "phase", "phase_round", "base_eval_accuracy", "best_checkpoint", "base_eval_degenerate")
+    __slots__ = ("run_id", "state", "current_round", "policy_version", "best_eval_accuracy", "best_round", "started_at", "updated_at", "error", "config_yaml", "phase", "phase_round", "base_eval_accuracy", "best_checkpoint", "base_eval_degenerate", "base_eval_hallucination")
     class BaseEvalAccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,13 @@ class Run(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class BaseEvalHallucinationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.Hallucination
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Hallucination, _Mapping]] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +61,7 @@ class Run(_message.Message):
     BASE_EVAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     BEST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     BASE_EVAL_DEGENERATE_FIELD_NUMBER: _ClassVar[int]
+    BASE_EVAL_HALLUCINATION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     current_round: int
@@ -69,7 +77,8 @@ class Run(_message.Message):
     base_eval_accuracy: _containers.ScalarMap[str, float]
     best_checkpoint: str
     base_eval_degenerate: _containers.ScalarMap[str, float]
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_round: _Optional[int] = ..., policy_version: _Optional[int] = ..., best_eval_accuracy: _Optional[float] = ..., best_round: _Optional[int] = ..., started_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., phase: _Optional[str] = ..., phase_round: _Optional[int] = ..., base_eval_accuracy: _Optional[_Mapping[str, float]] = ..., best_checkpoint: _Optional[str] = ..., base_eval_degenerate: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    base_eval_hallucination: _containers.MessageMap[str, _common_pb2.Hallucination]
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_round: _Optional[int] = ..., policy_version: _Optional[int] = ..., best_eval_accuracy: _Optional[float] = ..., best_round: _Optional[int] = ..., started_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., phase: _Optional[str] = ..., phase_round: _Optional[int] = ..., base_eval_accuracy: _Optional[_Mapping[str, float]] = ..., best_checkpoint: _Optional[str] = ..., base_eval_degenerate: _Optional[_Mapping[str, float]] = ..., base_eval_hallucination: _Optional[_Mapping[str, _common_pb2.Hallucination]] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("config_yaml", "run_id")

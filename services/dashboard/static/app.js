@@ -83,6 +83,9 @@ const CHARTS = [
   { name: "accuracy", title: "Held-out accuracy per task (round 0: base policy)", keys: (rows) => prefixed(rows, "eval_accuracy."), withBase: true },
   // Share of held-out answers with no final answer, a repetition loop or cut at the token limit.
   { name: "degenerate", title: "Degenerate held-out answers per task (round 0: base policy)", keys: (rows) => prefixed(rows, "eval_degenerate."), withBase: true },
+  // Held-out scene descriptions judged against each scene: share hallucinated, hallucinated mentions per
+  // description, recall of what the scene holds.
+  { name: "hallucination", title: "Hallucination in held-out descriptions (round 0: base policy)", keys: (rows) => prefixed(rows, "eval_hallucination.").filter((key) => !key.endsWith(".descriptions")), withBase: true },
   { name: "loss", title: "MPO loss terms", keys: () => ["train.loss_preference", "train.loss_quality", "train.loss_generation", "train.loss"] },
   { name: "shift", title: "δ (reward shift)", keys: () => ["train.reward_shift"] },
   { name: "reward", title: "Reward margin and preference accuracy", keys: () => ["train.reward_margin", "train.preference_accuracy"] },
@@ -102,7 +105,7 @@ function chartData(rows, keys) {
   return [rows.map((row) => row.round), ...keys.map((key) => rows.map((row) => (key in row ? row[key] : null)))];
 }
 
-// The base policy's held-out figures (base_eval_accuracy.*, base_eval_degenerate.*) as a round-0 row, or
+// The base policy's held-out figures (base_eval_accuracy.*, base_eval_hallucination.*.rate, ...) as a round-0 row, or
 // null when the run has not measured them.
 function baseRow(run) {
   const row = { round: 0 };
@@ -123,7 +126,7 @@ function makeChart(spec, allRows, base, container, replacing = null) {
     scales: { x: { time: false } },
     axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, {}],
     series: [{ label: "round" }, ...keys.map((key, i) => ({
-      label: key.replace(/^(train|labels|timings|eval_accuracy|eval_degenerate)\./, ""),
+      label: key.replace(/^(train|labels|timings|eval_accuracy|eval_degenerate|eval_hallucination)\./, ""),
       stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true, points: { show: true, size: 5 } }))],
   }, chartData(rows, keys), box);
   chart.mpoKeys = keys;
