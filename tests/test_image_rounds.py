@@ -3,8 +3,9 @@ a LLaVA-style model, reward workers building correctness pairs (`shapes`) and Dr
 (`describe`), 2 DeepSpeed ZeRO-3 ranks, publishing, and a held-out evaluation that measures accuracy,
 degenerate answers and hallucination in the descriptions.
 
-The policy is warm-started for ~15 s on multiple-choice shapes demonstrations and reference descriptions,
-so its shapes answers are sometimes right and its descriptions name shapes and colours, right or wrong.
+The policy is warm-started for ~15 s on multiple-choice shapes demonstrations, so its shapes answers are
+sometimes right; the demonstrations open by listing the scene ("I see a red circle, ..."), so its answers
+to describe prompts name shapes and colours, right or wrong.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import ray
 from mpo.config import AuthConfig, BootstrapConfig, RewardConfig, RolloutConfig, RoundsConfig
 from mpo.data.records import PromptRecord
 from mpo.data.tasks import TASKS, make_splits
-from mpo.data.tasks.scenes import describe_scene
 from mpo.grading.hallucination import judge_description, scene_objects, summarize
 from mpo.models.tiny import TextModelSpec, VisionSpec, build_image_text_model
 from mpo.services.controller.loop import RoundLoop, to_prompt
@@ -37,13 +37,6 @@ from tests.test_trainer_deepspeed import config_for
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 ROUNDS = dict(prompts_per_round=12, samples_per_prompt=6, max_tokens=64, eval_prompts=16, epochs=1)
-
-
-def demonstrate(record: PromptRecord, rng: random.Random) -> str | None:
-    """Shapes: the task's chain of thought; describe: a reference description of the scene."""
-    if record.task == "describe":
-        return describe_scene(record.meta["scene"], rng)
-    return TASKS[record.task].demonstration(record, rng)
 
 
 @dataclass
@@ -68,7 +61,8 @@ async def rounds(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Imag
     describe = make_splits("describe", seed=0, train=120, heldout=8, out_dir=root / "describe")
     train = interleave(shapes["train"], describe["train"])
     heldout = interleave(shapes["heldout"], describe["heldout"])  # 8 of each within eval_prompts
-    corpus = [r.question for r in train] + [demonstrate(r, random.Random(0)) or "" for r in train]
+    demonstrate = TASKS["shapes"].demonstration  # the warm start skips prompts without ground truth
+    corpus = [r.question for r in train] + [demonstrate(r, random.Random(0)) or "" for r in shapes["train"]]
     spec = TextModelSpec(
         vocab_size=400, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=128
     )
