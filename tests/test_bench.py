@@ -198,3 +198,27 @@ def test_pair_bytes_benchmark_measures_both_forms_of_a_shapes_round() -> None:
     assert set(result["bytes_per_pair"]) == {"build_pairs_response", "train_request", "stored_shard"}
     for sizes in result["bytes_per_pair"].values():
         assert sizes["legacy"] > sizes["new"] > 0 and sizes["ratio_legacy_over_new"] > 1, sizes
+
+
+def test_hallucination_benchmark_configs_and_paired_errors(tmp_path: Path) -> None:
+    bench = _bench_module("hallucination")
+    mpo = bench.variant_config(tmp_path, "mpo", 0, 20, {})
+    assert mpo.rollout.backend == "transformers" and mpo.rounds.eval_every == 20
+    assert mpo.trainer.objective.terms == {"preference": 0.8, "quality": 0.2, "generation": 1.0}
+    assert bench.variant_config(tmp_path, "sft", 0, 20, {}).trainer.objective.terms == {"generation": 1.0}
+    probe = bench.variant_config(tmp_path, "mpo", 0, 20, {"rounds.temperature": 0.7})
+    assert probe.run_id != mpo.run_id and probe.rounds.temperature == 0.7
+
+    # Four scenes: two hallucinated descriptions fixed, one made: rate 0.5 -> 0.25, paired over the scenes.
+    change = bench.paired_change([1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0])
+    assert (change["base"], change["final"], change["change"]) == (0.5, 0.25, -0.25)
+    assert change["standard_error"] == pytest.approx(0.4787, abs=1e-4)  # stdev([-1, -1, 1, 0]) / 2
+
+    def run(rate_change: float, error: float) -> dict:
+        entry = {"base": 0.8, "change": rate_change, "standard_error": error}
+        return {"paired": {"rate": entry, "mentions": entry, "recall": entry}}
+
+    summary = bench.summarize_seeds([run(-0.3, 0.03), run(-0.2, 0.04), run(-0.1, 0.03)])
+    assert summary["rate"]["mean_change"] == -0.2 and summary["rate"]["relative_change"] == -0.25
+    assert summary["rate"]["paired_standard_error"] == pytest.approx(0.0194, abs=1e-4)
+    assert summary["rate"]["seed_spread_standard_error"] == pytest.approx(0.0577, abs=1e-4)
