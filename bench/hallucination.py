@@ -3,15 +3,16 @@ ground truth, so every pair is a DropoutNTP pair (chosen: an answer written with
 first half continued without the image). Prints JSON.
 
 The base is the tiny image-text policy (LLaVA-style, CLIP tower + Qwen2) warm-started on `shapes`
-demonstrations, which open by listing the scene ("I see a red circle, ..."), so it describes scenes
-without ever being shown a description. Each seed runs the online rounds on the describe prompts
-(transformers rollout, reward workers, 2 DeepSpeed ZeRO-3 ranks) and evaluates the base and the last
-round on the held-out scenes. Hallucination is judged exactly from each scene (`mpo.grading.hallucination`):
-rate (share of descriptions naming a shape, colour or count not in the scene), false mentions per
-description, and recall. `paired` re-generates the base's and the run's last checkpoint's greedy
-descriptions (transformers) and gives each change with its paired standard error over the scenes.
-Variants: `mpo` (the paper's objective) and `sft` (only the generation term on the chosen answers: the
-policy imitating its own image-conditioned samples, without DropoutNTP's preference signal).
+demonstrations and `describe` reference descriptions ("I see a red circle, a blue square and ...", every
+shape of the scene), so it describes scenes as well as its tiny vision tower sees them. Each seed runs
+the online rounds on the describe prompts (transformers rollout, reward workers, 2 DeepSpeed ZeRO-3
+ranks) and evaluates the base and the last round on the held-out scenes. Hallucination is judged
+exactly from each scene (`mpo.grading.hallucination`): rate (share of descriptions naming a shape,
+colour or count not in the scene), false mentions per description, and recall. `paired` re-generates
+the base's and the run's last checkpoint's greedy descriptions (transformers) and gives each change
+with its paired standard error over the scenes. Variants: `mpo` (the paper's objective) and `sft`
+(only the generation term on the chosen answers: the policy imitating its own image-conditioned
+samples, without DropoutNTP's preference signal).
 
     .venv/bin/python bench/hallucination.py [--variants mpo,sft] [--seeds 0,1,2] [--rounds 20]
                                             [--workdir DIR] [--set rounds.temperature=0.7 ...]
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any
 
 from mpo.config import BootstrapConfig, RunConfig, run_config
 from mpo.data.loader import load_prompts, write_prompts_jsonl
+from mpo.data.records import PromptRecord
 from mpo.data.tasks import TASKS, make_splits
 from mpo.embedded import run_embedded
 from mpo.grading.hallucination import DescriptionCheck, judge_description, scene_objects
@@ -52,7 +55,7 @@ _TERMS = {"mpo": {"preference": 0.8, "quality": 0.2, "generation": 1.0}, "sft": 
 HELDOUT_SCENES = 500
 DESCRIBE_TRAIN = 2000
 SHAPES_TRAIN = 4000
-#: The warm start on shapes (~0.1 s a step of 16 on 2 cores).
+#: The warm start on shapes and describe (~0.45 s a step of 16 on 2 cores).
 WARM_START = BootstrapConfig(
     steps=800, batch_size=16, warmup_steps=20, eval_every=10**6, eval_prompts=200, pass_k=1, stability_steps=0,
     max_new_tokens=96,
@@ -75,15 +78,15 @@ def prepare(workdir: Path) -> Path:
     base = workdir / "base"
     if not (base / "bootstrap.json").exists():
         model = build_image_text_model(workdir / "tiny-vl", task_corpus(["shapes", "describe"], seed=0), seed=0)
-        print(f"warm start on shapes ({WARM_START.steps} steps) -> {base}", flush=True)
-        report = bootstrap(
-            model,
-            base,
-            load_prompts(data / "shapes-train.jsonl").records,
-            load_prompts(data / "shapes-heldout.jsonl").records,
-            TASKS["shapes"].demonstration,
-            WARM_START,
-        )
+        print(f"warm start on shapes and describe ({WARM_START.steps} steps) -> {base}", flush=True)
+        train = [*load_prompts(data / "shapes-train.jsonl").records]
+        train += load_prompts(data / "describe-train.jsonl").records
+        heldout = load_prompts(data / "shapes-heldout.jsonl").records  # the warm start's accuracy: shapes
+
+        def demonstrate(record: PromptRecord, rng: random.Random) -> str | None:
+            return TASKS[record.task].demonstration(record, rng)
+
+        report = bootstrap(model, base, train, heldout, demonstrate, WARM_START)
         (base / "bootstrap.json").write_text(json.dumps(report.summary(), indent=2))
     return base
 

@@ -18,6 +18,7 @@ from mpo.data.tasks import TASKS, make_splits
 from mpo.data.tasks.arith import derivation_holds, question_expression, render
 from mpo.data.tasks.scenes import CANVAS, COLOURS, SIZE_RANGE
 from mpo.grading.answers import extract_final_answer
+from mpo.grading.hallucination import judge_description, scene_objects
 from mpo.grading.verify import answers_match
 
 IMAGE_TASKS = [name for name, task in TASKS.items() if task.has_images]
@@ -306,8 +307,13 @@ def test_arith_derivation_check_accepts_every_demonstration_and_rejects_wrong_on
         question_expression("What colour is the square?")
 
 
-def test_describe_has_no_ground_truth(tmp_path: Path) -> None:
+def test_describe_has_no_ground_truth_but_a_reference_description(tmp_path: Path) -> None:
     task = TASKS["describe"]
     records = task.generate(30, 1, tmp_path)
     assert len({r.question for r in records}) >= 2
-    assert all(task.demonstration(r, random.Random(0)) is None for r in records)
+    assert all(r.answer is None and r.choices is None for r in records)
+    for record in records:  # what the warm start imitates: every shape, nothing else, no final answer
+        reference = task.demonstration(record, random.Random(0))
+        assert reference is not None and "Final answer" not in reference
+        check = judge_description(scene_objects(record.meta["scene"]), reference)
+        assert not check.hallucinated and check.recall == 1.0, reference

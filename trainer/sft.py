@@ -100,7 +100,10 @@ def bootstrap(
     eval_set = list(heldout[: config.eval_prompts])
     greedy = Sampling(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
     report = BootstrapReport(steps=config.steps, seconds=0.0)
-    train = [r for r in train if r.answer is not None]
+    # Records with something to imitate: chains of thought, and reference answers of open-ended tasks.
+    train = [r for r in train if demonstrate(r, random.Random(0)) is not None]
+    if not train:
+        raise ValueError("bootstrap: no training record has a demonstration to imitate")
     # Optionally the base is an exponential moving average of the weights: the last iterate of a small
     # model flips answers from step to step (shapes' multiple choice moved ~3 points between evaluations).
     decay = bootstrap_ema_decay(train) if config.ema_decay is None else config.ema_decay

@@ -32,8 +32,9 @@ class Task(Protocol):
         ...
 
     def demonstration(self, record: PromptRecord, rng: random.Random) -> str | None:
-        """A chain of thought ending in a line "Final answer: X" with the record's answer; different
-        rngs give (often) different valid lines of reasoning. None when there is no ground truth."""
+        """What the warm start imitates: for a record with ground truth, a chain of thought ending in a
+        line "Final answer: X" with its answer; for an open-ended one, a reference answer. Different rngs
+        give (often) different valid answers. None when the task has nothing to imitate."""
         ...
 
     def key(self, record: PromptRecord) -> str:

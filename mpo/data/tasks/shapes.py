@@ -233,7 +233,9 @@ class ShapesTask:
 
 
 class DescribeTask:
-    """Open-ended descriptions of the same kind of scene; no ground truth (labelled by DropoutNTP)."""
+    """Open-ended descriptions of the same kind of scene; no ground truth for the verifiers (labelled by
+    DropoutNTP), but the scene is known: it gives the warm start a reference description to imitate and
+    the held-out evaluation its hallucination metric."""
 
     name = "describe"
     has_images = True
@@ -257,7 +259,8 @@ class DescribeTask:
         return records
 
     def demonstration(self, record: PromptRecord, rng: random.Random) -> str | None:
-        return None
+        """A reference description (every shape, in a random order), with no "Final answer" line."""
+        return describe_scene(record.meta["scene"], rng)
 
     def key(self, record: PromptRecord) -> str:
         """The scene alone: one picture must not be in both splits under two phrasings."""
