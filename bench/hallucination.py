@@ -181,6 +181,11 @@ def run_variant(workdir: Path, variant: str, seed: int, rounds: int, overrides: 
         "controller": {
             "base": figures(run.base_eval_hallucination["describe"]),
             "final": figures(records[-1].eval_hallucination["describe"]),
+            # Answers that loop or run into the token limit: a policy can stop naming shapes that way.
+            "degenerate": [
+                round(run.base_eval_degenerate["describe"], 4),
+                round(records[-1].eval_degenerate["describe"], 4),
+            ],
         },
         "pairs_dropout_ntp": sum(r.labels.pairs_dropout_ntp for r in records),
         "rounds_seconds": round(records[-1].finished_at - first_start, 1),
