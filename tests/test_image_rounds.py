@@ -3,9 +3,9 @@ a LLaVA-style model, reward workers building correctness pairs (`shapes`) and Dr
 (`describe`), 2 DeepSpeed ZeRO-3 ranks, publishing, and a held-out evaluation that measures accuracy,
 degenerate answers and hallucination in the descriptions.
 
-The policy is warm-started for ~15 s on multiple-choice shapes demonstrations, so its shapes answers are
-sometimes right; the demonstrations open by listing the scene ("I see a red circle, ..."), so its answers
-to describe prompts name shapes and colours, right or wrong.
+The policy is warm-started for ~15 s on multiple-choice shapes demonstrations and describe reference
+descriptions, so its shapes answers are sometimes right and its descriptions name shapes and colours,
+right or wrong.
 """
 
 from __future__ import annotations
@@ -61,8 +61,11 @@ async def rounds(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Imag
     describe = make_splits("describe", seed=0, train=120, heldout=8, out_dir=root / "describe")
     train = interleave(shapes["train"], describe["train"])
     heldout = interleave(shapes["heldout"], describe["heldout"])  # 8 of each within eval_prompts
-    demonstrate = TASKS["shapes"].demonstration  # the warm start skips prompts without ground truth
-    corpus = [r.question for r in train] + [demonstrate(r, random.Random(0)) or "" for r in shapes["train"]]
+
+    def demonstrate(record: PromptRecord, rng: random.Random) -> str | None:
+        return TASKS[record.task].demonstration(record, rng)  # describe: a reference description
+
+    corpus = [r.question for r in train] + [demonstrate(r, random.Random(0)) or "" for r in train]
     spec = TextModelSpec(
         vocab_size=400, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=128
     )
