@@ -1,7 +1,8 @@
 """The embedded demo as a benchmark: held-out accuracy before and after the online rounds, MPO against
 its parts, where a round's time goes, and async against sync mode. Prints JSON.
 
-Every variant runs the demo's config (`mpo/demo.py`) from the same base policy, seeds and prompts:
+Every variant runs a demo recipe (`mpo/demo.py`, `--task arith` or `shapes`) from the same base policy,
+seeds and prompts:
   mpo   the demo's objective (the paper's: 0.8 DPO + 0.2 BCO + 1.0 SFT);
   sft   only the generation term on the chosen answers (rejection-sampling fine-tuning);
   dpo   only the preference term;
@@ -15,8 +16,9 @@ gives the gain with its paired standard error, from the per-prompt differences (
 `--set KEY=VALUE` (repeatable; a dotted path into the run config, a YAML value) probes a change of the
 recipe; such runs get their own run ids, so a probe never reads back a run of another config.
 
-    .venv/bin/python bench/online.py [--variants mpo,sft,dpo,async] [--seeds 0,1] [--rounds 10] [--workdir DIR]
-                                     [--set rounds.prompts_per_round=256 ...] [--no-paired]
+    .venv/bin/python bench/online.py [--task arith|shapes] [--variants mpo,sft,dpo,async] [--seeds 0,1]
+                                     [--rounds 10] [--workdir DIR] [--set rounds.prompts_per_round=256 ...]
+                                     [--no-paired]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 
 from mpo.config import RunConfig, run_config
 from mpo.data.loader import load_prompts
-from mpo.demo import demo_run_config, prepare
+from mpo.demo import RECIPES, DemoRecipe, demo_run_config, prepare
 from mpo.embedded import run_embedded
 from mpo.evaluation import EvalResult, evaluate, paired_gain
 from mpo.models.generate import Sampling, TransformersGenerator
@@ -56,11 +58,17 @@ def standard_error(accuracy: float, prompts: int) -> float:
 
 
 def variant_config(
-    workdir: Path, variant: str, seed: int, rounds: int, overrides: dict[str, Any] | None = None
+    workdir: Path,
+    variant: str,
+    seed: int,
+    rounds: int,
+    overrides: dict[str, Any] | None = None,
+    recipe: DemoRecipe = RECIPES["arith"],
 ) -> RunConfig:
     overrides = overrides or {}
     probe = "-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8] if overrides else ""
-    raw = demo_run_config(workdir, seed=seed, rounds=rounds, mode="async" if variant == "async" else "sync")
+    mode = "async" if variant == "async" else "sync"
+    raw = demo_run_config(workdir, seed=seed, rounds=rounds, mode=mode, recipe=recipe)
     raw["run_id"] = f"bench-{variant}{probe}-seed{seed}"
     if variant in _ABLATION_TERMS:
         raw["objective"] = {"terms": _ABLATION_TERMS[variant]}
@@ -101,11 +109,18 @@ def paired_comparison(config: RunConfig) -> dict[str, Any]:
 
 
 def run_variant(
-    workdir: Path, variant: str, seed: int, rounds: int, *, paired: bool, overrides: dict[str, Any]
+    workdir: Path,
+    variant: str,
+    seed: int,
+    rounds: int,
+    *,
+    paired: bool,
+    overrides: dict[str, Any],
+    recipe: DemoRecipe = RECIPES["arith"],
 ) -> dict[str, Any]:
     """Run one variant, or read it back when the bench store has it completed (an interrupted bench
     continues where it stopped instead of repeating finished runs)."""
-    config = variant_config(workdir, variant, seed, rounds, overrides)
+    config = variant_config(workdir, variant, seed, rounds, overrides, recipe)
     store = RunStore(config.store_dir)
     run_id = config.run_id or ""
     stored = store.get_run(run_id)
@@ -174,7 +189,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--workdir", type=Path, default=Path("mpo-demo"))
+    parser.add_argument("--task", choices=sorted(RECIPES), default="arith", help="the demo recipe to run")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: the recipe's (mpo-demo, mpo-demo-shapes)")
     parser.add_argument("--no-paired", dest="paired", action="store_false", help="skip the paired re-evaluation")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change the run config (dotted key, YAML value); repeatable")  # fmt: skip
@@ -186,15 +202,17 @@ def main() -> None:
         overrides = parse_overrides(args.overrides)
     except OverrideError as exc:
         parser.error(str(exc))
+    recipe = RECIPES[args.task]
+    workdir = args.workdir or recipe.workdir
     started = time.perf_counter()
-    prepare(args.workdir, say=lambda line: print(line, flush=True))
+    prepare(workdir, recipe=recipe, say=lambda line: print(line, flush=True))
     prepare_seconds = time.perf_counter() - started
     results: dict[str, dict[str, Any]] = {}
     for variant in variants:
         for seed in (int(s) for s in args.seeds.split(",")):
             print(f"running {variant} seed {seed} ...", flush=True)
             results[f"{variant}/seed{seed}"] = run_variant(
-                args.workdir, variant, seed, args.rounds, paired=args.paired, overrides=overrides
+                workdir, variant, seed, args.rounds, paired=args.paired, overrides=overrides, recipe=recipe
             )
     summary: dict[str, Any] = {
         variant: summarize_seeds([r for key, r in results.items() if key.startswith(f"{variant}/")])
@@ -210,6 +228,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "online",
+                "task": recipe.task,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 "rounds": args.rounds,
                 "overrides": overrides,

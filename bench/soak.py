@@ -47,7 +47,7 @@ import psutil
 
 from mpo.config import RunConfig, run_config
 from mpo.data.tasks import TASKS
-from mpo.demo import TASK, demo_run_config, prepare
+from mpo.demo import demo_run_config, prepare
 from mpo.embedded import run_embedded
 from mpo.overrides import OverrideError, parse_overrides
 from mpo.serving.auth import Credentials
@@ -237,8 +237,8 @@ class Workload:
 
 
 def valid_prompts(count: int, seed: int) -> list[common_pb2.Prompt]:
-    records = TASKS[TASK].generate(count, seed, None)
-    return [common_pb2.Prompt(id=f"soak-{i}", question=r.question, task=TASK) for i, r in enumerate(records)]
+    records = TASKS["arith"].generate(count, seed, None)
+    return [common_pb2.Prompt(id=f"soak-{i}", question=r.question, task="arith") for i, r in enumerate(records)]
 
 
 async def client_loop(index: int, work: Workload, tally: Tally) -> None:

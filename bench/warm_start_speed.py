@@ -26,7 +26,6 @@ import torch
 
 from mpo.config import BootstrapConfig
 from mpo.data.tasks import TASKS
-from mpo.demo import TASK
 from mpo.models.corpus import task_corpus
 from mpo.models.demonstrations import DemonstrationBatcher
 from mpo.models.generate import TransformersGenerator
@@ -40,9 +39,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per arm first")
     args = parser.parse_args()
     config = BootstrapConfig()
-    task = TASKS[TASK]
+    task = TASKS["arith"]
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_text_model(Path(tmp) / "tiny-model", task_corpus([TASK], seed=0), seed=0)
+        model_dir = build_text_model(Path(tmp) / "tiny-model", task_corpus(["arith"], seed=0), seed=0)
         generator = TransformersGenerator(model_dir)
         batcher = DemonstrationBatcher(generator)
         generator.model.train()

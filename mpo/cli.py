@@ -231,15 +231,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
-    from mpo.demo import WarmStartError, run_demo
+    from mpo.demo import DemoWorkdirError, WarmStartError, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    flags = ("task", "workdir", "rounds", "seed", "mode", "train_prompts", "heldout_prompts", "bootstrap_steps")
     try:
-        run_demo(
-            **_flags(args, "workdir", "rounds", "seed", "mode", "train_prompts", "heldout_prompts", "bootstrap_steps")
-        )
+        run_demo(**_flags(args, *flags))
     except WarmStartError as exc:
         return _error(f"--bootstrap-steps: invalid warm start\n{exc}")
+    except DemoWorkdirError as exc:
+        return _error(f"--workdir: {exc}")
     return 0
 
 
@@ -518,17 +519,26 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="the embedded online-MPO demo: tiny model, warm start, online rounds (about 20 min on 2 cores)",
-        description="Build (or reuse) the arith prompts, a tiny Qwen2 and its warm-started base policy in "
-        "--workdir, then run online MPO rounds on a local Ray with all services, one table row per round.",
+        description="Build (or reuse) a task's prompts, a tiny model and its warm-started base policy in "
+        "--workdir, then run online MPO rounds on a local Ray with all services, one table row per round. "
+        "Unset options take the task's measured recipe (mpo/demo.py).",
     )
-    demo.add_argument("--workdir", type=Path, default=Path("mpo-demo"), help="where everything is built and kept")
-    demo.add_argument("--rounds", type=int, default=60, help="online rounds (about 10 s each on 2 cores)")
+    demo.add_argument(
+        "--task",
+        choices=("arith", "shapes"),
+        default="arith",
+        help="arith (text, vLLM rollout) or shapes (questions about images: an image-text model, transformers rollout)",
+    )
+    demo.add_argument(
+        "--workdir", type=Path, default=None, help="where everything is built and kept (mpo-demo, mpo-demo-shapes)"
+    )
+    demo.add_argument("--rounds", type=int, default=None, help="online rounds (arith 60, shapes 20)")
     demo.add_argument("--seed", type=int, default=0, help="seeds the rounds' prompts, sampling and training")
     demo.add_argument("--mode", choices=("sync", "async"), default="sync", help="round mode (rounds.mode)")
-    demo.add_argument("--train-prompts", type=int, default=5000, help="arith prompts the rounds draw from")
-    demo.add_argument("--heldout-prompts", type=int, default=2000, help="held-out prompts of every evaluation")
+    demo.add_argument("--train-prompts", type=int, default=None, help="prompts the rounds draw from (5000)")
+    demo.add_argument("--heldout-prompts", type=int, default=None, help="held-out prompts of every evaluation (2000)")
     demo.add_argument(
-        "--bootstrap-steps", type=int, default=None, help="warm-start steps of the base policy (default: mpo/demo.py's)"
+        "--bootstrap-steps", type=int, default=None, help="warm-start steps of the base policy (default: the recipe's)"
     )
     demo.set_defaults(handler=_cmd_demo)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mpo.demo import TASK, demo_run_config
+from mpo.demo import RECIPES, demo_run_config
 from mpo.models.corpus import task_corpus
 from mpo.models.families import FAMILIES
 from mpo.models.tiny import build_text_model
@@ -133,6 +133,11 @@ def test_online_benchmark_probes_a_recipe_change_under_its_own_run_id(tmp_path: 
         online.parse_overrides(["rounds.prompts_per_round"])
     with pytest.raises(ValueError, match="prompt_per_round"):  # a misspelt key is refused by the config
         online.variant_config(tmp_path, "mpo", 0, 40, {"rounds.prompt_per_round": 256})
+    # The shapes recipe: its image-text rollout and its own objective, with an ablation's terms swapped in.
+    shapes = online.variant_config(tmp_path, "dpo", 0, 20, recipe=RECIPES["shapes"])
+    assert shapes.rollout.backend == "transformers" and shapes.trainer.objective.terms == {"preference": 1.0}
+    shapes_demo = demo_run_config(tmp_path, seed=0, rounds=20, mode="sync", recipe=RECIPES["shapes"])
+    assert shapes.rounds.prompts_per_round == shapes_demo["rounds"]["prompts_per_round"]
 
 
 def test_online_benchmark_reports_the_seeds_spread_beside_the_paired_error() -> None:
@@ -166,7 +171,7 @@ def test_packing_speed_benchmark_compares_packed_with_padded_micro_batches() -> 
 def test_soak_benchmark_counts_each_status_while_a_run_trains(tmp_path: Path) -> None:
     # The untrained tiny model as the demo's base (`prepare` reuses a base with its bootstrap.json): a soak
     # measures serving, not accuracy, and a warm start would cost a minute.
-    base = build_text_model(tmp_path / "base", task_corpus([TASK], seed=0), seed=0)
+    base = build_text_model(tmp_path / "base", task_corpus(["arith"], seed=0), seed=0)
     (base / "bootstrap.json").write_text("{}")
     arguments = (
         f"--workdir {tmp_path} --train-prompts 64 --heldout-prompts 8 --clients 4 --seconds 20 "
