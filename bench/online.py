@@ -12,7 +12,8 @@ seeds and prompts:
 Accuracy is greedy on all held-out prompts (2,000), with its standard error; the gain's standard error
 treats base and final accuracy as independent (conservative: they are measured on the same prompts).
 `paired` re-evaluates the base and the run's last checkpoint on those prompts (transformers, greedy) and
-gives the gain with its paired standard error, from the per-prompt differences (`--no-paired` skips it).
+gives the gain with its paired standard error, from the per-prompt differences, and the share of
+degenerate answers before and after (`--no-paired` skips it).
 `--set KEY=VALUE` (repeatable; a dotted path into the run config, a YAML value) probes a change of the
 recipe; such runs get their own run ids, so a probe never reads back a run of another config.
 
@@ -105,6 +106,8 @@ def paired_comparison(config: RunConfig) -> dict[str, Any]:
         "gain_points": round(100 * gain, 2),
         "gain_standard_error_points": round(100 * error, 2),
         "gain_in_standard_errors": round(gain / error, 2) if error else None,
+        # Answers with no final answer, a repetition loop, or cut at the token limit (the MPO paper's count).
+        "degenerate": [round(base.degenerate, 4), round(final.degenerate, 4)],
     }
 
 

@@ -1,4 +1,6 @@
-"""Held-out evaluation: generate, extract the final answer, verify → accuracy (and pass@k).
+"""Held-out evaluation: generate, extract the final answer, verify → accuracy (and pass@k), and the
+share of degenerate answers (no final answer, a repetition loop, or cut at the token limit), judged as
+the controller's evaluation judges them (mpo/grading/degenerate.py).
 
 Responses are judged by a `Grader` (mpo/grading/verify.py): built from the run's `RewardConfig`, it
 applies the same extraction, task → verifier mapping and plug-in verifiers as the reward service's
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mpo.data.records import PromptRecord
+from mpo.grading.degenerate import Degeneracy, has_repetition_loop
 from mpo.grading.verify import Grader
 from mpo.models.generate import Sampling, TransformersGenerator
 
@@ -36,6 +39,8 @@ class EvalResult:
     #: Fraction of correct samples per graded prompt, in the order of the records: what pairs two
     #: evaluations of the same prompts (`paired_gain`).
     per_prompt: tuple[float, ...] = ()
+    #: Fraction of samples that are degenerate (`Degeneracy`: no final answer, a loop, or cut off).
+    degenerate: float = 0.0
 
     @property
     def standard_error(self) -> float:
@@ -49,6 +54,7 @@ class EvalResult:
             "standard_error": round(self.standard_error, 4),
             f"pass@{self.samples_per_prompt}": round(self.pass_at_k, 4),
             "unparsable": round(self.unparsable, 4),
+            "degenerate": round(self.degenerate, 4),
             "per_task": {task: round(value, 4) for task, value in self.per_task.items()},
         }
 
@@ -65,14 +71,22 @@ def evaluate(
     graded = [record for record in records if record.answer is not None]
     if not graded:
         raise ValueError("evaluation needs records with a ground-truth answer")
-    responses = generator.generate(graded, sampling)
+    responses = generator.generate_outputs(graded, sampling)
     correct_by_task: dict[str, list[float]] = defaultdict(list)
-    any_correct, unparsable, correct_total = 0, 0, 0.0
+    any_correct, unparsable, degenerate, correct_total = 0, 0, 0, 0.0
     per_prompt: list[float] = []
     for record, samples in zip(graded, responses, strict=True):
-        judgements = [grader.judge(text, record) for text in samples]
+        judgements = [grader.judge(sample.text, record) for sample in samples]
         verdicts = [judgement.correct for judgement in judgements]
         unparsable += sum(judgement.verdict == "unparsable" for judgement in judgements)
+        degenerate += sum(
+            Degeneracy(
+                no_final_answer=judgement.verdict == "unparsable",
+                repetition_loop=has_repetition_loop(sample.token_ids),
+                truncated=sample.truncated,
+            ).degenerate
+            for sample, judgement in zip(samples, judgements, strict=True)
+        )
         fraction = sum(verdicts) / len(verdicts)
         correct_total += fraction
         any_correct += any(verdicts)
@@ -84,6 +98,7 @@ def evaluate(
         accuracy=correct_total / len(graded),
         pass_at_k=any_correct / len(graded),
         unparsable=unparsable / (len(graded) * sampling.n),
+        degenerate=degenerate / (len(graded) * sampling.n),
         per_task={task: sum(v) / len(v) for task, v in sorted(correct_by_task.items())},
         per_prompt=tuple(per_prompt),
     )

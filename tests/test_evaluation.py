@@ -1,13 +1,16 @@
-"""Paired comparison of two evaluations of the same prompts (bench/online.py's gain and its error)."""
+"""Paired comparison of two evaluations of the same prompts (bench/online.py's gain and its error), and
+the offline evaluation's share of degenerate answers on a real warm-started policy."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 
-from mpo.evaluation import EvalResult, paired_gain
+from mpo.evaluation import EvalResult, evaluate, paired_gain
+from mpo.models.generate import Sampling, TransformersGenerator
 
 
 def result(per_prompt: list[float]) -> EvalResult:
@@ -40,3 +43,24 @@ def test_paired_gain_refuses_evaluations_of_different_prompts() -> None:
     nothing = EvalResult(0, 1, 0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="0 vs 0"):
         paired_gain(nothing, nothing)
+
+
+@pytest.mark.slow
+def test_degenerate_share_counts_answers_cut_at_the_token_limit(sums_policy: Path) -> None:
+    from tests.controller_helpers import sums
+
+    records = sums(24, 900)
+    generator = TransformersGenerator(sums_policy)
+    roomy, cut = Sampling(max_new_tokens=24), Sampling(max_new_tokens=3)
+    outputs = [row[0] for row in generator.generate_outputs(records, roomy)]
+    finished = [output for output in outputs if not output.truncated]
+    assert finished, "the warm-started policy ends its answers"
+    assert all(output.token_ids[-1] in generator.stop_token_ids for output in finished)
+    assert all(len(output.token_ids) == 24 for output in outputs if output.truncated)
+    assert generator.generate(records, roomy) == [[output.text] for output in outputs]
+
+    full = evaluate(generator, records, roomy)
+    assert full.unparsable <= full.degenerate < 1.0
+    assert full.degenerate >= sum(output.truncated for output in outputs) / len(outputs)
+    short = evaluate(generator, records, cut)  # three tokens cannot finish "a + b = c. Final answer: c"
+    assert short.degenerate == 1.0 and full.summary()["degenerate"] == round(full.degenerate, 4)

@@ -27,6 +27,16 @@ class Sampling:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class Generated:
+    """One response: its text, its token ids (through the end token, if any) and whether it was cut at
+    `Sampling.max_new_tokens`."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    truncated: bool
+
+
 class TransformersGenerator:
     """Loads a model directory once and answers batches of prompt records."""
 
@@ -56,14 +66,21 @@ class TransformersGenerator:
         images = open_images([path for record in records for path in record.images])
         return self.renderer.encode([self.prompt_text(r) for r in records], images, padding=True)
 
-    @torch.no_grad()
     def generate(self, records: Sequence[PromptRecord], sampling: Sampling = Sampling()) -> list[list[str]]:
         """`sampling.n` decoded responses per record, in record order."""
+        return [[output.text for output in outputs] for outputs in self.generate_outputs(records, sampling)]
+
+    @torch.no_grad()
+    def generate_outputs(
+        self, records: Sequence[PromptRecord], sampling: Sampling = Sampling()
+    ) -> list[list[Generated]]:
+        """As `generate`, with each response's token ids and whether it ran into `max_new_tokens`: what
+        judging degenerate answers needs (a loop is counted in tokens, a cut answer has no end token)."""
         was_training = self.model.training
         self.model.eval()
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        responses: list[list[str]] = []
+        responses: list[list[Generated]] = []
         for start in range(0, len(records), self.batch_size):
             batch = records[start : start + self.batch_size]
             inputs = self.encode(batch)
@@ -78,8 +95,16 @@ class TransformersGenerator:
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.stop_token_ids,
             )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            responses.extend(texts[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch)))
+            rows = [self._generated(row) for row in output[:, inputs["input_ids"].shape[1] :].tolist()]
+            responses.extend(rows[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch)))
         self.model.train(was_training)
         return responses
+
+    def _generated(self, tokens: list[int]) -> Generated:
+        """One generated row: up to and including its first end token, or whole (cut at the limit; a
+        finished row is padded after its end token, so a row without one ran out of tokens)."""
+        stops = set(self.stop_token_ids)
+        end = next((k for k, token in enumerate(tokens) if token in stops), None)
+        ids = tokens if end is None else tokens[: end + 1]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Generated(text=text, token_ids=tuple(ids), truncated=end is None)
