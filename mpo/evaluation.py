@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mpo.data.records import PromptRecord
-from mpo.grading.degenerate import Degeneracy, has_repetition_loop
+from mpo.grading.degenerate import Degeneracy
 from mpo.grading.verify import Grader
 from mpo.models.generate import Sampling, TransformersGenerator
 
@@ -80,10 +80,8 @@ def evaluate(
         verdicts = [judgement.correct for judgement in judgements]
         unparsable += sum(judgement.verdict == "unparsable" for judgement in judgements)
         degenerate += sum(
-            Degeneracy(
-                no_final_answer=judgement.verdict == "unparsable",
-                repetition_loop=has_repetition_loop(sample.token_ids),
-                truncated=sample.truncated,
+            Degeneracy.of(
+                sample.token_ids, truncated=sample.truncated, no_final_answer=judgement.verdict == "unparsable"
             ).degenerate
             for sample, judgement in zip(samples, judgements, strict=True)
         )

@@ -52,12 +52,17 @@ class Degeneracy:
     def degenerate(self) -> bool:
         return self.no_final_answer or self.repetition_loop or self.truncated
 
+    @classmethod
+    def of(cls, token_ids: Sequence[int], *, truncated: bool, no_final_answer: bool) -> Degeneracy:
+        """One answer judged from its tokens and the two facts its producer knows (served or offline)."""
+        return cls(no_final_answer=no_final_answer, repetition_loop=has_repetition_loop(token_ids), truncated=truncated)
+
 
 def judge_degeneracy(sample: common_pb2.Sample, verdict: reward_pb2.Verdict) -> Degeneracy:
     """`verdict` is the reward service's for this sample; a prompt without ground truth
     (VERDICT_NO_GROUND_TRUTH, e.g. `describe`) has no final answer to miss."""
-    return Degeneracy(
-        no_final_answer=verdict == reward_pb2.VERDICT_UNPARSABLE,
-        repetition_loop=has_repetition_loop(sample.token_ids),
+    return Degeneracy.of(
+        sample.token_ids,
         truncated=sample.finish_reason == common_pb2.FINISH_REASON_LENGTH,
+        no_final_answer=verdict == reward_pb2.VERDICT_UNPARSABLE,
     )
