@@ -502,6 +502,13 @@ class RoundsConfig(_Strict):
         ge=1,
         description="Async mode: most policy versions a pair's samples may lag the weights that train on it.",
     )
+    sample_from: Literal["policy", "base"] = Field(
+        "policy",
+        description="policy: online MPO, each round samples the weights the trainer last published. base: "
+        "offline MPO, as the paper runs it: every round samples the base policy (the same prompts, pairs "
+        "built the same way, trained in the same steps), and the trained weights are published once, after "
+        "the last round, so held-out evaluations happen only there (eval_every: 0 or rounds).",
+    )
     retries: int = Field(
         5,
         ge=0,
@@ -524,6 +531,16 @@ class RoundsConfig(_Strict):
             raise ValueError(
                 f"temperature {self.temperature:g} decodes greedily: {self.samples_per_prompt} samples per prompt "
                 f"would all be the same; set temperature >= {GREEDY_TEMPERATURE:g} or samples_per_prompt: 1"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _offline_evaluates_last(self) -> RoundsConfig:
+        """Evaluating a round would publish its weights, and every later round would sample them."""
+        if self.sample_from == "base" and 0 < self.eval_every < self.rounds:
+            raise ValueError(
+                f"eval_every ({self.eval_every}) evaluates before the last round, but sample_from: base publishes "
+                f"the trained weights only after it: set eval_every to 0 or {self.rounds} (rounds)"
             )
         return self
 

@@ -304,6 +304,15 @@ def test_greedy_rounds_with_several_samples_are_refused() -> None:
     assert RoundsConfig(temperature=0.0, samples_per_prompt=1).temperature == 0.0
 
 
+def test_offline_rounds_evaluate_only_after_the_last_round() -> None:
+    """An evaluation publishes the trained weights, which every later offline round would then sample."""
+    with pytest.raises(ValidationError, match=r"eval_every \(5\) evaluates before the last round.*0 or 20"):
+        RoundsConfig(rounds=20, eval_every=5, sample_from="base")
+    for eval_every in (0, 20, 25):
+        assert RoundsConfig(rounds=20, eval_every=eval_every, sample_from="base").sample_from == "base"
+    assert RoundsConfig(rounds=20, eval_every=5).sample_from == "policy"
+
+
 def test_security_page_lists_every_request_limit() -> None:
     """docs/security.md is where operators look up what bounds a request: no limit may be missing there."""
     page = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()

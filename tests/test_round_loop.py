@@ -103,6 +103,33 @@ async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp
     assert [r.round for r in store.round_records("demo")] == [1, 2, 3] and not store.unfinished_rounds("demo")
 
 
+async def test_offline_rounds_sample_the_base_weights_and_publish_after_the_last(
+    clients: ServiceClients, tmp_path: Path
+) -> None:
+    """`sample_from: base` (offline MPO): every round trains, but no round before the last publishes, so
+    all rounds sample the weights that served when the run started; the last round publishes once and
+    its evaluation scores the trained weights."""
+    store = RunStore(tmp_path / "store")
+    store.put_run(controller_pb2.Run(run_id="offline", state=controller_pb2.RUN_STATE_RUNNING))
+    config = RoundsConfig(
+        rounds=3, prompts_per_round=8, samples_per_prompt=4, max_tokens=24, eval_every=3, eval_prompts=12,
+        sample_from="base",
+    )  # fmt: skip
+    serving = (await clients.rollout.status()).policy_version
+    step = (await clients.trainer.status()).step
+    records = await RoundLoop("offline", config, store, clients, sums(40, 200), sums(12, 900)).run()
+
+    assert [r.round for r in records] == [1, 2, 3]
+    assert [r.rollout_policy_version for r in records] == [serving] * 3, "every round sampled the base"
+    assert [r.trained_policy_version for r in records] == [serving, serving, serving + 1]
+    assert (await clients.rollout.status()).policy_version == serving + 1
+    trained = [r.train_steps for r in records]
+    assert sum(trained) > 0 and (await clients.trainer.status()).step == step + sum(trained)
+    assert [bool(r.eval_accuracy) for r in records] == [False, False, True]
+    run = store.get_run("offline")
+    assert run is not None and run.base_eval_accuracy and run.policy_version == serving + 1
+
+
 async def test_a_rollout_replica_killed_mid_round_is_retried_and_the_run_completes(
     services: tuple[ServiceClients, RunningRollout], tmp_path: Path
 ) -> None:

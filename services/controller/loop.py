@@ -11,6 +11,8 @@ Sync and async mode are one pipeline: a *producer* samples, labels and commits r
 trains, publishes, evaluates and records them in order. Round r may be produced once round
 r − 1 − bound is finished, with bound 0 in sync mode (each round samples the weights the previous round
 published) and `max_staleness` in async mode (rollout of round k+1 overlaps training of round k).
+Offline MPO (`sample_from: base`) is the same pipeline with the publishing held back to the last round,
+so every round samples the base policy.
 """
 
 from __future__ import annotations
@@ -296,7 +298,7 @@ class RoundLoop:
         record.staleness_max = max(staleness, default=0)
         record.staleness_mean = sum(staleness) / len(staleness) if staleness else 0.0
         record.trained_policy_version = await self._serving_version()
-        if pairs:
+        if self._publishes(round_index, trained=bool(pairs)):
             self._phase(round_index, "publish")
             with _timed(timings, "publish"):
                 record.trained_policy_version += 1
@@ -323,6 +325,13 @@ class RoundLoop:
             self.on_round(record)
         log.info("run %s: round %d stored (version %d)", self.run_id, round_index, record.trained_policy_version)
         return record
+
+    def _publishes(self, round_index: int, *, trained: bool) -> bool:
+        """Online, a round that trained publishes its weights for the next round to sample. Offline
+        (`sample_from: base`) only the last round publishes, trained or not: every round samples the base."""
+        if self.config.sample_from == "base":
+            return round_index >= self.config.rounds
+        return trained
 
     async def _serving_version(self) -> int:
         return (await self._call("rollout status", self.clients.rollout.status)).policy_version
