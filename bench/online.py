@@ -3,9 +3,13 @@ its parts, where a round's time goes, and async against sync mode. Prints JSON.
 
 Every variant runs a demo recipe (`mpo/demo.py`, `--task arith` or `shapes`) from the same base policy,
 seeds and prompts:
-  mpo   the demo's objective (the paper's: 0.8 DPO + 0.2 BCO + 1.0 SFT);
-  sft   only the generation term on the chosen answers (rejection-sampling fine-tuning);
-  dpo   only the preference term;
+  mpo      the recipe's objective (DPO + BCO + SFT; arith halves the paper's SFT weight);
+  sft      only the generation term on the chosen answers (rejection-sampling fine-tuning);
+  dpo      only the preference term;
+  bco      only the quality term;
+  dpo+sft  the recipe's preference and generation weights, without the quality term;
+  offline  the MPO variant sampling the base policy in every round (`rounds.sample_from: base`): the
+           paper's offline MPO, with the same prompts, pair rules and optimizer steps as the online run;
   async the MPO variant in async mode (rollout of round k+1 overlaps training of round k); on a CPU-only
         host, compare the modes as on separate GPUs by pinning rollout and trainer to disjoint cores
         (`--set 'rollout.cpu_affinity=[1]' --set 'trainer.cpu_affinity=[0]'`; docs/results.md).
@@ -17,9 +21,9 @@ degenerate answers before and after (`--no-paired` skips it).
 `--set KEY=VALUE` (repeatable; a dotted path into the run config, a YAML value) probes a change of the
 recipe; such runs get their own run ids, so a probe never reads back a run of another config.
 
-    .venv/bin/python bench/online.py [--task arith|shapes] [--variants mpo,sft,dpo,async] [--seeds 0,1]
-                                     [--rounds 10] [--workdir DIR] [--set rounds.prompts_per_round=256 ...]
-                                     [--no-paired]
+    .venv/bin/python bench/online.py [--task arith|shapes] [--seeds 0,1] [--rounds 10]
+                                     [--variants mpo,sft,dpo,bco,dpo+sft,offline,async] [--workdir DIR]
+                                     [--set rounds.prompts_per_round=256 ...] [--no-paired]
 """
 
 from __future__ import annotations
@@ -48,9 +52,10 @@ from mpo.services.controller.store import RunStore
 from mpo.trainer.export import export_checkpoint
 from mpo.v1 import controller_pb2
 
-VARIANTS = ("mpo", "sft", "dpo", "async")
-#: The ablations' objectives; the MPO variants keep the demo's.
-_ABLATION_TERMS = {"sft": {"generation": 1.0}, "dpo": {"preference": 1.0}}
+VARIANTS = ("mpo", "sft", "dpo", "bco", "dpo+sft", "offline", "async")
+#: The single-term ablations, each at weight 1; `dpo+sft` keeps the recipe's two weights; the MPO variants
+#: (mpo, offline, async) the recipe's objective.
+_SINGLE_TERMS = {"sft": "generation", "dpo": "preference", "bco": "quality"}
 _PHASES = ("generate", "label", "commit", "train", "publish", "eval", "overhead")
 
 
@@ -70,9 +75,13 @@ def variant_config(
     probe = "-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8] if overrides else ""
     mode = "async" if variant == "async" else "sync"
     raw = demo_run_config(workdir, seed=seed, rounds=rounds, mode=mode, recipe=recipe)
-    raw["run_id"] = f"bench-{variant}{probe}-seed{seed}"
-    if variant in _ABLATION_TERMS:
-        raw["objective"] = {"terms": _ABLATION_TERMS[variant]}
+    raw["run_id"] = f"bench-{variant.replace('+', '-')}{probe}-seed{seed}"
+    if variant in _SINGLE_TERMS:
+        raw["objective"] = {"terms": {_SINGLE_TERMS[variant]: 1.0}}
+    elif variant == "dpo+sft":
+        raw["objective"]["terms"].pop("quality")
+    elif variant == "offline":
+        raw["rounds"]["sample_from"] = "base"
     raw["store_dir"] = str(workdir / "bench-store")
     for section, key in (("rollout", "weights_dir"), ("trainer", "checkpoint_dir"), ("trainer", "publish_dir")):
         raw[section][key] = str(workdir / "bench-state" / raw["run_id"] / key)

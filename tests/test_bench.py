@@ -140,6 +140,29 @@ def test_online_benchmark_probes_a_recipe_change_under_its_own_run_id(tmp_path: 
     assert shapes.rounds.prompts_per_round == shapes_demo["rounds"]["prompts_per_round"]
 
 
+def test_online_benchmark_ablations_change_only_their_part_of_the_recipe(tmp_path: Path) -> None:
+    """MPO against its parts and against offline MPO: each variant differs from the recipe in one place."""
+    online = _bench_module("online")
+    for recipe in RECIPES.values():
+        mpo = online.variant_config(tmp_path, "mpo", 1, 20, recipe=recipe)
+        terms = dict(mpo.objective.terms)
+        expected = {
+            "sft": {"generation": 1.0},
+            "dpo": {"preference": 1.0},
+            "bco": {"quality": 1.0},
+            "dpo+sft": {"preference": terms["preference"], "generation": terms["generation"]},
+            "offline": terms,
+        }
+        for variant, variant_terms in expected.items():
+            config = online.variant_config(tmp_path, variant, 1, 20, recipe=recipe)
+            assert config.trainer.objective.terms == config.objective.terms == variant_terms, variant
+            assert config.rounds.sample_from == ("base" if variant == "offline" else "policy"), variant
+            assert config.rounds.model_copy(update={"sample_from": "policy"}) == mpo.rounds, variant
+            assert config.trainer.learning_rate == mpo.trainer.learning_rate
+            assert config.run_id not in {mpo.run_id, None} and config.run_id.endswith("-seed1")
+        assert online.variant_config(tmp_path, "dpo+sft", 1, 20, recipe=recipe).run_id.endswith("bench-dpo-sft-seed1")
+
+
 def test_online_benchmark_reports_the_seeds_spread_beside_the_paired_error() -> None:
     online = _bench_module("online")
 
