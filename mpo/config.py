@@ -263,6 +263,13 @@ class RolloutConfig(_Strict):
     enforce_eager: bool = Field(
         False, description="vLLM without torch.compile / CUDA graphs: starts much faster, decodes slower."
     )
+    transformers_kv_cache: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="transformers backend: the KV cache of a batch. static allocates prompt + max_tokens for "
+        "every row once, instead of growing (copying) the cache at every token: the same samples, about 1.2x "
+        "faster decoding of the tiny image-text model on CPU (bench/transformers_decoding.py); it holds the "
+        "full length for every row, and the longest call so far sets that length.",
+    )
     max_queued_requests: int = Field(
         64, ge=1, description="Requests a replica holds (running + waiting); beyond it: RESOURCE_EXHAUSTED."
     )

@@ -131,7 +131,12 @@ def _shapes_settings(state: Path, seed: int, rounds: int, mode: str, heldout: in
             "eval_prompts": heldout,
             "seed": seed,
         },
-        "rollout": {"backend": "transformers", "max_model_len": 512, "weights_dir": str(state / "weights")},
+        "rollout": {
+            "backend": "transformers",
+            "transformers_kv_cache": "static",  # the same samples, decoded ~1.2x faster (docs/results.md)
+            "max_model_len": 512,
+            "weights_dir": str(state / "weights"),
+        },
         "trainer": {
             "world_size": 2,
             "learning_rate": 1e-4,

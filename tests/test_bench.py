@@ -60,6 +60,14 @@ def test_objective_benchmark_runs_a_family_model_on_a_real_image_batch() -> None
     assert set(result_["batch"]["inputs"]) == expected
 
 
+def test_transformers_decoding_benchmark_compares_the_two_caches_on_the_same_samples() -> None:
+    result = run_bench("transformers_decoding.py", "--prompts 3 --n 2 --max-tokens 6 --repeats 2")
+    assert result["seconds"]["dynamic"] and len(result["seconds"]["static"]) == 2
+    rates = result["tokens_per_s"]
+    assert result["ratio_static_over_dynamic"] == pytest.approx(rates["static"] / rates["dynamic"], rel=1e-2)
+    assert result["same_tokens"] is True and result["workload"]["tokens"] > 0
+
+
 @pytest.mark.slow
 def test_rollout_benchmark_prints_its_ratios() -> None:
     tiny = run_bench(

@@ -21,8 +21,14 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
+from mpo.config import RolloutConfig
+from mpo.data.tasks import TASKS
 from mpo.models.families import FAMILIES, build_family_model
 from mpo.models.loading import load_processor
+from mpo.prompts import PromptRenderer
+from mpo.services.controller.loop import to_prompt
+from mpo.services.rollout.engines import create_engine
+from mpo.services.rollout.engines.base import SamplingSpec
 
 #: family → (config class, model class, processor class) as transformers names them
 CLASSES = {
@@ -224,6 +230,25 @@ def test_generate_runs_a_few_tokens(name: str, built: dict[str, Path]) -> None:
         )
     output = model.generate(**inputs, max_new_tokens=4, do_sample=False, eos_token_id=None)
     assert output.shape == (1, inputs["input_ids"].shape[1] + 4)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+async def test_rollout_engine_samples_the_same_with_a_static_kv_cache(
+    name: str, built: dict[str, Path], tmp_path: Path
+) -> None:
+    """`rollout.transformers_kv_cache: static` on every family: the transformers engine draws the same
+    tokens as with the default dynamic cache (same seed; prompts of two lengths, so rows are left-padded)."""
+    image_text = FAMILIES[name].image_text
+    prompts = [to_prompt(r) for r in TASKS["shapes"].generate(2, 3, tmp_path)]
+    spec = SamplingSpec(n=2, temperature=1.0, top_k=50, max_tokens=8, seed=5)
+    drawn = {}
+    for cache in ("dynamic", "static"):
+        engine = create_engine(RolloutConfig(model=built[name], backend="transformers", transformers_kv_cache=cache))
+        renderer = PromptRenderer(built[name], max_model_len=engine.description.max_model_len, readable_roots=[])
+        inputs = [renderer.render(p, "p", max_tokens=8, with_images=image_text) for p in prompts]
+        assert len({len(i.prompt_token_ids) for i in inputs}) == 2
+        drawn[cache] = [c.token_ids for row in await engine.generate(inputs, spec) for c in row]
+    assert drawn["static"] == drawn["dynamic"] and len(drawn["static"]) == 4
 
 
 def test_same_seed_gives_identical_files(built: dict[str, Path], tmp_path: Path) -> None:

@@ -96,6 +96,36 @@ async def test_continuation_with_and_without_the_image_differ(vl_rollout: Runnin
     assert list(with_image.logprobs) != list(without_image.logprobs), "the image must condition the continuation"
 
 
+async def test_a_static_kv_cache_draws_the_same_samples(
+    vl_rollout: RunningRollout, vl_model: Path, tmp_path: Path
+) -> None:
+    """`transformers_kv_cache: static` changes only how the cache is held: same seed, same samples (rows of
+    different prompt lengths, so left padding is in play). Runs before the weight update below."""
+    config = RolloutConfig(
+        model=vl_model, weights_dir=tmp_path / "w", max_model_len=512, transformers_kv_cache="static"
+    )  # fmt: skip
+    static = await start_rollout(config)
+    prompts = [
+        scene_prompt(common_pb2.Image(data=png("red")), prompt_id="short"),
+        common_pb2.Prompt(
+            id="long", question="Which colours do the shapes in this picture have, and how many are there?",
+            task="shapes", images=[common_pb2.Image(data=png("blue"))],
+        ),
+    ]  # fmt: skip
+    params = common_pb2.SamplingParams(n=4, temperature=1.0, max_tokens=12, seed=7, return_logprobs=True)
+    try:
+        async with RolloutClient(vl_rollout.address) as dynamic_client, RolloutClient(static.address) as static_client:
+            dynamic_samples = (await dynamic_client.generate(prompts, params)).samples
+            static_samples = (await static_client.generate(prompts, params)).samples
+    finally:
+        await static.stop(0)
+    assert len(static_samples) == len(dynamic_samples) == 8
+    assert len({tuple(s.token_ids) for s in static_samples}) > 1, "sampled rows differ from one another"
+    for dynamic_sample, static_sample in zip(dynamic_samples, static_samples, strict=True):
+        assert list(static_sample.token_ids) == list(dynamic_sample.token_ids)
+        assert list(static_sample.logprobs) == pytest.approx(list(dynamic_sample.logprobs), abs=1e-4)
+
+
 async def test_weight_update_on_the_transformers_backend(vl_rollout: RunningRollout, vl_model: Path) -> None:
     from transformers import AutoModelForImageTextToText
 

@@ -56,5 +56,9 @@ def create_engine(config: RolloutConfig) -> Engine:
     from mpo.services.rollout.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(
-        renderer, max_model_len=max_model_len, device=device, trust_remote_code=config.trust_remote_code
+        renderer,
+        max_model_len=max_model_len,
+        device=device,
+        trust_remote_code=config.trust_remote_code,
+        kv_cache=config.transformers_kv_cache,
     )

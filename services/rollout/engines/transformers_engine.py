@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -28,7 +29,17 @@ from mpo.weights import iter_tensors
 
 
 class TransformersEngine:
-    def __init__(self, renderer: ChatRenderer, *, max_model_len: int, device: str, trust_remote_code: bool) -> None:
+    def __init__(
+        self,
+        renderer: ChatRenderer,
+        *,
+        max_model_len: int,
+        device: str,
+        trust_remote_code: bool,
+        kv_cache: Literal["dynamic", "static"] = "dynamic",
+    ) -> None:
+        """`kv_cache`: static allocates each batch's cache at full length once; dynamic grows it (and copies
+        it) at every new token, which is most of a small model's decoding time on CPU."""
         model_dir = renderer.model_dir
         self.renderer = renderer
         self.tokenizer = renderer.tokenizer
@@ -37,6 +48,7 @@ class TransformersEngine:
         self.model = load_model(model_dir, trust_remote_code=trust_remote_code)
         self.model.to(device).eval()
         self.device = device
+        self.cache_implementation = "static" if kv_cache == "static" else None
         self._lock = asyncio.Lock()
         self.description = EngineDescription(
             backend="transformers",
@@ -72,6 +84,7 @@ class TransformersEngine:
             eos_token_id=self.stop_token_ids,
             return_dict_in_generate=True,
             output_logits=spec.logprobs,
+            cache_implementation=self.cache_implementation,
         )
         prompt_width = encoded["input_ids"].shape[1]
         new_tokens = output.sequences[:, prompt_width:]
