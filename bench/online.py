@@ -168,6 +168,7 @@ def run_variant(
         "run_id": run_id,
         "tasks": tasks,
         "pairs_trained": pairs,
+        "optimizer_steps": sum(r.train_steps for r in records),
         "rounds_seconds": round(records[-1].finished_at - first_start, 1),
         "pairs_per_second": round(pairs / (records[-1].finished_at - first_start), 3),
         "phase_share": {phase: round(seconds / rounds_time, 4) for phase, seconds in phases.items()},
