@@ -12,9 +12,12 @@ colour or count not in the scene), false mentions per description, and recall. `
 the base's and the run's last checkpoint's greedy descriptions (transformers) and gives each change
 with its paired standard error over the scenes. Variants: `mpo` (the paper's objective) and `sft`
 (only the generation term on the chosen answers: the policy imitating its own image-conditioned
-samples, without DropoutNTP's preference signal).
+samples, without DropoutNTP's preference signal), and `mixed`, the paper's setting: the MPO rounds draw
+`shapes` questions (correctness pairs) and `describe` prompts (DropoutNTP pairs) half and half, and the
+evaluation reports both held-out shapes accuracy (the 200 questions the warm start was scored on) and
+hallucination on the same 500 scenes.
 
-    .venv/bin/python bench/hallucination.py [--variants mpo,sft] [--seeds 0,1,2] [--rounds 20]
+    .venv/bin/python bench/hallucination.py [--variants mpo,sft,mixed] [--seeds 0,1,2] [--rounds 20]
                                             [--workdir DIR] [--set rounds.temperature=0.7 ...]
 """
 
@@ -39,6 +42,7 @@ from mpo.data.loader import load_prompts, write_prompts_jsonl
 from mpo.data.records import PromptRecord
 from mpo.data.tasks import TASKS, make_splits
 from mpo.embedded import run_embedded
+from mpo.evaluation import evaluate, paired_gain
 from mpo.grading.hallucination import DescriptionCheck, judge_description, scene_objects
 from mpo.models.corpus import task_corpus
 from mpo.models.generate import Sampling, TransformersGenerator
@@ -49,12 +53,14 @@ from mpo.trainer.export import export_checkpoint
 from mpo.trainer.sft import bootstrap
 from mpo.v1 import controller_pb2
 
-VARIANTS = ("mpo", "sft")
-_TERMS = {"mpo": {"preference": 0.8, "quality": 0.2, "generation": 1.0}, "sft": {"generation": 1.0}}
+VARIANTS = ("mpo", "sft", "mixed")
+_MPO_TERMS = {"preference": 0.8, "quality": 0.2, "generation": 1.0}
+_TERMS = {"mpo": _MPO_TERMS, "sft": {"generation": 1.0}, "mixed": _MPO_TERMS}
 #: Held-out scenes: the rate's standard error is at most ~2.2 points at 500.
 HELDOUT_SCENES = 500
 DESCRIBE_TRAIN = 2000
 SHAPES_TRAIN = 4000
+SHAPES_HELDOUT = 200
 #: The warm start on shapes and describe (~0.45 s a step of 16 on 2 cores).
 WARM_START = BootstrapConfig(
     steps=800, batch_size=16, warmup_steps=20, eval_every=10**6, eval_prompts=200, pass_k=1, stability_steps=0,
@@ -68,13 +74,18 @@ def prepare(workdir: Path) -> Path:
     data = workdir / "data"
     if not (data / "describe-heldout.jsonl").exists():
         print(f"prompts -> {data}", flush=True)
-        shapes = make_splits("shapes", seed=0, train=SHAPES_TRAIN, heldout=200, out_dir=data / "shapes")
+        shapes = make_splits("shapes", seed=0, train=SHAPES_TRAIN, heldout=SHAPES_HELDOUT, out_dir=data / "shapes")
         describe = make_splits(
             "describe", seed=0, train=DESCRIBE_TRAIN, heldout=HELDOUT_SCENES, out_dir=data / "describe"
         )
         for task, splits in (("shapes", shapes), ("describe", describe)):
             for split, records in splits.items():
                 write_prompts_jsonl(records, data / f"{task}-{split}.jsonl")
+    if not (data / "mixed-heldout.jsonl").exists():  # the mixed variant's: both tasks, shapes first
+        for split in ("train", "heldout"):
+            records = [*load_prompts(data / f"shapes-{split}.jsonl").records]
+            records += load_prompts(data / f"describe-{split}.jsonl").records
+            write_prompts_jsonl(records, data / f"mixed-{split}.jsonl")
     base = workdir / "base"
     if not (base / "bootstrap.json").exists():
         model = build_image_text_model(workdir / "tiny-vl", task_corpus(["shapes", "describe"], seed=0), seed=0)
@@ -95,11 +106,12 @@ def variant_config(workdir: Path, variant: str, seed: int, rounds: int, override
     probe = "-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8] if overrides else ""
     run_id = f"describe-{variant}{probe}-seed{seed}"
     state = workdir / "state" / run_id
+    prompts = "mixed" if variant == "mixed" else "describe"
     raw = {
         "run_id": run_id,
         "model": str(workdir / "base"),
-        "data": {"train": str(workdir / "data" / "describe-train.jsonl"),
-                 "heldout": str(workdir / "data" / "describe-heldout.jsonl")},
+        "data": {"train": str(workdir / "data" / f"{prompts}-train.jsonl"),
+                 "heldout": str(workdir / "data" / f"{prompts}-heldout.jsonl")},
         "store_dir": str(workdir / "store"),
         "objective": {"terms": _TERMS[variant]},
         "rounds": {
@@ -114,6 +126,8 @@ def variant_config(workdir: Path, variant: str, seed: int, rounds: int, override
             "checkpoint_dir": str(state / "checkpoints"), "publish_dir": str(state / "publish"), "seed": seed,
         },
     }  # fmt: skip
+    if variant == "mixed":  # half the prompts of a round from each task; all held-out prompts evaluated
+        raw["rounds"].update(task_mix={"shapes": 1, "describe": 1}, eval_prompts=SHAPES_HELDOUT + HELDOUT_SCENES)
     return run_config(raw, source=f"hallucination bench {variant}", overrides=overrides)
 
 
@@ -146,8 +160,9 @@ def paired_comparison(config: RunConfig) -> dict[str, Any]:
     final_model = checkpoints.parent / f"exported-{latest}"
     if not (final_model / "config.json").exists():
         export_checkpoint(checkpoints / latest, final_model)
-    base = judged(config.model, config.data.heldout, config.rounds.heldout_max_tokens)
-    final = judged(final_model, config.data.heldout, config.rounds.heldout_max_tokens)
+    data, max_tokens = config.data.heldout.parent, config.rounds.heldout_max_tokens
+    base = judged(config.model, data / "describe-heldout.jsonl", max_tokens)
+    final = judged(final_model, data / "describe-heldout.jsonl", max_tokens)
     measures = {
         "rate": lambda c: float(c.hallucinated),
         "mentions": lambda c: float(c.hallucinated_mentions),
@@ -156,6 +171,19 @@ def paired_comparison(config: RunConfig) -> dict[str, Any]:
     changes = {name: paired_change([f(c) for c in base], [f(c) for c in final]) for name, f in measures.items()}
     rate = changes["rate"]
     changes["rate"]["relative_change"] = round(rate["change"] / rate["base"], 4) if rate["base"] else None
+    if config.rounds.task_mix.get("shapes"):  # the mixed rounds: shapes accuracy on the same weights
+        shapes = load_prompts(data / "shapes-heldout.jsonl").records[:SHAPES_HELDOUT]
+        sampling = Sampling(n=1, max_new_tokens=max_tokens)
+        before, after = (evaluate(TransformersGenerator(m), shapes, sampling) for m in (config.model, final_model))
+        gain, error = paired_gain(before, after)
+        changes["shapes_accuracy"] = {
+            "base": round(before.accuracy, 4),
+            "final": round(after.accuracy, 4),
+            "change": round(gain, 4),
+            "standard_error": round(error, 4),
+            "change_in_standard_errors": round(gain / error, 2) if error else None,
+            "degenerate": [round(before.degenerate, 4), round(after.degenerate, 4)],
+        }
     return changes
 
 
@@ -186,8 +214,14 @@ def run_variant(workdir: Path, variant: str, seed: int, rounds: int, overrides: 
                 round(run.base_eval_degenerate["describe"], 4),
                 round(records[-1].eval_degenerate["describe"], 4),
             ],
+            # Held-out accuracy on the prompts with ground truth: shapes, in the mixed rounds.
+            "accuracy": {
+                task: [round(run.base_eval_accuracy[task], 4), round(accuracy, 4)]
+                for task, accuracy in records[-1].eval_accuracy.items()
+            },
         },
         "pairs_dropout_ntp": sum(r.labels.pairs_dropout_ntp for r in records),
+        "pairs_correctness": sum(r.labels.pairs_correctness for r in records),
         "rounds_seconds": round(records[-1].finished_at - first_start, 1),
         "paired": paired_comparison(config),
     }
@@ -197,7 +231,9 @@ def summarize_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each measure's mean change over the seeds, with the paired error (evaluation noise) and the seeds'
     spread (standard deviation over √n: how differently the recipe trains from seed to seed)."""
     summary: dict[str, Any] = {}
-    for measure in ("rate", "mentions", "recall"):
+    for measure in ("rate", "mentions", "recall", "shapes_accuracy"):
+        if any(measure not in r["paired"] for r in runs):
+            continue
         changes = [r["paired"][measure]["change"] for r in runs]
         errors = [r["paired"][measure]["standard_error"] for r in runs]
         entry = {

@@ -244,6 +244,12 @@ def test_hallucination_benchmark_configs_and_paired_errors(tmp_path: Path) -> No
     assert bench.variant_config(tmp_path, "sft", 0, 20, {}).trainer.objective.terms == {"generation": 1.0}
     probe = bench.variant_config(tmp_path, "mpo", 0, 20, {"rounds.temperature": 0.7})
     assert probe.run_id != mpo.run_id and probe.rounds.temperature == 0.7
+    # The paper's mixed setting: both tasks' prompts half and half, every held-out prompt of both evaluated.
+    mixed = bench.variant_config(tmp_path, "mixed", 0, 20, {})
+    assert mixed.trainer.objective.terms == mpo.trainer.objective.terms and mixed.run_id != mpo.run_id
+    assert mixed.rounds.task_mix == {"shapes": 1, "describe": 1} and mpo.rounds.task_mix == {}
+    assert (mixed.data.train.name, mixed.data.heldout.name) == ("mixed-train.jsonl", "mixed-heldout.jsonl")
+    assert mixed.rounds.eval_prompts == bench.SHAPES_HELDOUT + bench.HELDOUT_SCENES
 
     # Four scenes: two hallucinated descriptions fixed, one made: rate 0.5 -> 0.25, paired over the scenes.
     change = bench.paired_change([1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0])
@@ -256,5 +262,10 @@ def test_hallucination_benchmark_configs_and_paired_errors(tmp_path: Path) -> No
 
     summary = bench.summarize_seeds([run(-0.3, 0.03), run(-0.2, 0.04), run(-0.1, 0.03)])
     assert summary["rate"]["mean_change"] == -0.2 and summary["rate"]["relative_change"] == -0.25
+    assert "shapes_accuracy" not in summary, "describe-only runs have no accuracy to summarize"
+    mixed_runs = [run(-0.3, 0.03), run(-0.2, 0.04)]
+    for mixed_run, gain in zip(mixed_runs, (0.02, 0.04), strict=True):
+        mixed_run["paired"]["shapes_accuracy"] = {"base": 0.4, "change": gain, "standard_error": 0.01}
+    assert bench.summarize_seeds(mixed_runs)["shapes_accuracy"]["mean_change"] == 0.03
     assert summary["rate"]["paired_standard_error"] == pytest.approx(0.0194, abs=1e-4)
     assert summary["rate"]["seed_spread_standard_error"] == pytest.approx(0.0577, abs=1e-4)
