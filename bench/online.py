@@ -82,6 +82,8 @@ def variant_config(
         raw["objective"]["terms"].pop("quality")
     elif variant == "offline":
         raw["rounds"]["sample_from"] = "base"
+        # Every round's checkpoint, to also compare at the online run's number of optimizer steps.
+        raw["trainer"]["keep_checkpoints"] = rounds + 1
     raw["store_dir"] = str(workdir / "bench-store")
     for section, key in (("rollout", "weights_dir"), ("trainer", "checkpoint_dir"), ("trainer", "publish_dir")):
         raw[section][key] = str(workdir / "bench-state" / raw["run_id"] / key)
@@ -95,14 +97,15 @@ def greedy_evaluation(model_dir: Path, heldout: Path, prompts: int, max_tokens: 
     return evaluate(TransformersGenerator(model_dir), records, Sampling(n=1, max_new_tokens=max_tokens))
 
 
-def paired_comparison(config: RunConfig) -> dict[str, Any]:
-    """Base against the run's last checkpoint (exported once per checkpoint) on the same held-out prompts."""
+def paired_comparison(config: RunConfig, checkpoint: str | None = None) -> dict[str, Any]:
+    """Base against the run's last checkpoint, or the one named (a kept `step-N` directory), exported once,
+    on the same held-out prompts."""
     assert config.data is not None and config.trainer is not None
     checkpoints = config.trainer.checkpoint_dir
-    latest = (checkpoints / "LATEST").read_text().strip()
-    final_model = checkpoints.parent / f"exported-{latest}"  # a run extended later exports its new last one
+    name = checkpoint or (checkpoints / "LATEST").read_text().strip()
+    final_model = checkpoints.parent / f"exported-{name}"  # a run extended later exports its new last one
     if not (final_model / "config.json").exists():
-        export_checkpoint(checkpoints / latest, final_model)
+        export_checkpoint(checkpoints / name, final_model)
     evaluation = functools.partial(
         greedy_evaluation, heldout=config.data.heldout, prompts=config.rounds.eval_prompts,
         max_tokens=config.rounds.heldout_max_tokens,
@@ -175,7 +178,31 @@ def run_variant(
         "staleness_max": max(r.staleness_max for r in records),
         "wall_seconds_with_startup": wall,
         "paired": paired_comparison(config) if paired else None,
+        "paired_at_online_steps": at_online_steps(workdir, config, seed, rounds, overrides, recipe) if paired else None,
     }
+
+
+def at_online_steps(
+    workdir: Path, config: RunConfig, seed: int, rounds: int, overrides: dict[str, Any], recipe: DemoRecipe
+) -> dict[str, Any] | None:
+    """An offline run against the base at the optimizer step the online (`mpo`) run of the same seed ended
+    on: sampling the base gives more prompts with both right and wrong answers, so offline rounds make
+    more pairs and steps, and equal steps (hence about equal pairs, at the same batch) is the fair
+    comparison. The newest kept checkpoint at or before that step; None for other variants, or before
+    the online run exists."""
+    if config.rounds.sample_from != "base" or config.trainer is None:
+        return None
+    online = RunStore(config.store_dir).round_records(
+        variant_config(workdir, "mpo", seed, rounds, overrides, recipe).run_id or ""
+    )
+    if len(online) < rounds:
+        return None
+    steps = sum(r.train_steps for r in online)
+    kept = sorted(int(d.name.removeprefix("step-")) for d in config.trainer.checkpoint_dir.glob("step-*"))
+    step = max((s for s in kept if s <= steps), default=None)
+    if step is None:
+        return None
+    return {"online_steps": steps, "step": step, **paired_comparison(config, f"step-{step:09d}")}
 
 
 def summarize_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,15 +212,23 @@ def summarize_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     is the larger of the two, so a recipe's mean is compared on that one."""
     gains = [t["gain_points"] for r in runs for t in r["tasks"].values()]
     summary: dict[str, Any] = {"mean_gain_points": round(statistics.fmean(gains), 2) if gains else None}
-    paired = [r["paired"] for r in runs if r["paired"]]
-    if paired:
-        paired_gains = [p["gain_points"] for p in paired]
-        errors = [p["gain_standard_error_points"] for p in paired]
-        summary["paired_mean_gain_points"] = round(statistics.fmean(paired_gains), 2)
-        summary["paired_mean_standard_error_points"] = round(math.hypot(*errors) / len(paired), 2)
-        if len(paired) > 1:
-            spread = statistics.stdev(paired_gains) / math.sqrt(len(paired))
-            summary["seed_spread_standard_error_points"] = round(spread, 2)
+    summary |= _paired_summary([r["paired"] for r in runs if r["paired"]])
+    if at_steps := [r["paired_at_online_steps"] for r in runs if r.get("paired_at_online_steps")]:
+        summary["at_online_steps"] = _paired_summary(at_steps)
+    return summary
+
+
+def _paired_summary(paired: list[dict[str, Any]]) -> dict[str, Any]:
+    if not paired:
+        return {}
+    gains = [p["gain_points"] for p in paired]
+    errors = [p["gain_standard_error_points"] for p in paired]
+    summary = {
+        "paired_mean_gain_points": round(statistics.fmean(gains), 2),
+        "paired_mean_standard_error_points": round(math.hypot(*errors) / len(paired), 2),
+    }
+    if len(paired) > 1:
+        summary["seed_spread_standard_error_points"] = round(statistics.stdev(gains) / math.sqrt(len(paired)), 2)
     return summary
 
 

@@ -15,6 +15,8 @@ from mpo.models.corpus import task_corpus
 from mpo.models.families import FAMILIES
 from mpo.models.tiny import build_text_model
 from mpo.overrides import OverrideError
+from mpo.services.controller.store import RunStore
+from mpo.v1 import common_pb2, controller_pb2
 from mpo.weights import DEFAULT_BUCKET_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +173,29 @@ def test_online_benchmark_ablations_change_only_their_part_of_the_recipe(tmp_pat
         assert online.variant_config(tmp_path, "dpo+sft", 1, 20, recipe=recipe).run_id.endswith("bench-dpo-sft-seed1")
 
 
+def test_offline_runs_are_also_compared_at_the_step_the_online_run_ended_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline rounds make more pairs (the base is right on some samples of more prompts): the bench also
+    scores the offline checkpoint kept at, or just before, the online run's last optimizer step."""
+    online = _bench_module("online")
+    offline = online.variant_config(tmp_path, "offline", 0, 3)
+    assert offline.trainer.keep_checkpoints == 4, "every round's checkpoint is kept"
+    mpo = online.variant_config(tmp_path, "mpo", 0, 3)
+    store = RunStore(offline.store_dir)
+    assert online.at_online_steps(tmp_path, offline, 0, 3, {}, RECIPES["arith"]) is None, "no online run yet"
+    store.put_run(controller_pb2.Run(run_id=mpo.run_id))
+    for round_index, steps in enumerate((2, 3, 2), start=1):
+        store.commit_pairs(mpo.run_id, round_index, [])
+        store.store_round(common_pb2.RoundMetrics(run_id=mpo.run_id, round=round_index, train_steps=steps))
+    for step in (3, 6, 8, 10):  # the offline run's checkpoints: 3-4 steps a round
+        (offline.trainer.checkpoint_dir / f"step-{step:09d}").mkdir(parents=True)
+    monkeypatch.setattr(online, "paired_comparison", lambda config, checkpoint=None: {"scored": checkpoint})
+    at_steps = online.at_online_steps(tmp_path, offline, 0, 3, {}, RECIPES["arith"])
+    assert at_steps == {"online_steps": 7, "step": 6, "scored": "step-000000006"}
+    assert online.at_online_steps(tmp_path, mpo, 0, 3, {}, RECIPES["arith"]) is None, "only offline runs"
+
+
 def test_online_benchmark_reports_the_seeds_spread_beside_the_paired_error() -> None:
     online = _bench_module("online")
 
@@ -185,6 +210,12 @@ def test_online_benchmark_reports_the_seeds_spread_beside_the_paired_error() -> 
     assert summary["paired_mean_gain_points"] == summary["mean_gain_points"] == 3.22
     assert summary["paired_mean_standard_error_points"] == 0.45
     assert summary["seed_spread_standard_error_points"] == 0.63
+    at_steps = [
+        run(gain, 0.8) | {"paired_at_online_steps": {"gain_points": gain - 1, "gain_standard_error_points": 0.7}}
+        for gain in (3.0, 2.0)
+    ]
+    assert online.summarize_seeds(at_steps)["at_online_steps"]["paired_mean_gain_points"] == 1.5
+    assert "at_online_steps" not in summary
     single = online.summarize_seeds([run(4.45, 0.76)])
     assert "seed_spread_standard_error_points" not in single, "one seed has no spread"
     assert single["paired_mean_standard_error_points"] == 0.76
