@@ -20,6 +20,7 @@ from mpo.grading.answers import extract_final_answer
 from mpo.grading.verify import answers_match
 from mpo.services.controller.loop import RoundLoop, to_prompt
 from mpo.services.controller.retry import ServiceClients
+from mpo.services.controller.run_control import RunControl
 from mpo.services.controller.store import RunStore
 from mpo.services.rollout.server import RunningRollout
 from mpo.v1 import common_pb2, controller_pb2
@@ -48,11 +49,37 @@ def clients(services: tuple[ServiceClients, RunningRollout]) -> ServiceClients:
     return services[0]
 
 
+async def test_offline_rounds_train_but_keep_sampling_the_base_weights(clients: ServiceClients, tmp_path: Path) -> None:
+    """`sample_from: base` (offline MPO): rounds before the last train and publish nothing, so every round
+    samples the weights that served when the run started. Runs first, on the bootstrapped policy (right on
+    some samples, wrong on others, so rounds have pairs), and stops after round 2 of 3: the rollout keeps
+    the base weights for the next test (the last round's publish is tested at the end of the module)."""
+    store = RunStore(tmp_path / "store")
+    store.put_run(controller_pb2.Run(run_id="offline", state=controller_pb2.RUN_STATE_RUNNING))
+    config = RoundsConfig(
+        rounds=3, prompts_per_round=8, samples_per_prompt=4, max_tokens=24, eval_every=0, sample_from="base"
+    )
+    serving = (await clients.rollout.status()).policy_version
+    step = (await clients.trainer.status()).step
+    control = RunControl()
+    loop = RoundLoop("offline", config, store, clients, sums(40, 200), [], control=control)
+    loop.on_round = lambda record: control.stop() if record.round == 2 else None
+    records = await loop.run()
+
+    assert [r.round for r in records] == [1, 2]
+    assert [r.rollout_policy_version for r in records] == [serving] * 2, "every round sampled the base"
+    assert [r.trained_policy_version for r in records] == [serving] * 2
+    trained = [r.train_steps for r in records]
+    assert sum(trained) > 0 and (await clients.trainer.status()).step == step + sum(trained)
+    assert (await clients.rollout.status()).policy_version == serving, "nothing was published"
+
+
 async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp_path: Path) -> None:
     store = RunStore(tmp_path / "store")
     store.put_run(controller_pb2.Run(run_id="demo", state=controller_pb2.RUN_STATE_RUNNING))
     config = RoundsConfig(rounds=2, prompts_per_round=8, samples_per_prompt=4, max_tokens=24, eval_prompts=12)
     train, heldout = sums(40, 100), sums(12, 900)
+    step = (await clients.trainer.status()).step  # an earlier test of this module may have trained
     records = await RoundLoop("demo", config, store, clients, train, heldout).run()
 
     assert [r.round for r in records] == [1, 2]
@@ -64,7 +91,7 @@ async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp
     versions = [r.trained_policy_version for r in records]
     assert versions == sorted(versions) and versions[-1] == sum(1 for n in pairs if n)
     assert all((r.train_steps > 0) == (n > 0) for r, n in zip(records, pairs, strict=True))
-    assert (await clients.trainer.status()).step == sum(r.train_steps for r in records)
+    assert (await clients.trainer.status()).step == step + sum(r.train_steps for r in records)
     assert (await clients.rollout.status()).policy_version == versions[-1]
     for record in records:
         assert 0.0 <= record.eval_accuracy["arith"] <= 1.0
@@ -103,31 +130,20 @@ async def test_two_sync_rounds_then_a_resumed_third(clients: ServiceClients, tmp
     assert [r.round for r in store.round_records("demo")] == [1, 2, 3] and not store.unfinished_rounds("demo")
 
 
-async def test_offline_rounds_sample_the_base_weights_and_publish_after_the_last(
-    clients: ServiceClients, tmp_path: Path
-) -> None:
-    """`sample_from: base` (offline MPO): every round trains, but no round before the last publishes, so
-    all rounds sample the weights that served when the run started; the last round publishes once and
-    its evaluation scores the trained weights."""
+async def test_the_last_offline_round_publishes_and_is_evaluated(clients: ServiceClients, tmp_path: Path) -> None:
+    """The last round of an offline run publishes the trainer's weights, pairs or not (earlier rounds may
+    have trained), and the held-out evaluation scores them."""
     store = RunStore(tmp_path / "store")
-    store.put_run(controller_pb2.Run(run_id="offline", state=controller_pb2.RUN_STATE_RUNNING))
+    store.put_run(controller_pb2.Run(run_id="offline-last", state=controller_pb2.RUN_STATE_RUNNING))
     config = RoundsConfig(
-        rounds=3, prompts_per_round=8, samples_per_prompt=4, max_tokens=24, eval_every=3, eval_prompts=12,
+        rounds=1, prompts_per_round=4, samples_per_prompt=2, max_tokens=16, eval_every=1, eval_prompts=8,
         sample_from="base",
     )  # fmt: skip
     serving = (await clients.rollout.status()).policy_version
-    step = (await clients.trainer.status()).step
-    records = await RoundLoop("offline", config, store, clients, sums(40, 200), sums(12, 900)).run()
-
-    assert [r.round for r in records] == [1, 2, 3]
-    assert [r.rollout_policy_version for r in records] == [serving] * 3, "every round sampled the base"
-    assert [r.trained_policy_version for r in records] == [serving, serving, serving + 1]
+    records = await RoundLoop("offline-last", config, store, clients, sums(8, 300), sums(8, 900)).run()
+    assert [(r.rollout_policy_version, r.trained_policy_version) for r in records] == [(serving, serving + 1)]
     assert (await clients.rollout.status()).policy_version == serving + 1
-    trained = [r.train_steps for r in records]
-    assert sum(trained) > 0 and (await clients.trainer.status()).step == step + sum(trained)
-    assert [bool(r.eval_accuracy) for r in records] == [False, False, True]
-    run = store.get_run("offline")
-    assert run is not None and run.base_eval_accuracy and run.policy_version == serving + 1
+    assert records[0].eval_accuracy and store.get_run("offline-last").policy_version == serving + 1
 
 
 async def test_a_rollout_replica_killed_mid_round_is_retried_and_the_run_completes(
