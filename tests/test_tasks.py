@@ -17,6 +17,8 @@ from mpo.data.records import PromptRecord
 from mpo.data.tasks import TASKS, make_splits
 from mpo.data.tasks.arith import derivation_holds, question_expression, render
 from mpo.data.tasks.scenes import CANVAS, COLOURS, SIZE_RANGE
+from mpo.data.tasks.shapes_steps import derivation_holds as shapes_derivation_holds
+from mpo.data.tasks.shapes_steps import question_type
 from mpo.grading.answers import extract_final_answer
 from mpo.grading.hallucination import judge_description, scene_objects
 from mpo.grading.verify import answers_match
@@ -305,6 +307,59 @@ def test_arith_derivation_check_accepts_every_demonstration_and_rejects_wrong_on
         assert not derivation_holds(question_expression(question), rationale), rationale
     with pytest.raises(ValueError, match="no arithmetic expression"):
         question_expression("What colour is the square?")
+
+
+#: Right final answers the warm-started shapes policy wrote in online rounds, with the reasoning it gave.
+SHAPES_LUCKY_ANSWERS = [
+    ("Are there more circles than squares? (A) yes (B) no",
+     "Squares: 1. Circles: 1. 1 is more than 1, so yes, option (A).", "A"),
+    ("Are there more circles than triangles? (A) yes (B) no",
+     "I see a blue square, a red circle, a yellow triangle and a blue square. Circles: 1. Triangles: 0. "
+     "2 is more than 0, so yes, option (A).", "A"),
+    ("Are there more blue shapes than green shapes? (A) no (B) yes",
+     "Green shapes: 1. Green shapes: 1. 1 is more than 1, so yes, option (B).", "B"),
+    ("What colour is the triangle? (A) green (B) red (C) blue (D) yellow",
+     "Green: 0. The circle is red, option (A).", "A"),
+    ("What colour is the circle? (A) yellow (B) blue (C) green", "The circle is yellow, option (B).", "B"),
+    ("What colour is the square? (A) yellow (B) green (C) blue (D) red",
+     "I see a yellow square. The square is blue, option (D).", "D"),
+    ("Which colour appears most often? (A) green (B) red (C) yellow (D) blue",
+     "Red: 1. Blue: 1. Blue: 1. Red: 3. Yellow appears most often, option (B).", "B"),
+    ("How many triangles are there?", "I see a blue square and a red square. Triangles: blue, blue. That is 2.", "2"),
+    ("How many yellow shapes are there?", "Blue shapes: triangle, square. That is 2.", "2"),
+    ("How many squares are there?", "Blue shapes: circle. Yellow squares: 1.", "1"),
+    ("How many shapes are there?", "That is 3.", "3"),
+]  # fmt: skip
+
+
+def test_shapes_derivation_check_accepts_every_demonstration_and_rejects_lucky_answers(tmp_path: Path) -> None:
+    """The shapes step check: every demonstration (all eight question types, with and without the scene
+    listed) derives its answer; the same reasoning does not derive any other answer or lose its last step;
+    and the self-contradicting right answers a real policy wrote do not pass."""
+    task = TASKS["shapes"]
+    seen_types = Counter()
+    for r in task.generate(400, 5, tmp_path):
+        qtype, _ = question_type(r.question)
+        assert qtype == r.meta["qtype"]
+        seen_types[qtype] += 1
+        other = str(int(r.answer) + 1) if r.answer.isdigit() else chr(ord(r.answer) + 1)
+        for seed in range(3):
+            demo = task.demonstration(r, random.Random(seed))
+            assert demo is not None
+            rationale = extract_final_answer(demo).rationale
+            assert shapes_derivation_holds(r.question, rationale, r.answer), demo
+            assert not shapes_derivation_holds(r.question, rationale, other), (demo, other)
+            without_conclusion = " ".join(re.split(r"(?<=\.)\s+", rationale.strip())[:-1])
+            assert not shapes_derivation_holds(r.question, without_conclusion, r.answer), demo
+    assert len(seen_types) == 8
+    assert shapes_derivation_holds("How many red circles are there?", "Circles: red, blue, red. Red circles: 2.", "2")
+    assert not shapes_derivation_holds(
+        "How many red circles are there?", "I see a red circle. Circles: red, blue, red. Red circles: 2.", "2"
+    ), "the counts must be those of the scene the rationale listed"
+    for question, rationale, answer in SHAPES_LUCKY_ANSWERS:
+        assert not shapes_derivation_holds(question, rationale, answer), rationale
+    with pytest.raises(ValueError, match="not a shapes question"):
+        question_type("What is 7 * 6 - 4?")
 
 
 def test_describe_has_no_ground_truth_but_a_reference_description(tmp_path: Path) -> None:

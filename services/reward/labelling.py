@@ -251,7 +251,7 @@ def _step_check(group: PromptGroup, task_step_checks: Mapping[str, str]) -> Step
         return None
     step_check = STEP_CHECKS[task_step_checks[prompt.task]]
     try:
-        step_check.check(prompt.question, "")
+        step_check.check(prompt.question, "", prompt.answer)
     except ValueError as exc:
         raise InvalidRequest(f"{group.field}.question", f"step check {step_check.name!r}: {exc}") from exc
     return step_check
@@ -275,7 +275,7 @@ def _judge(
         verifier=judgement.verifier,
     )
     correct = judgement.correct
-    if correct and step_check is not None and not step_check.check(record.question, extraction.rationale):
+    if correct and step_check and not step_check.check(record.question, extraction.rationale, record.answer or ""):
         score.verdict, correct = reward_pb2.VERDICT_WRONG_STEP, False
     # A plug-in judges the whole response: without an extracted answer its sample is still judged, not unparsable.
     answer = None if judgement.verdict == "unparsable" else extraction.answer or ""
