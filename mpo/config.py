@@ -334,7 +334,8 @@ class RewardConfig(_Strict):
         default_factory=dict,
         description="Step check per task (see mpo/grading/step_checks.py): a sample whose final answer "
         "matches but whose rationale fails it is labelled wrong (VERDICT_WRONG_STEP). Off by default, as in "
-        "the paper; the demo maps arith to 'arith_steps'.",
+        "the paper; the demo maps arith to 'arith_steps'; 'shapes_steps' checks the built-in shapes task's counts and "
+        "verdicts.",
     )
     max_pairs_per_prompt: int = Field(15, ge=1, description="Cap K on correctness pairs per prompt (seeded sample).")
     dropout_prefix_fraction: float = Field(
