@@ -114,9 +114,11 @@ async def test_build_pairs_correctness_cap_seed_and_skips(services) -> None:
 
 
 async def test_step_check_labels_lucky_answers_wrong_and_keeps_them_out_of_pairs(services) -> None:
-    """A second reward service, with the arith step check on: a right final answer reached through a false
-    step is VERDICT_WRONG_STEP, counted as wrong, never chosen (and, as it states the truth, never rejected)."""
-    checked = await start_reward(RewardConfig(task_step_checks={"arith": "arith_steps"}))
+    """A second reward service, with the arith and shapes step checks on: a right final answer reached through
+    a false step is VERDICT_WRONG_STEP, counted as wrong and never chosen. An arith one states the truth, so
+    it is never rejected either; a shapes option letter is not searched for, so a lucky shapes answer is the
+    rejected side against one that derives the same answer."""
+    checked = await start_reward(RewardConfig(task_step_checks={"arith": "arith_steps", "shapes": "shapes_steps"}))
     lucky = "12 + 7 = 18. Final answer: 19"
     samples = [
         sample("a", 0, RIGHT),
@@ -124,27 +126,48 @@ async def test_step_check_labels_lucky_answers_wrong_and_keeps_them_out_of_pairs
         sample("a", 2, WRONG),
         sample("a", 3, "7 + 12 = 19. Final answer: 19"),
     ]
+    question = "Are there more circles than squares? (A) yes (B) no"
+    shapes = common_pb2.Prompt(id="s", question=question, task="shapes", answer="B", choices=["yes", "no"])
+    shapes_samples = [
+        sample("s", 0, "I see a red circle and a blue square. Circles: 1. Squares: 1. 1 is not more than 1, so no, "
+                       "option (B).\nFinal answer: B"),
+        sample("s", 1, "Squares: 1. Circles: 1. 1 is more than 1, so yes, option (B).\nFinal answer: B"),
+        sample("s", 2, "Circles: 2. Squares: 1. 2 is more than 1, so yes, option (A).\nFinal answer: A"),
+    ]  # fmt: skip
     try:
         async with RewardClient(checked.address) as client:
-            scores = (await client.score([arith("a")], samples)).scores
+            scores = (await client.score([arith("a"), shapes], samples + shapes_samples)).scores
             built = await client.build_pairs([arith("a")], samples, round=1)
+            built_shapes = await client.build_pairs([shapes], shapes_samples, round=1)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await client.score([common_pb2.Prompt(id="x", question="What is twelve?", task="arith", answer="12")],
                                    [sample("x", 0, RIGHT)])  # fmt: skip
+            with pytest.raises(grpc.aio.AioRpcError) as caught_shapes:
+                await client.score([common_pb2.Prompt(id="y", question="Describe it.", task="shapes", answer="2")],
+                                   [sample("y", 0, "That is 2. Final answer: 2")])  # fmt: skip
     finally:
         await checked.stop(0)
     assert [s.verdict for s in scores] == [
         reward_pb2.VERDICT_CORRECT, reward_pb2.VERDICT_WRONG_STEP, reward_pb2.VERDICT_WRONG, reward_pb2.VERDICT_CORRECT,
+        reward_pb2.VERDICT_CORRECT, reward_pb2.VERDICT_WRONG_STEP, reward_pb2.VERDICT_WRONG,
     ]  # fmt: skip
     assert (built.stats.correct, built.stats.wrong, built.stats.wrong_step) == (2, 2, 1)
     assert sorted((p.provenance.chosen_sample_index, p.provenance.rejected_sample_index) for p in built.pairs) == [
         (0, 2), (3, 2),
     ]  # fmt: skip
+    shapes_pairs = sorted(
+        (p.provenance.chosen_sample_index, p.provenance.rejected_sample_index) for p in built_shapes.pairs
+    )
+    assert shapes_pairs == [(0, 1), (0, 2)], "the lucky answer is rejected against the one that derives it"
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (caught.value.details() or "").startswith("prompts[0].question: step check 'arith_steps': no arithmetic")
+    assert caught_shapes.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught_shapes.value.details() or "").startswith(
+        "prompts[0].question: step check 'shapes_steps': not a shapes question"
+    )
     async with RewardClient(services[1].address) as client:  # the service without the check is unchanged
-        unchecked = (await client.score([arith("a")], samples)).scores
-    assert unchecked[1].verdict == reward_pb2.VERDICT_CORRECT
+        unchecked = (await client.score([arith("a"), shapes], samples + shapes_samples)).scores
+    assert [unchecked[1].verdict, unchecked[5].verdict] == [reward_pb2.VERDICT_CORRECT, reward_pb2.VERDICT_CORRECT]
 
 
 async def test_dropout_ntp_continues_the_prefix_without_the_image(services) -> None:
