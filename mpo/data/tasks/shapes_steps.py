@@ -21,6 +21,7 @@ The form, per question type (`shapes.py` writes the demonstrations):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -50,7 +51,7 @@ _QUESTIONS: list[tuple[str, re.Pattern[str]]] = [
 ]
 _LISTING = re.compile(rf"(?:{'|'.join(OPENERS)}) (?P<items>.+)\.$")
 _ITEM = re.compile(rf"an? (?P<colour>{_COLOUR}) (?P<shape>{_SHAPE})$")
-_THAT_IS = re.compile(r"That is (\d+)\.$")
+_THAT_IS = r"That is (\d+)\."
 _SENTENCE_END = re.compile(r"(?<=\.)\s+")
 
 
@@ -88,8 +89,7 @@ def _listing(sentence: str) -> list[tuple[str, str]] | None:
     if not match:
         return None
     *head, last = match["items"].split(", ")
-    words = [*head, *last.split(" and ")] if head or " and " in last else [last]
-    items = [_ITEM.match(word) for word in words]
+    items = [_ITEM.match(word) for word in [*head, *last.split(" and ")]]
     if not all(items):
         return None
     return [(item["colour"], item["shape"]) for item in items if item]
@@ -121,13 +121,13 @@ def _count(body: list[str], label: str, vocabulary: Sequence[str], answer: str) 
     if len(body) != 2:
         return None
     found = _named(_one(rf"{label}: (.+)\.", body[0])[1], vocabulary)
-    total = _one(_THAT_IS.pattern, body[1])[1]
+    total = _one(_THAT_IS, body[1])[1]
     return found if int(total) == len(found) and total == answer else None
 
 
 def _count_all(body: list[str], slots: dict, listing: list | None, options: list[str], answer: str) -> bool:
     assert listing is not None
-    return len(body) == 1 and _one(_THAT_IS.pattern, body[0])[1] == answer == str(len(listing))
+    return len(body) == 1 and _one(_THAT_IS, body[0])[1] == answer == str(len(listing))
 
 
 def _count_colour(body: list[str], slots: dict, listing: list | None, options: list[str], answer: str) -> bool:
@@ -191,14 +191,6 @@ def _compare(body: list[str], slots: dict, listing: list | None, options: list[s
     return verdict[5] == answer
 
 
-def _compare_shape(body: list[str], slots: dict, listing: list | None, options: list[str], answer: str) -> bool:
-    return _compare(body, slots, listing, options, answer, "shape")
-
-
-def _compare_colour(body: list[str], slots: dict, listing: list | None, options: list[str], answer: str) -> bool:
-    return _compare(body, slots, listing, options, answer, "colour")
-
-
 def _most_colour(body: list[str], slots: dict, listing: list | None, options: list[str], answer: str) -> bool:
     if len(body) != len(options) + 1:
         return False
@@ -238,8 +230,8 @@ _BODIES = {
     "count_colour": _count_colour,
     "count_shape": _count_shape,
     "count_colour_shape": _count_colour_shape,
-    "compare_shape": _compare_shape,
-    "compare_colour": _compare_colour,
+    "compare_shape": functools.partial(_compare, key="shape"),
+    "compare_colour": functools.partial(_compare, key="colour"),
     "most_colour": _most_colour,
     "shape_colour": _shape_colour,
 }
