@@ -89,6 +89,8 @@ class Rehearsal:
         self.run_id: str = self.run["run_id"]
         self.faults: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {"workdir": str(workdir), "head_image": args.head_image}
+        #: When the whole rehearsal gives up: every wait stops here, with the jobs' logs, so a stuck phase is named.
+        self.deadline = time.monotonic() + args.timeout
 
     # -- the release ------------------------------------------------------------------------------------
 
@@ -121,10 +123,10 @@ class Rehearsal:
 
     def wait(self, what: str, done: Callable[[], bool], timeout: float) -> None:
         say(f"waiting: {what}")
-        deadline = time.monotonic() + timeout
+        deadline = min(time.monotonic() + timeout, self.deadline)
         while not done():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout:.0f} s\n{self.job_logs()}")
+                raise TimeoutError(f"{what}: not done at {time.monotonic() - _STARTED:.0f} s\n{self.job_logs()}")
             self.operator.reconcile()
             time.sleep(1.0)
         say(f"done: {what}")
@@ -170,7 +172,7 @@ class Rehearsal:
         """`mpo client generate` from a process outside Ray, with the user token (and the CA when TLS is on),
         at the head's rollout port; with TLS on, a plaintext client there must fail."""
         tls = ["--tls-root-cert", str(self.workdir / "tls" / "tls.crt")] if self.args.tls else []
-        deadline = time.monotonic() + 600
+        deadline = min(time.monotonic() + 600, self.deadline)
         while True:
             result = self._client(*tls)
             if result.returncode == 0:
@@ -356,6 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--values", type=Path, action="append", default=[], help="extra values file; repeat")
     parser.add_argument("--set", type=lambda item: tuple(item.split("=", 1)), action="append", default=[],
                         metavar="KEY=VALUE", help="helm --set; repeat")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="give up after this many seconds in all, naming the phase and printing the jobs' logs")
     parser.add_argument("--no-faults", dest="faults", action="store_false", help="skip the node faults")
     parser.add_argument("--no-tls", dest="tls", action="store_false", help="plaintext gRPC (no tls.existing_secret)")
     parser.add_argument("--workdir", type=Path, help="volumes, node temp dirs and logs (default: a new temp dir)")
