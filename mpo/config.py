@@ -350,7 +350,12 @@ class RewardConfig(_Strict):
     rollout_address: str | None = Field(
         None, description="host:port of the rollout service (DropoutNTP continuations; refused without it)."
     )
-    continuation_max_tokens: int = Field(256, ge=1, description="Most tokens of a DropoutNTP continuation.")
+    continuation_max_tokens: int = Field(
+        256,
+        ge=1,
+        description="Most tokens of a DropoutNTP continuation. Each is also held to what its chosen answer spent "
+        "after the prefix (the sample's token ids), so the rejected side is never the longer one by construction.",
+    )
     scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
     server: ServerConfig = Field(default_factory=ServerConfig)
 

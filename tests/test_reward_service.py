@@ -11,13 +11,14 @@ import grpc
 import pytest
 import pytest_asyncio
 import ray
+from transformers import AutoTokenizer
 
 from mpo.config import RequestLimits, RewardConfig, RolloutConfig, ScorerConfig, ServerConfig
 from mpo.models.tiny import build_image_text_model, build_text_model
 from mpo.services.reward.service import RunningReward, start_reward
 from mpo.services.rollout.server import RunningRollout, start_rollout
-from mpo.serving.clients import RewardClient
-from mpo.v1 import common_pb2, reward_pb2
+from mpo.serving.clients import RewardClient, RolloutClient
+from mpo.v1 import common_pb2, reward_pb2, rollout_pb2
 from tests.rollout_helpers import CORPUS, SMALL, VISION, png
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -191,6 +192,33 @@ async def test_dropout_ntp_continues_the_prefix_without_the_image(services) -> N
     assert pair.prompt_id == "scene" and list(response.prompts) == [scene], "the image travels once, for training"
     assert dict(response.skipped_prompts) == {"plain": "no_image_for_dropout_ntp"}
     assert response.stats.pairs_dropout_ntp == 1
+
+
+async def test_a_dropout_ntp_rejected_answer_runs_no_longer_than_its_chosen_one(services) -> None:
+    """The blind continuation gets only what the chosen answer spent after the prefix. With more room (the
+    service's 12 tokens, all it has when a sample carries no token ids) it runs past the chosen answer's
+    length, and the pair would prefer the shorter answer rather than the one that saw the image. The same
+    seed draws the same tokens, so the held rejected answer is the free continuation's first tokens."""
+    rollout, reward = services
+    tokenizer = AutoTokenizer.from_pretrained(rollout.service.config.model)
+    scene = common_pb2.Prompt(
+        id="scene", question="Describe the image.", task="describe", images=[common_pb2.Image(data=png("red"))]
+    )
+    chosen, prefix = "I see one red square in the middle of it.", "I see one red square in the middle"
+    chosen_tokens = tokenizer(chosen, add_special_tokens=False).input_ids
+    measured = common_pb2.Sample(prompt_id="scene", index=0, text=chosen, token_ids=chosen_tokens, policy_version=3)
+    options = reward_pb2.PairOptions(dropout_prefix_fraction=0.9, seed=1)  # 8 of 10 words: little left
+    async with RewardClient(reward.address) as client:
+        (free,) = (await client.build_pairs([scene], [sample("scene", 0, chosen)], round=1, options=options)).pairs
+        (held,) = (await client.build_pairs([scene], [measured], round=1, options=options)).pairs
+    async with RolloutClient(rollout.address) as client:  # what the reward service asked for, unbounded
+        continuation = rollout_pb2.Continuation(prompt=scene, prefix=prefix, drop_images=True)
+        sampling = common_pb2.SamplingParams(n=1, temperature=1.0, max_tokens=12, seed=1)
+        (blind,) = (await client.continue_prefixes([continuation], sampling)).samples
+    left = len(chosen_tokens) - len(tokenizer(prefix, add_special_tokens=False).input_ids)
+    assert 0 < left < len(blind.token_ids), "the free continuation must run past the chosen answer's length"
+    assert free.rejected == prefix + blind.text
+    assert held.rejected == prefix + tokenizer.decode(list(blind.token_ids)[:left], skip_special_tokens=True)
 
 
 async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> None:

@@ -13,6 +13,7 @@ import grpc
 import pytest
 import pytest_asyncio
 import ray
+from transformers import AutoTokenizer
 
 from mpo.config import RolloutConfig
 from mpo.models.tiny import build_image_text_model, build_text_model
@@ -94,6 +95,28 @@ async def test_continuation_with_and_without_the_image_differ(vl_rollout: Runnin
     with_image, without_image = response.samples
     assert (with_image.prompt_id, with_image.index, without_image.index) == ("v0", 0, 0)
     assert list(with_image.logprobs) != list(without_image.logprobs), "the image must condition the continuation"
+
+
+async def test_a_continuation_is_held_to_its_total_token_budget(vl_rollout: RunningRollout, vl_model: Path) -> None:
+    """`max_total_tokens` counts the prefix's tokens: the continuation is the unbounded one cut where prefix
+    plus continuation reach the budget (one token at least), its text decoded from what is kept."""
+    tokenizer = AutoTokenizer.from_pretrained(vl_model)
+    prefix = "I count"
+    prefix_tokens = len(tokenizer(prefix, add_special_tokens=False).input_ids)
+    prompt = scene_prompt(common_pb2.Image(data=png("blue")))
+    params = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=8, return_logprobs=True)
+    continuations = [
+        rollout_pb2.Continuation(prompt=prompt, prefix=prefix, drop_images=True, max_total_tokens=total)
+        for total in (0, prefix_tokens + 3, 1)
+    ]
+    async with RolloutClient(vl_rollout.address) as client:
+        free, held, least = (await client.continue_prefixes(continuations, params)).samples
+    assert len(free.token_ids) > 3, "the unbounded continuation must run past the budget for the cut to show"
+    assert list(held.token_ids) == list(free.token_ids)[:3] and list(held.logprobs) == list(free.logprobs)[:3]
+    assert held.text == tokenizer.decode(list(held.token_ids), skip_special_tokens=True)
+    assert free.text.startswith(held.text) and len(held.text) < len(free.text)
+    assert held.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    assert list(least.token_ids) == list(free.token_ids)[:1], "a budget the prefix fills still gets one token"
 
 
 async def test_a_static_kv_cache_draws_the_same_samples(

@@ -2,8 +2,10 @@
 
 Chosen = the policy's own answer. Its first fraction of words is continued by the policy *without the
 images* (RolloutService.Continue, drop_images); rejected = that prefix + the image-less continuation,
-which tends to drift from what the image shows. Prompts without images cannot tell the two apart and
-are skipped with a reason.
+which tends to drift from what the image shows. The continuation may run only as far as the chosen
+answer did (`Continuation.max_total_tokens`): given more room, a blind continuation that keeps listing
+objects makes the rejected side the longer one, and the pair teaches "say less" rather than "say what the
+image shows". Prompts without images cannot tell the two apart and are skipped with a reason.
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ async def continue_without_images(
     """One Continue call for all jobs (the rollout service batches them); pairs in job order."""
     if not jobs:
         return []
-    continuations = [rollout_pb2.Continuation(prompt=j.prompt, prefix=j.prefix, drop_images=True) for j in jobs]
+    continuations = [
+        rollout_pb2.Continuation(
+            prompt=j.prompt, prefix=j.prefix, drop_images=True, max_total_tokens=len(j.sample.token_ids)
+        )
+        for j in jobs
+    ]
     sampling = common_pb2.SamplingParams(n=1, temperature=1.0, max_tokens=max_tokens, seed=seed)
     response = await client.continue_prefixes(continuations, sampling)
     pairs = []

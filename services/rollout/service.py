@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 from functools import partial
@@ -25,7 +25,7 @@ from ray.exceptions import RayError
 
 from mpo.config import GREEDY_TEMPERATURE, RolloutConfig
 from mpo.prompts import PromptRenderer, resolve_readable
-from mpo.services.rollout.engines.base import Completion, EngineInput, SamplingSpec
+from mpo.services.rollout.engines.base import Completion, EngineInput, SamplingSpec, cut_at_stop
 from mpo.services.rollout.pool import ReplicaPool, ReplicaUnavailable
 from mpo.serving.validation import InvalidRequest, error_text
 from mpo.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
@@ -78,6 +78,16 @@ def to_sample(prompt_id: str, index: int, completion: Completion, version: int) 
         finish_reason=_FINISH[completion.finish_reason],
         policy_version=version,
     )
+
+
+def held_to(completion: Completion, budget: int, decode: Callable[[list[int]], str], stop: Sequence[str]) -> Completion:
+    """`completion` cut to its first `budget` tokens (`Continuation.max_total_tokens`), its text decoded
+    again from them; unchanged when it is no longer."""
+    if len(completion.token_ids) <= budget:
+        return completion
+    token_ids = completion.token_ids[:budget]
+    text, stopped = cut_at_stop(decode(token_ids), stop)
+    return Completion(text, token_ids, completion.logprobs[:budget], "stop" if stopped else "length")
 
 
 async def _idle_limited(messages: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
@@ -248,13 +258,23 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             for i, c in enumerate(request.continuations)
         ]
         inputs, spec = await self._engine_inputs(renders, spec)
+        budgets = [self._continuation_budget(c, spec.max_tokens) for c in request.continuations]
         async with self._sampling(context):
-            version, completions = await self.pool.generate(inputs, spec)
+            version, completions = await self.pool.generate(inputs, replace(spec, max_tokens=max(budgets)))
+        decode = partial(self.renderer.tokenizer.decode, skip_special_tokens=True)
         samples = [
-            to_sample(c.prompt.id, 0, row[0], version)
-            for c, row in zip(request.continuations, completions, strict=True)
+            to_sample(c.prompt.id, 0, held_to(row[0], budget, decode, spec.stop), version)
+            for c, row, budget in zip(request.continuations, completions, budgets, strict=True)
         ]
         return rollout_pb2.ContinueResponse(samples=samples)
+
+    def _continuation_budget(self, continuation: rollout_pb2.Continuation, max_tokens: int) -> int:
+        """New tokens `continuation` may have: what `max_total_tokens` leaves after its prefix (at least one),
+        at most `max_tokens`."""
+        if not continuation.max_total_tokens:
+            return max_tokens
+        prefix_tokens = len(self.renderer.tokenizer(continuation.prefix, add_special_tokens=False).input_ids)
+        return min(max_tokens, max(1, continuation.max_total_tokens - prefix_tokens))
 
     # --- weights -------------------------------------------------------------------------------------
 
