@@ -51,7 +51,7 @@ from mpo.overrides import OverrideError, parse_overrides
 from mpo.services.controller.store import RunStore
 from mpo.trainer.export import export_checkpoint
 from mpo.trainer.sft import bootstrap
-from mpo.v1 import controller_pb2
+from mpo.v1 import common_pb2, controller_pb2
 
 VARIANTS = ("mpo", "sft", "mixed")
 _MPO_TERMS = {"preference": 0.8, "quality": 0.2, "generation": 1.0}
@@ -187,6 +187,37 @@ def paired_comparison(config: RunConfig) -> dict[str, Any]:
     return changes
 
 
+def side_measures(scene: list[tuple[str, str]], text: str) -> dict[str, float]:
+    check = judge_description(scene, text)
+    return {"mentions": len(check.mentions), "false_mentions": check.hallucinated_mentions,
+            "recall": check.recall, "characters": len(text)}  # fmt: skip
+
+
+def dropout_pairs(store: RunStore, run_id: str, round_index: int) -> list[common_pb2.PreferencePair]:
+    return [p for p in store.committed_pairs(run_id, round_index) if p.source == common_pb2.PAIR_SOURCE_DROPOUT_NTP]
+
+
+def compare_sides(pairs: list[common_pb2.PreferencePair], scenes: dict[str, list[tuple[str, str]]]) -> dict[str, Any]:
+    """DropoutNTP pairs with both sides judged against their scene: DropoutNTP assumes the chosen side
+    (written with the image) is the more grounded one, and this measures whether it is. Each measure as
+    [chosen, rejected] means, and the share of pairs whose chosen side has fewer (or more) mentions and
+    false mentions than its rejected side."""
+    if not pairs:
+        return {"pairs": 0}
+    chosen = [side_measures(scenes[p.prompt.id], p.chosen) for p in pairs]
+    rejected = [side_measures(scenes[p.prompt.id], p.rejected) for p in pairs]
+    summary: dict[str, Any] = {"pairs": len(pairs)}
+    for name in chosen[0]:
+        summary[name] = [round(statistics.fmean(side[name] for side in sides), 4) for sides in (chosen, rejected)]
+    for name in ("mentions", "false_mentions"):
+        for word, holds in (("fewer", float.__lt__), ("more", float.__gt__)):
+            share = statistics.fmean(
+                holds(float(c[name]), float(r[name])) for c, r in zip(chosen, rejected, strict=True)
+            )
+            summary[f"chosen_{word}_{name}"] = round(share, 4)
+    return summary
+
+
 def run_variant(workdir: Path, variant: str, seed: int, rounds: int, overrides: dict[str, Any]) -> dict[str, Any]:
     """One seed of a variant, or read back when the store has it completed."""
     config = variant_config(workdir, variant, seed, rounds, overrides)
@@ -204,6 +235,9 @@ def run_variant(workdir: Path, variant: str, seed: int, rounds: int, overrides: 
         return {"rate": round(h.rate, 4), "mentions": round(h.mentions, 4), "recall": round(h.recall, 4)}
 
     first_start = records[0].finished_at - records[0].timings.total
+    ends = sorted({1, len(records)})  # the base's samples, and the last round's
+    describe = load_prompts(workdir / "data" / "describe-train.jsonl").records
+    scenes = {record.id: scene_objects(record.meta["scene"]) for record in describe}
     return {
         "run_id": run_id,
         "controller": {
@@ -221,6 +255,8 @@ def run_variant(workdir: Path, variant: str, seed: int, rounds: int, overrides: 
             },
         },
         "pairs_dropout_ntp": sum(r.labels.pairs_dropout_ntp for r in records),
+        # Is the chosen side the more grounded one? In the first round and the last.
+        "dropout_ntp_sides": {f"round{r}": compare_sides(dropout_pairs(store, run_id, r), scenes) for r in ends},
         "pairs_correctness": sum(r.labels.pairs_correctness for r in records),
         "rounds_seconds": round(records[-1].finished_at - first_start, 1),
         "paired": paired_comparison(config),

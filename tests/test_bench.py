@@ -300,3 +300,20 @@ def test_hallucination_benchmark_configs_and_paired_errors(tmp_path: Path) -> No
     assert bench.summarize_seeds(mixed_runs)["shapes_accuracy"]["mean_change"] == 0.03
     assert summary["rate"]["paired_standard_error"] == pytest.approx(0.0194, abs=1e-4)
     assert summary["rate"]["seed_spread_standard_error"] == pytest.approx(0.0577, abs=1e-4)
+
+    # DropoutNTP's two sides judged against the scene (a red circle and a blue square): in the first pair
+    # the chosen side is the grounded one; in the second the blind side names less and so invents less.
+    scenes = {"s": [("red", "circle"), ("blue", "square")]}
+    prompt = common_pb2.Prompt(id="s", question="Describe the image.", task="describe")
+    pairs = [
+        common_pb2.PreferencePair(prompt=prompt, chosen="I see a red circle and a blue square.",
+                                  rejected="I see a red circle and a green triangle."),
+        common_pb2.PreferencePair(prompt=prompt, chosen="I see a red circle, a green circle and two squares.",
+                                  rejected="I see a red circle."),
+    ]  # fmt: skip
+    sides = bench.compare_sides(pairs, scenes)
+    assert sides["pairs"] == 2 and sides["mentions"] == [2.5, 1.5] and sides["false_mentions"] == [1.0, 0.5]
+    assert sides["recall"] == [0.75, 0.5]
+    assert (sides["chosen_fewer_false_mentions"], sides["chosen_more_false_mentions"]) == (0.5, 0.5)
+    assert (sides["chosen_fewer_mentions"], sides["chosen_more_mentions"]) == (0.0, 0.5)  # the first: 2 and 2
+    assert bench.compare_sides([], scenes) == {"pairs": 0}
