@@ -358,8 +358,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--values", type=Path, action="append", default=[], help="extra values file; repeat")
     parser.add_argument("--set", type=lambda item: tuple(item.split("=", 1)), action="append", default=[],
                         metavar="KEY=VALUE", help="helm --set; repeat")  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=1800.0,
-                        help="give up after this many seconds in all, naming the phase and printing the jobs' logs")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="give up after this many seconds in all, naming the phase and printing the jobs' logs",
+    )
     parser.add_argument("--no-faults", dest="faults", action="store_false", help="skip the node faults")
     parser.add_argument("--no-tls", dest="tls", action="store_false", help="plaintext gRPC (no tls.existing_secret)")
     parser.add_argument("--workdir", type=Path, help="volumes, node temp dirs and logs (default: a new temp dir)")
