@@ -258,7 +258,9 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             for i, c in enumerate(request.continuations)
         ]
         inputs, spec = await self._engine_inputs(renders, spec)
-        budgets = [self._continuation_budget(c, spec.max_tokens) for c in request.continuations]
+        budgets = await asyncio.to_thread(  # tokenizes the prefixes: a big batch must not stall the event loop
+            lambda: [self._continuation_budget(c, spec.max_tokens) for c in request.continuations]
+        )
         async with self._sampling(context):
             version, completions = await self.pool.generate(inputs, replace(spec, max_tokens=max(budgets)))
         decode = partial(self.renderer.tokenizer.decode, skip_special_tokens=True)
