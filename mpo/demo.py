@@ -133,7 +133,6 @@ def _shapes_settings(state: Path, seed: int, rounds: int, mode: str, heldout: in
         },
         "rollout": {
             "backend": "transformers",
-            "transformers_kv_cache": "static",  # the same samples, decoded ~1.2x faster (docs/results.md)
             "max_model_len": 512,
             "weights_dir": str(state / "weights"),
         },
