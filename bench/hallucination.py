@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import platform
 import random
@@ -43,7 +44,7 @@ from mpo.data.records import PromptRecord
 from mpo.data.tasks import TASKS, make_splits
 from mpo.embedded import run_embedded
 from mpo.evaluation import evaluate, paired_gain
-from mpo.grading.hallucination import DescriptionCheck, judge_description, scene_objects
+from mpo.grading.hallucination import DescriptionCheck, described_scenes, judge_description, scene_objects
 from mpo.models.corpus import task_corpus
 from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.models.tiny import build_image_text_model
@@ -210,10 +211,8 @@ def compare_sides(pairs: list[common_pb2.PreferencePair], scenes: dict[str, list
     for name in chosen[0]:
         summary[name] = [round(statistics.fmean(side[name] for side in sides), 4) for sides in (chosen, rejected)]
     for name in ("mentions", "false_mentions"):
-        for word, holds in (("fewer", float.__lt__), ("more", float.__gt__)):
-            share = statistics.fmean(
-                holds(float(c[name]), float(r[name])) for c, r in zip(chosen, rejected, strict=True)
-            )
+        for word, holds in (("fewer", operator.lt), ("more", operator.gt)):
+            share = statistics.fmean(holds(c[name], r[name]) for c, r in zip(chosen, rejected, strict=True))
             summary[f"chosen_{word}_{name}"] = round(share, 4)
     return summary
 
@@ -236,8 +235,7 @@ def run_variant(workdir: Path, variant: str, seed: int, rounds: int, overrides: 
 
     first_start = records[0].finished_at - records[0].timings.total
     ends = sorted({1, len(records)})  # the base's samples, and the last round's
-    describe = load_prompts(workdir / "data" / "describe-train.jsonl").records
-    scenes = {record.id: scene_objects(record.meta["scene"]) for record in describe}
+    scenes = described_scenes(load_prompts(workdir / "data" / "describe-train.jsonl").records)
     return {
         "run_id": run_id,
         "controller": {
