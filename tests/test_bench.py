@@ -317,3 +317,30 @@ def test_hallucination_benchmark_configs_and_paired_errors(tmp_path: Path) -> No
     assert (sides["chosen_fewer_false_mentions"], sides["chosen_more_false_mentions"]) == (0.5, 0.5)
     assert (sides["chosen_fewer_mentions"], sides["chosen_more_mentions"]) == (0.0, 0.5)  # the first: 2 and 2
     assert bench.compare_sides([], scenes) == {"pairs": 0}
+
+
+def test_perception_benchmark_tells_seeing_from_guessing(tmp_path: Path) -> None:
+    bench = _bench_module("perception")
+    scenes = {"a": [("red", "circle"), ("blue", "square")], "b": [("green", "triangle")], "c": [("yellow", "circle")]}
+    seeing = [
+        ("a", "I see a blue square and a red circle. That is 2.\nFinal answer: 2"),
+        ("b", "The image shows a green triangle."),
+        ("c", "Circles: yellow. That is 1.\nFinal answer: 1"),  # no listing: only counted in `listing`
+    ]
+    judged = bench.judge_answers(seeing, scenes)
+    assert judged["answers"] == 3 and judged["listing"] == pytest.approx(2 / 3, abs=1e-4)
+    assert judged["own_scene"] == {"recall": 1.0, "precision": 1.0, "count": 1.0, "exact": 1.0}
+    # Against the next prompt's scene (a -> b, b -> c): nothing holds, so the image added everything.
+    assert judged["other_scene"]["recall"] == 0.0 and judged["recall_margin"] == 1.0
+    # A policy that says the same thing whatever the image names as much of other scenes as of its own.
+    blind = bench.judge_answers([(pid, "I see a red circle.") for pid in scenes], scenes)
+    assert blind["own_scene"]["recall"] == blind["other_scene"]["recall"] > 0 and blind["recall_margin"] == 0.0
+    assert bench.judge_answers([("a", "Final answer: 2")] * 2, scenes) == {"answers": 2, "listing": 0.0}
+    with pytest.raises(ValueError, match="at least two prompts"):
+        bench.judge_answers([("a", "I see a red circle.")], scenes)
+
+    # The command names what is missing: here the run.
+    command = [sys.executable, str(ROOT / "bench" / "perception.py"), "--store", str(tmp_path / "store"),
+               "--run-id", "nope", "--data", str(tmp_path / "prompts.jsonl")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and "--run-id: no run 'nope'" in result.stderr, result.stderr[-500:]
