@@ -102,15 +102,9 @@ def shape_phrase(shape: dict[str, Any]) -> str:
     return f"a {shape['colour']} {shape['shape']}"
 
 
-def reading_order(scene: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Top to bottom by centre, left to right on a tie. Why a fixed order: listed in a random order, a
-    tiny model must remember which shapes it has named; in reading order the next one is always the
-    highest shape below the last, a scan it can learn. Taught random orders, the demo's base named
-    hardly more of its own scene than of another prompt's (`bench/perception.py`, docs/results.md)."""
-    return sorted(scene, key=lambda shape: (shape["y"], shape["x"]))
-
-
 def describe_scene(scene: Sequence[dict[str, Any]], rng: random.Random) -> str:
-    """'I see a red circle, a blue square and a red triangle.' in reading order; shared by the
+    """'I see a red circle, a blue square and a red triangle.' in a random order; shared by the
     demonstrations, and usable as a reference description for `describe` warm-up."""
-    return f"{rng.choice(OPENERS)} {join_words([shape_phrase(s) for s in reading_order(scene)])}."
+    shuffled = list(scene)
+    rng.shuffle(shuffled)
+    return f"{rng.choice(OPENERS)} {join_words([shape_phrase(s) for s in shuffled])}."
