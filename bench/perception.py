@@ -131,6 +131,10 @@ def main() -> None:
     if args.model:
         if len(args.data) != 1:
             parser.error("--data: give one prompt file with --model")
+        if args.limit < 2:
+            parser.error("--limit: at least 2 (each answer is also judged against another prompt's scene)")
+        if len(scenes_of(args.data)) < 2:
+            parser.error(f"--data: {args.data[0]} has fewer than 2 prompts with a scene (meta.scene)")
         answers = greedy_answers(args.model, args.data[0], args.limit, args.max_tokens)
         report |= {"model": str(args.model), "greedy": judge_answers(answers, scenes_of(args.data))}
     else:
@@ -148,7 +152,11 @@ def run_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict
     scenes = scenes_of(args.data)
     rounds: dict[str, Any] = {}
     everything: list[common_pb2.PreferencePair] = []
-    for round_index in (int(r) for r in args.rounds.split(",")):
+    try:
+        round_indices = [int(r) for r in args.rounds.split(",")]
+    except ValueError:
+        parser.error(f"--rounds: comma-separated round numbers, got {args.rounds!r}")
+    for round_index in round_indices:
         try:
             pairs = store.committed_pairs(args.run_id, round_index)
         except StoreError as exc:

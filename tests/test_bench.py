@@ -344,3 +344,7 @@ def test_perception_benchmark_tells_seeing_from_guessing(tmp_path: Path) -> None
                "--run-id", "nope", "--data", str(tmp_path / "prompts.jsonl")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2 and "--run-id: no run 'nope'" in result.stderr, result.stderr[-500:]
+    command = [sys.executable, str(ROOT / "bench" / "perception.py"), "--model", str(tmp_path / "model"),
+               "--data", str(tmp_path / "prompts.jsonl"), "--limit", "1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and "--limit: at least 2" in result.stderr, result.stderr[-500:]
