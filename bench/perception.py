@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mpo.data.loader import load_prompts
+from mpo.data.records import PromptRecord
 from mpo.data.tasks.scenes import OPENERS
 from mpo.grading.hallucination import DescriptionCheck, judge_description, scene_objects
 from mpo.models.generate import Sampling, TransformersGenerator
@@ -54,14 +55,13 @@ def listing(answer: str) -> str | None:
     return first if first.startswith(OPENERS) else None
 
 
-def scenes_of(data_files: Iterable[Path]) -> dict[str, Scene]:
-    """Prompt id -> scene, for every record that carries `meta.scene` (the built-in image tasks)."""
-    return {
-        record.id: scene_objects(record.meta["scene"])
-        for path in data_files
-        for record in load_prompts(path).records
-        if "scene" in record.meta
-    }
+def with_scenes(data_files: Iterable[Path]) -> list[PromptRecord]:
+    """The records that carry `meta.scene` (the built-in image tasks), in file order."""
+    return [record for path in data_files for record in load_prompts(path).records if "scene" in record.meta]
+
+
+def scenes_of(records: Iterable[PromptRecord]) -> dict[str, Scene]:
+    return {record.id: scene_objects(record.meta["scene"]) for record in records}
 
 
 def other_scenes(prompt_ids: Sequence[str], scenes: dict[str, Scene]) -> dict[str, Scene]:
@@ -109,9 +109,8 @@ def pair_sides(pairs: Sequence[common_pb2.PreferencePair]) -> dict[str, list[tup
     }
 
 
-def greedy_answers(model_dir: Path, data_file: Path, limit: int, max_tokens: int) -> list[tuple[str, str]]:
-    """(prompt id, greedy answer) for the first `limit` prompts of `data_file` that carry a scene."""
-    records = [r for r in load_prompts(data_file).records if "scene" in r.meta][:limit]
+def greedy_answers(model_dir: Path, records: Sequence[PromptRecord], max_tokens: int) -> list[tuple[str, str]]:
+    """(prompt id, greedy answer) for each record."""
     texts = TransformersGenerator(model_dir).generate(records, Sampling(n=1, max_new_tokens=max_tokens))
     return [(record.id, answers[0]) for record, answers in zip(records, texts, strict=True)]
 
@@ -133,10 +132,11 @@ def main() -> None:
             parser.error("--data: give one prompt file with --model")
         if args.limit < 2:
             parser.error("--limit: at least 2 (each answer is also judged against another prompt's scene)")
-        if len(scenes_of(args.data)) < 2:
+        records = with_scenes(args.data)[: args.limit]
+        if len(records) < 2:
             parser.error(f"--data: {args.data[0]} has fewer than 2 prompts with a scene (meta.scene)")
-        answers = greedy_answers(args.model, args.data[0], args.limit, args.max_tokens)
-        report |= {"model": str(args.model), "greedy": judge_answers(answers, scenes_of(args.data))}
+        answers = greedy_answers(args.model, records, args.max_tokens)
+        report |= {"model": str(args.model), "greedy": judge_answers(answers, scenes_of(records))}
     else:
         report |= run_pairs(parser, args)
     print(json.dumps(report, indent=2))
@@ -149,7 +149,7 @@ def run_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict
     store = RunStore(args.store)
     if store.get_run(args.run_id) is None:
         parser.error(f"--run-id: no run {args.run_id!r} in {args.store}")
-    scenes = scenes_of(args.data)
+    scenes = scenes_of(with_scenes(args.data))
     rounds: dict[str, Any] = {}
     everything: list[common_pb2.PreferencePair] = []
     try:
@@ -163,9 +163,10 @@ def run_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict
             parser.error(f"--rounds: {exc}")
         if not pairs:
             parser.error(f"--rounds: run {args.run_id!r} has no committed pairs in round {round_index}")
-        if missing := sorted({p.prompt_id or p.prompt.id for p in pairs} - scenes.keys())[:3]:
+        sides = pair_sides(pairs)
+        if missing := sorted({pid for pid, _ in sides["chosen"]} - scenes.keys())[:3]:
             parser.error(f"--data: no scene for prompts {missing} (pass the run's training prompts)")
-        rounds[str(round_index)] = {side: judge_answers(a, scenes) for side, a in pair_sides(pairs).items()}
+        rounds[str(round_index)] = {side: judge_answers(answers, scenes) for side, answers in sides.items()}
         everything += pairs
     pooled = {side: judge_answers(a, scenes) for side, a in pair_sides(everything).items()}
     return {"run_id": args.run_id, "rounds": rounds, "pooled": pooled}

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from mpo.data.loader import write_prompts_jsonl
+from mpo.data.tasks import make_splits
 from mpo.demo import RECIPES, demo_run_config
 from mpo.models.corpus import task_corpus
 from mpo.models.families import FAMILIES
-from mpo.models.tiny import build_text_model
+from mpo.models.tiny import build_image_text_model, build_text_model
 from mpo.overrides import OverrideError
 from mpo.services.controller.store import RunStore
 from mpo.v1 import common_pb2, controller_pb2
@@ -348,3 +350,10 @@ def test_perception_benchmark_tells_seeing_from_guessing(tmp_path: Path) -> None
                "--data", str(tmp_path / "prompts.jsonl"), "--limit", "1"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2 and "--limit: at least 2" in result.stderr, result.stderr[-500:]
+
+    # A model's greedy answers, end to end: a random-weight image-text model answering describe prompts.
+    splits = make_splits("describe", seed=0, train=1, heldout=3, out_dir=tmp_path / "data")
+    write_prompts_jsonl(splits["heldout"], tmp_path / "data" / "heldout.jsonl")
+    model = build_image_text_model(tmp_path / "model", task_corpus(["describe"], per_task=200), seed=0)
+    greedy = run_bench("perception.py", f"--model {model} --data {tmp_path / 'data' / 'heldout.jsonl'} --limit 2")
+    assert greedy["model"] == str(model) and greedy["greedy"]["answers"] == 2
