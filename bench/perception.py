@@ -61,6 +61,7 @@ def with_scenes(data_files: Iterable[Path]) -> list[PromptRecord]:
 
 
 def scenes_of(records: Iterable[PromptRecord]) -> dict[str, Scene]:
+    """Prompt id -> its scene's ground truth."""
     return {record.id: scene_objects(record.meta["scene"]) for record in records}
 
 
@@ -151,7 +152,7 @@ def run_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict
         parser.error(f"--run-id: no run {args.run_id!r} in {args.store}")
     scenes = scenes_of(with_scenes(args.data))
     rounds: dict[str, Any] = {}
-    everything: list[common_pb2.PreferencePair] = []
+    everything: dict[str, list[tuple[str, str]]] = {"chosen": [], "rejected": []}
     try:
         round_indices = [int(r) for r in args.rounds.split(",")]
     except ValueError:
@@ -167,8 +168,9 @@ def run_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict
         if missing := sorted({pid for pid, _ in sides["chosen"]} - scenes.keys())[:3]:
             parser.error(f"--data: no scene for prompts {missing} (pass the run's training prompts)")
         rounds[str(round_index)] = {side: judge_answers(answers, scenes) for side, answers in sides.items()}
-        everything += pairs
-    pooled = {side: judge_answers(a, scenes) for side, a in pair_sides(everything).items()}
+        for side, answers in sides.items():
+            everything[side] += answers
+    pooled = {side: judge_answers(answers, scenes) for side, answers in everything.items()}
     return {"run_id": args.run_id, "rounds": rounds, "pooled": pooled}
 
 
