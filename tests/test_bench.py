@@ -354,6 +354,22 @@ def test_perception_benchmark_tells_seeing_from_guessing(tmp_path: Path) -> None
     # A model's greedy answers, end to end: a random-weight image-text model answering describe prompts.
     splits = make_splits("describe", seed=0, train=1, heldout=3, out_dir=tmp_path / "data")
     write_prompts_jsonl(splits["heldout"], tmp_path / "data" / "heldout.jsonl")
+
+    # A run's committed pairs: each round judged on its own, and the rounds pooled.
+    store = RunStore(tmp_path / "store")
+    store.put_run(controller_pb2.Run(run_id="r"))
+    a, b, c = (record.id for record in splits["heldout"])
+    for round_index, prompt_ids in ((1, [a, b]), (2, [b, c, c])):
+        store.commit_pairs("r", round_index, [
+            common_pb2.PreferencePair(id=f"{round_index}-{i}", prompt=common_pb2.Prompt(id=prompt_id),
+                                      chosen="I see a red circle.", rejected="Final answer: 1")
+            for i, prompt_id in enumerate(prompt_ids)
+        ])  # fmt: skip
+    from_pairs = run_bench("perception.py", f"--store {tmp_path / 'store'} --run-id r --rounds 1,2 "
+                                            f"--data {tmp_path / 'data' / 'heldout.jsonl'}")  # fmt: skip
+    assert [from_pairs["rounds"][r]["chosen"]["answers"] for r in ("1", "2")] == [2, 3]
+    assert from_pairs["pooled"]["chosen"]["answers"] == from_pairs["pooled"]["rejected"]["answers"] == 5
+    assert from_pairs["pooled"]["rejected"]["listing"] == 0.0 and from_pairs["pooled"]["chosen"]["listing"] == 1.0
     model = build_image_text_model(tmp_path / "model", task_corpus(["describe"], per_task=200), seed=0)
     greedy = run_bench("perception.py", f"--model {model} --data {tmp_path / 'data' / 'heldout.jsonl'} --limit 2")
     assert greedy["model"] == str(model) and greedy["greedy"]["answers"] == 2
