@@ -73,11 +73,6 @@ def other_scenes(prompt_ids: Sequence[str], scenes: dict[str, Scene]) -> dict[st
     return {pid: scenes[ordered[(i + 1) % len(ordered)]] for i, pid in enumerate(ordered)}
 
 
-def _objects_named(check: DescriptionCheck) -> int:
-    """Objects a listing names; a stated total ("I see 3 shapes: ...") is not one of them."""
-    return sum(mention.count for mention in check.mentions if mention.kind != (None, None))
-
-
 def summary(judged: Sequence[tuple[Scene, DescriptionCheck]]) -> dict[str, float]:
     """Listings judged against the scenes beside them."""
     checks = [check for _, check in judged]
@@ -86,14 +81,7 @@ def summary(judged: Sequence[tuple[Scene, DescriptionCheck]]) -> dict[str, float
     return {
         "recall": round(statistics.fmean(check.recall for check in checks), 4),
         "precision": round(1 - false / mentions, 4) if mentions else 0.0,
-        "count": round(statistics.fmean(_objects_named(c) == len(scene) for scene, c in judged), 4),
-        "stated_count": round(
-            statistics.fmean(
-                any(m.kind == (None, None) and m.claim == "exact" and not m.hallucinated for m in c.mentions)
-                for _, c in judged
-            ),
-            4,
-        ),
+        "count": round(statistics.fmean(sum(m.count for m in c.mentions) == len(scene) for scene, c in judged), 4),
         "exact": round(statistics.fmean(check.recall == 1 and not check.hallucinated for check in checks), 4),
     }
 

@@ -102,13 +102,9 @@ def shape_phrase(shape: dict[str, Any]) -> str:
     return f"a {shape['colour']} {shape['shape']}"
 
 
-def reading_order(scene: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Top to bottom by centre, left to right on a tie."""
-    return sorted(scene, key=lambda shape: (shape["y"], shape["x"]))
-
-
 def describe_scene(scene: Sequence[dict[str, Any]], rng: random.Random) -> str:
-    """'I see 3 shapes: a red circle, a blue square and a red triangle.' in reading order."""
-    noun = "shape" if len(scene) == 1 else "shapes"
-    items = join_words([shape_phrase(s) for s in reading_order(scene)])
-    return f"{rng.choice(OPENERS)} {len(scene)} {noun}: {items}."
+    """'I see a red circle, a blue square and a red triangle.' in a random order; shared by the
+    demonstrations, and usable as a reference description for `describe` warm-up."""
+    shuffled = list(scene)
+    rng.shuffle(shuffled)
+    return f"{rng.choice(OPENERS)} {join_words([shape_phrase(s) for s in shuffled])}."

@@ -21,7 +21,6 @@ from mpo.data.tasks.scenes import (
     Scene,
     describe_scene,
     random_scene,
-    reading_order,
     render_scene,
     save_png,
     scene_key,
@@ -138,20 +137,20 @@ def _demo_body(
         return [f"That is {len(scene)}."]
     if qtype == "count_colour":
         colour = params["colour"]
-        found = [s["shape"] for s in reading_order(scene) if s["colour"] == colour]
+        found = [s["shape"] for s in _shuffled(scene, rng) if s["colour"] == colour]
         return [f"{colour.capitalize()} shapes: {_listed(found)}.", f"That is {len(found)}."]
     if qtype == "count_shape":
         shape = params["shape"]
-        found = [s["colour"] for s in reading_order(scene) if s["shape"] == shape]
+        found = [s["colour"] for s in _shuffled(scene, rng) if s["shape"] == shape]
         return [f"{PLURALS[shape].capitalize()}: {_listed(found)}.", f"That is {len(found)}."]
     if qtype == "count_colour_shape":
         colour, shape = params["colour"], params["shape"]
         n = sum(1 for s in scene if s["colour"] == colour and s["shape"] == shape)
         if rng.random() < 0.5:  # filter by colour first
-            found = [s["shape"] for s in reading_order(scene) if s["colour"] == colour]
+            found = [s["shape"] for s in _shuffled(scene, rng) if s["colour"] == colour]
             first = f"{colour.capitalize()} shapes: {_listed(found)}."
         else:  # filter by shape first
-            found = [s["colour"] for s in reading_order(scene) if s["shape"] == shape]
+            found = [s["colour"] for s in _shuffled(scene, rng) if s["shape"] == shape]
             first = f"{PLURALS[shape].capitalize()}: {_listed(found)}."
         return [first, f"{colour.capitalize()} {PLURALS[shape]}: {n}."]
     assert choices is not None
