@@ -19,7 +19,17 @@ answers the scene listing before the derivation, for `describe` the description.
 that hold), count (as many objects named as the scene holds) and exact (the scene named completely,
 nothing else). `pooled` is all the given rounds' answers together.
 
+With `--features` (and `--model`), a linear probe instead: what the image features the language model
+receives still hold. Ridge regression from each image's projected tokens (each scaled to unit length,
+as the language model's RMSNorm sees them, then averaged) to the count of each colour, each shape and
+all shapes in its scene; half of the `--limit` images fit it, a quarter choose each target's ridge, and
+`count_r2` is R² on the last quarter. A random-initialised tower already holds the colour counts and
+the total; a warm start at the full rate spoils much of that (docs/results.md), which is what
+`BootstrapConfig.vision_lr_ratio` is for. `token_norm` against `text_embedding_norm` shows features
+that grew out of the text embeddings' scale.
+
     .venv/bin/python bench/perception.py --model MODEL_DIR --data DIR/data/heldout.jsonl [--limit 500]
+    .venv/bin/python bench/perception.py --model MODEL_DIR --data DIR/data/heldout.jsonl --features --limit 2000
     .venv/bin/python bench/perception.py --store DIR/bench-store --run-id RUN --data DIR/data/train.jsonl
                                          [--data MORE.jsonl ...] [--rounds 1,20]
 """
@@ -36,11 +46,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from PIL import Image
+
 from mpo.data.loader import load_prompts
 from mpo.data.records import PromptRecord
-from mpo.data.tasks.scenes import OPENERS
+from mpo.data.tasks.scenes import COLOURS, OPENERS, SHAPES
 from mpo.grading.hallucination import DescriptionCheck, judge_description, scene_objects
 from mpo.models.generate import Sampling, TransformersGenerator
+from mpo.models.loading import load_model, load_processor
 from mpo.services.controller.store import RunStore, StoreError
 from mpo.v1 import common_pb2
 
@@ -116,6 +130,73 @@ def greedy_answers(model_dir: Path, records: Sequence[PromptRecord], max_tokens:
     return [(record.id, answers[0]) for record, answers in zip(records, texts, strict=True)]
 
 
+#: The ridge strengths each target's probe chooses from (on the held-back quarter).
+RIDGES = tuple(10.0**k for k in range(-5, 3))
+
+
+def count_targets(records: Sequence[PromptRecord]) -> tuple[list[str], torch.Tensor]:
+    """Per record: how many objects of each colour, of each shape, and in all its scene holds."""
+    names = [*COLOURS, *SHAPES, "all shapes"]
+    rows = []
+    for record in records:
+        scene = scene_objects(record.meta["scene"])
+        colours = [sum(colour == c for c, _ in scene) for colour in COLOURS]
+        shapes = [sum(shape == s for _, s in scene) for shape in SHAPES]
+        rows.append([*colours, *shapes, len(scene)])
+    return names, torch.tensor(rows, dtype=torch.float64)
+
+
+def image_features(model_dir: Path, records: Sequence[PromptRecord], batch: int = 100) -> dict[str, Any]:
+    """Each record's first image as the language model receives it (`get_image_features`, tower and
+    projector): its tokens scaled to unit length and averaged, and the tokens' mean norm."""
+    model = load_model(model_dir).eval()
+    image_processor = load_processor(model_dir).image_processor
+    pooled, norms = [], []
+    with torch.inference_mode():
+        for start in range(0, len(records), batch):
+            images = [Image.open(record.images[0]).convert("RGB") for record in records[start : start + batch]]
+            inputs = image_processor(images, return_tensors="pt")
+            for tokens in model.get_image_features(**inputs).pooler_output:
+                norms.append(tokens.norm(dim=-1).mean())
+                pooled.append(torch.nn.functional.normalize(tokens, dim=-1).mean(0))
+    embeddings = model.get_input_embeddings().weight
+    return {
+        "features": torch.stack(pooled).double(),
+        "token_norm": round(torch.stack(norms).mean().item(), 3),
+        "text_embedding_norm": round(embeddings.norm(dim=-1).mean().item(), 3),
+    }
+
+
+def ridge_r2(features: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """R² of a ridge probe per target column: fit on the first half, each target's ridge chosen on the
+    third quarter, scored on the last (centred on the fitting half's means)."""
+    n = len(features)
+    if n < 8:
+        raise ValueError("a linear probe needs at least 8 images (half fit, a quarter choose, a quarter score)")
+    fit, choose, score = slice(0, n // 2), slice(n // 2, 3 * n // 4), slice(3 * n // 4, n)
+    x = features - features[fit].mean(0)
+    y = targets - targets[fit].mean(0)
+    gram, cross = x[fit].T @ x[fit], x[fit].T @ y[fit]
+    identity = torch.eye(x.shape[1], dtype=x.dtype)
+    predictions = [x @ torch.linalg.solve(gram + ridge * identity, cross) for ridge in RIDGES]
+    errors = torch.stack([((p[choose] - y[choose]) ** 2).sum(0) for p in predictions])  # ridge x target
+    best = errors.argmin(0)
+    r2 = []
+    for column in range(y.shape[1]):
+        residual = ((predictions[best[column]][score, column] - y[score, column]) ** 2).sum()
+        spread = ((y[score, column] - y[score, column].mean()) ** 2).sum()
+        r2.append(round(1 - (residual / spread).item(), 4) if spread > 0 else float("nan"))
+    return r2
+
+
+def probe_features(model_dir: Path, records: Sequence[PromptRecord]) -> dict[str, Any]:
+    """The linear probe's report: R² per count, and the feature and text-embedding scales."""
+    names, targets = count_targets(records)
+    probed = image_features(model_dir, records)
+    r2 = ridge_r2(probed.pop("features"), targets)
+    return {"images": len(records), "count_r2": dict(zip(names, r2, strict=True))} | probed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -124,6 +205,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, action="append", required=True, help="prompt files with the scenes")
     parser.add_argument("--limit", type=int, default=500, help="--model: how many prompts to answer")
     parser.add_argument("--max-tokens", type=int, default=96, help="--model: answer length (the rounds' 96)")
+    parser.add_argument("--features", action="store_true", help="--model: a linear probe of the image features")
     parser.add_argument("--run-id", help="--store: the run")
     parser.add_argument("--rounds", default="1", help="--store: comma-separated round numbers (1-based)")
     args = parser.parse_args()
@@ -136,9 +218,16 @@ def main() -> None:
         records = with_scenes(args.data)[: args.limit]
         if len(records) < 2:
             parser.error(f"--data: {args.data[0]} has fewer than 2 prompts with a scene (meta.scene)")
-        answers = greedy_answers(args.model, records, args.max_tokens)
-        report |= {"model": str(args.model), "greedy": judge_answers(answers, scenes_of(records))}
+        if args.features:
+            if len(records) < 8:
+                parser.error("--limit: the linear probe needs at least 8 prompts with a scene")
+            report |= {"model": str(args.model), "probe": probe_features(args.model, records)}
+        else:
+            answers = greedy_answers(args.model, records, args.max_tokens)
+            report |= {"model": str(args.model), "greedy": judge_answers(answers, scenes_of(records))}
     else:
+        if args.features:
+            parser.error("--features: give --model (the probe reads a model's image features)")
         report |= run_pairs(parser, args)
     print(json.dumps(report, indent=2))
 

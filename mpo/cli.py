@@ -374,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument(
         "--ema-decay", type=float, dest="ema_decay", help="weight-average decay; 0 = last iterate; unset = per task"
     )
+    boot.add_argument(
+        "--vision-lr-ratio", type=float, dest="vision_lr_ratio", help="image encoder's share of the rate; 0 freezes"
+    )
     boot.add_argument("--skip-bad-rows", action="store_true", help="skip (and report) bad prompt rows")
     boot.set_defaults(handler=_cmd_bootstrap)
 

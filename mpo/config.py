@@ -112,6 +112,15 @@ class BootstrapConfig(_Strict):
         description="Cosine decay from the peak to this fraction of it; 1.0 keeps the rate constant. The "
         "stability check continues at the final rate, like any further training of the same recipe would.",
     )
+    vision_lr_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Image-text models: the image encoder's rate as a fraction of the language model's; 0 "
+        "freezes it. The full rate spoils a tiny random tower's features (docs/results.md); text models "
+        "ignore it.",
+    )
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     eval_every: int = Field(250, ge=1, description="Steps between points of the accuracy curve.")

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mpo.data.loader import write_prompts_jsonl
+from mpo.data.records import PromptRecord
 from mpo.data.tasks import make_splits
 from mpo.demo import RECIPES, demo_run_config
 from mpo.models.corpus import task_corpus
@@ -373,3 +375,33 @@ def test_perception_benchmark_tells_seeing_from_guessing(tmp_path: Path) -> None
     model = build_image_text_model(tmp_path / "model", task_corpus(["describe"], per_task=200), seed=0)
     greedy = run_bench("perception.py", f"--model {model} --data {tmp_path / 'data' / 'heldout.jsonl'} --limit 2")
     assert greedy["model"] == str(model) and greedy["greedy"]["answers"] == 2
+
+    # The linear probe, end to end on the same model: every count probed, on the features' own scale.
+    probe_data = make_splits("describe", seed=1, train=1, heldout=16, out_dir=tmp_path / "probe")
+    write_prompts_jsonl(probe_data["heldout"], tmp_path / "probe" / "heldout.jsonl")
+    probed = run_bench("perception.py", f"--model {model} --data {tmp_path / 'probe' / 'heldout.jsonl'} --features")
+    assert probed["probe"]["images"] == 16
+    assert list(probed["probe"]["count_r2"]) == ["red", "green", "blue", "yellow", "circle", "square", "triangle",
+                                                 "all shapes"]  # fmt: skip
+    assert all(r2 <= 1.0 for r2 in probed["probe"]["count_r2"].values())
+    assert probed["probe"]["token_norm"] > 0 and probed["probe"]["text_embedding_norm"] > 0
+
+
+def test_linear_probe_reads_what_the_features_hold_and_nothing_else() -> None:
+    bench = _bench_module("perception")
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 16, generator=generator, dtype=torch.float64)
+    readable = features @ torch.randn(16, generator=generator, dtype=torch.float64)
+    readable += 0.1 * torch.randn(400, generator=generator, dtype=torch.float64)
+    unrelated = torch.randn(400, generator=generator, dtype=torch.float64)
+    held, absent = bench.ridge_r2(features, torch.stack([readable, unrelated], dim=1))
+    assert held > 0.95 and absent < 0.1
+    with pytest.raises(ValueError, match="at least 8 images"):
+        bench.ridge_r2(features[:6], readable[:6, None])
+
+    scene = [{"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "red"}]
+    record = PromptRecord(id="s", question="How many?", task="shapes", meta={"scene": scene})
+    names, counts = bench.count_targets([record])
+    assert dict(zip(names, counts[0].tolist(), strict=True)) == {
+        "red": 2, "green": 0, "blue": 0, "yellow": 0, "circle": 1, "square": 1, "triangle": 0, "all shapes": 2
+    }  # fmt: skip

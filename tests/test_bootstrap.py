@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from mpo.config import BootstrapConfig
+from mpo.data.records import PromptRecord
 from mpo.data.tasks import TASKS, bootstrap_ema_decay, make_splits
 from mpo.evaluation import is_correct
 from mpo.models.generate import Sampling, TransformersGenerator
+from mpo.models.loading import load_model, vision_tower
 from mpo.models.tiny import TextModelSpec, VisionSpec, build_image_text_model
 from mpo.trainer.sft import bootstrap
 
@@ -53,23 +55,30 @@ def test_cli_pipeline_builds_bootstraps_and_evaluates_a_text_policy(tmp_path: Pa
     assert evaluation["prompts"] == 6 and 0.0 <= evaluation["accuracy"] <= 1.0
 
 
-def test_cli_refuses_a_bad_option_naming_it_and_writes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("option", "value"), [("steps", "0"), ("vision-lr-ratio", "1.5")])
+def test_cli_refuses_a_bad_option_naming_it_and_writes_nothing(tmp_path: Path, option: str, value: str) -> None:
     out = tmp_path / "base"
-    command = ["bootstrap", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(out), "--steps", "0"]
+    command = ["bootstrap", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(out), f"--{option}", value]
     result = subprocess.run([*MPO, *command], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
-    assert "invalid bootstrap options" in result.stderr and "steps" in result.stderr
+    assert "invalid bootstrap options" in result.stderr and option.replace("-", "_") in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
 
 
-def test_bootstrap_api_trains_an_image_text_policy(tmp_path: Path) -> None:
-    splits = make_splits("shapes", seed=0, train=60, heldout=8, out_dir=tmp_path / "shapes")
+def shapes_model(tmp_path: Path, train: int) -> tuple[dict[str, list[PromptRecord]], Path]:
+    """shapes prompts and a tiny image-text model whose tokenizer was trained on them."""
+    splits = make_splits("shapes", seed=0, train=train, heldout=8, out_dir=tmp_path / "shapes")
     task = TASKS["shapes"]
     corpus = [r.question for r in splits["train"]] + [task.demonstration(r, random.Random(0)) for r in splits["train"]]
     spec = TextModelSpec(
         vocab_size=400, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=128
     )
-    model_dir = build_image_text_model(tmp_path / "vl", corpus, spec, VisionSpec(num_layers=1), seed=0)
+    return splits, build_image_text_model(tmp_path / "vl", corpus, spec, VisionSpec(num_layers=1), seed=0)
+
+
+def test_bootstrap_api_trains_an_image_text_policy(tmp_path: Path) -> None:
+    splits, model_dir = shapes_model(tmp_path, train=60)
+    task = TASKS["shapes"]
     config = BootstrapConfig(
         steps=6, batch_size=4, eval_every=3, eval_prompts=4, stability_steps=0, pass_k=2, max_new_tokens=24
     )
@@ -83,6 +92,36 @@ def test_bootstrap_api_trains_an_image_text_policy(tmp_path: Path) -> None:
     generator = TransformersGenerator(tmp_path / "base")
     responses = generator.generate(splits["heldout"][:2], Sampling(n=2, temperature=1.0, seed=0, max_new_tokens=8))
     assert [len(r) for r in responses] == [2, 2]
+
+
+def test_vision_lr_ratio_slows_or_freezes_the_image_encoder_only(tmp_path: Path) -> None:
+    """The tower moves at about the ratio's share of the full rate's distance, not at all at 0, while the
+    language model trains at the full rate either way."""
+    splits, model_dir = shapes_model(tmp_path, train=40)
+    task = TASKS["shapes"]
+
+    def distances(ratio: float) -> tuple[float, float]:
+        """How far (L1) the saved tower and the rest moved from the initial weights."""
+        config = BootstrapConfig(
+            steps=4, batch_size=4, eval_every=100, eval_prompts=2, stability_steps=0, pass_k=1,
+            max_new_tokens=4, learning_rate=1e-2, warmup_steps=0, ema_decay=0.0, vision_lr_ratio=ratio,
+        )  # fmt: skip
+        out = tmp_path / f"base-{ratio}"
+        bootstrap(model_dir, out, splits["train"], splits["heldout"], task.demonstration, config, progress=False)
+        before, after = load_model(model_dir), load_model(out)
+        in_tower = {id(weight) for weight in vision_tower(before).parameters()}
+        moved = {"tower": 0.0, "rest": 0.0}
+        trained = dict(after.named_parameters())
+        for name, weight in before.named_parameters():
+            moved["tower" if id(weight) in in_tower else "rest"] += (trained[name] - weight).abs().sum().item()
+        return moved["tower"], moved["rest"]
+
+    full_tower, full_rest = distances(1.0)
+    slow_tower, slow_rest = distances(0.1)
+    frozen_tower, frozen_rest = distances(0.0)
+    assert full_tower > 0 and frozen_tower == 0.0
+    assert slow_tower < 0.3 * full_tower  # Adam's steps scale with the rate
+    assert min(slow_rest, frozen_rest) > 0.5 * full_rest  # the language model still trains at the peak rate
 
 
 def test_saved_base_is_the_weight_average(tmp_path: Path) -> None:

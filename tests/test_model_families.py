@@ -24,7 +24,7 @@ from transformers.utils import is_torchvision_available
 from mpo.config import RolloutConfig
 from mpo.data.tasks import TASKS
 from mpo.models.families import FAMILIES, build_family_model
-from mpo.models.loading import load_processor
+from mpo.models.loading import load_processor, vision_tower
 from mpo.prompts import PromptRenderer
 from mpo.services.controller.loop import to_prompt
 from mpo.services.rollout.engines import create_engine
@@ -130,6 +130,10 @@ def test_loads_as_the_familys_own_classes(name: str, built: dict[str, Path]) -> 
     assert head_dim in (32, 64)  # what vLLM takes on CPU
     assert sum(p.numel() for p in model.parameters()) < 300_000
     assert not model.config.tie_word_embeddings
+    tower = vision_tower(model)  # what the warm start's and the trainer's vision-tower options act on
+    assert (tower is not None) == family.image_text
+    if tower is not None:
+        assert 0 < sum(p.numel() for p in tower.parameters()) < sum(p.numel() for p in model.parameters())
     assert model.get_input_embeddings().weight.data_ptr() != model.get_output_embeddings().weight.data_ptr()
     record = json.loads((directory / "mpo_model.json").read_text())
     assert record == {"kind": "image-text" if family.image_text else "text", "family": name, "seed": 0}

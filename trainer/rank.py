@@ -26,7 +26,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from mpo.config import TrainerConfig
 from mpo.cpu_affinity import pin_process
-from mpo.models.loading import load_model
+from mpo.models.loading import load_model, vision_tower
 from mpo.models.logprobs import SequenceLogProbs, model_logprobs
 from mpo.net import free_port
 from mpo.trainer.batching import EncodedPair, pair_batch
@@ -99,11 +99,6 @@ def _reference_config(policy_config: dict[str, Any]) -> dict[str, Any]:
     return {key: policy_config[key] for key in keep} | {"steps_per_print": 2**62}
 
 
-def _vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
-    inner = getattr(model, "model", model)
-    return getattr(inner, "vision_tower", None) or getattr(model, "vision_tower", None)
-
-
 class TrainerRank:
     """Deployed with `ray.remote`. Methods are called on all ranks at once by `TrainerGroup`."""
 
@@ -146,7 +141,7 @@ class TrainerRank:
         self.dtype = dtype = torch.bfloat16 if self.cuda else torch.float32
         policy = load_model(self.config.model, dtype=dtype, trust_remote_code=self.config.trust_remote_code)
         if self.config.freeze_vision_tower:
-            tower = _vision_tower(policy)
+            tower = vision_tower(policy)
             if tower is None:
                 raise ValueError(f"freeze_vision_tower is set, but {self.config.model} has no vision tower")
             tower.requires_grad_(False)

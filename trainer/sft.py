@@ -27,6 +27,7 @@ from mpo.data.tasks import bootstrap_ema_decay
 from mpo.evaluation import EvalResult, evaluate
 from mpo.models.demonstrations import DemonstrationBatcher
 from mpo.models.generate import Sampling, TransformersGenerator
+from mpo.models.loading import vision_tower
 from mpo.models.logprobs import model_logprobs
 
 #: Writes one demonstration for a record; a fresh rng draw gives another valid line of reasoning.
@@ -76,6 +77,21 @@ def sft_step(
     return loss.item()
 
 
+def parameter_groups(model: torch.nn.Module, config: BootstrapConfig) -> list[dict[str, object]]:
+    """The optimizer's groups: the image encoder at `vision_lr_ratio` of the peak rate (frozen at 0), as
+    the full rate spoils the features a small random tower starts with; everything else at the peak."""
+    tower = vision_tower(model)
+    if tower is None or config.vision_lr_ratio == 1.0:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    in_tower = {id(p) for p in tower.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in in_tower and p.requires_grad]
+    if config.vision_lr_ratio == 0.0:
+        tower.requires_grad_(False)
+        return [{"params": rest}]
+    tower_rate = config.learning_rate * config.vision_lr_ratio
+    return [{"params": rest}, {"params": [p for p in tower.parameters() if p.requires_grad], "lr": tower_rate}]
+
+
 def bootstrap(
     model_dir: Path,
     out_dir: Path,
@@ -93,7 +109,9 @@ def bootstrap(
     model = generator.model
     model.train()
     batcher = DemonstrationBatcher(generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     schedule = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, config.warmup_steps, config.steps, min_lr_rate=config.final_lr_ratio
     )
@@ -147,7 +165,7 @@ def bootstrap(
     )
     if config.stability_steps:
         for group in optimizer.param_groups:  # past the schedule's end the cosine would rise again
-            group["lr"] = config.learning_rate * config.final_lr_ratio
+            group["lr"] = group["initial_lr"] * config.final_lr_ratio
         run(config.stability_steps, "stability check", scheduled=False)
         report.after_stability = evaluate(policy, eval_set, greedy)
     return report

@@ -58,6 +58,21 @@ def load_model(
     return model_class(model_dir).from_pretrained(model_dir, **kwargs)
 
 
+#: Where image-text families keep their image encoder (LLaVA, LLaVA-NeXT, InternVL: `vision_tower`;
+#: Qwen2-VL: `visual`), on the outer model or its inner `model`.
+_VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model")
+
+
+def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model's image encoder, or None for a text model."""
+    for holder in (getattr(model, "model", None), model):
+        for name in _VISION_TOWER_NAMES:
+            tower = getattr(holder, name, None)
+            if isinstance(tower, torch.nn.Module):
+                return tower
+    return None
+
+
 def load_processing(model_dir: Path, *, trust_remote_code: bool = False) -> tuple[Any | None, PreTrainedTokenizerBase]:
     """(processor, tokenizer): image-text models go through their processor (it expands image tokens and
     holds the chat template that places them); text models have only a tokenizer."""
