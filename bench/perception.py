@@ -42,6 +42,7 @@ import os
 import platform
 import re
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,9 +141,8 @@ def count_targets(records: Sequence[PromptRecord]) -> tuple[list[str], torch.Ten
     rows = []
     for record in records:
         scene = scene_objects(record.meta["scene"])
-        colours = [sum(colour == c for c, _ in scene) for colour in COLOURS]
-        shapes = [sum(shape == s for _, s in scene) for shape in SHAPES]
-        rows.append([*colours, *shapes, len(scene)])
+        colours, shapes = Counter(colour for colour, _ in scene), Counter(shape for _, shape in scene)
+        rows.append([*(colours[c] for c in COLOURS), *(shapes[s] for s in SHAPES), len(scene)])
     return names, torch.tensor(rows, dtype=torch.float64)
 
 
@@ -180,13 +180,10 @@ def ridge_r2(features: torch.Tensor, targets: torch.Tensor) -> list[float]:
     identity = torch.eye(x.shape[1], dtype=x.dtype)
     predictions = [x @ torch.linalg.solve(gram + ridge * identity, cross) for ridge in RIDGES]
     errors = torch.stack([((p[choose] - y[choose]) ** 2).sum(0) for p in predictions])  # ridge x target
-    best = errors.argmin(0)
-    r2 = []
-    for column in range(y.shape[1]):
-        residual = ((predictions[best[column]][score, column] - y[score, column]) ** 2).sum()
-        spread = ((y[score, column] - y[score, column].mean()) ** 2).sum()
-        r2.append(round(1 - (residual / spread).item(), 4) if spread > 0 else float("nan"))
-    return r2
+    chosen = torch.stack(predictions)[errors.argmin(0), :, torch.arange(y.shape[1])].T  # each target's best ridge
+    residual = ((chosen[score] - y[score]) ** 2).sum(0)
+    spread = ((y[score] - y[score].mean(0)) ** 2).sum(0)
+    return [round(1 - (r / v).item(), 4) if v > 0 else float("nan") for r, v in zip(residual, spread, strict=True)]
 
 
 def probe_features(model_dir: Path, records: Sequence[PromptRecord]) -> dict[str, Any]:
