@@ -17,8 +17,12 @@ samples, without DropoutNTP's preference signal), and `mixed`, the paper's setti
 evaluation reports both held-out shapes accuracy (the 200 questions the warm start was scored on) and
 hallucination on the same 500 scenes.
 
+`--vision-lr-ratio` warm-starts a base whose image encoder trains at that fraction of the rate
+(`BootstrapConfig.vision_lr_ratio`; at the full rate the tiny tower's features are spoiled), kept beside
+the default base in the same workdir, with its own run ids.
+
     .venv/bin/python bench/hallucination.py [--variants mpo,sft,mixed] [--seeds 0,1,2] [--rounds 20]
-                                            [--workdir DIR] [--set rounds.temperature=0.7 ...]
+                                            [--vision-lr-ratio 0.1] [--workdir DIR] [--set rounds.temperature=0.7 ...]
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from mpo.config import BootstrapConfig, RunConfig, run_config
 from mpo.data.loader import load_prompts, write_prompts_jsonl
@@ -70,7 +76,12 @@ WARM_START = BootstrapConfig(
 MAX_TOKENS = 64
 
 
-def prepare(workdir: Path) -> Path:
+def base_name(vision_lr_ratio: float) -> str:
+    """The base's folder: `base` at the full rate (as before the option), `base-vision<ratio>` otherwise."""
+    return "base" if vision_lr_ratio == 1.0 else f"base-vision{vision_lr_ratio:g}"
+
+
+def prepare(workdir: Path, vision_lr_ratio: float = 1.0) -> Path:
     """Prompts, the tiny image-text model and its warm start under `workdir` (reused); returns the base."""
     data = workdir / "data"
     if not (data / "describe-heldout.jsonl").exists():
@@ -87,10 +98,11 @@ def prepare(workdir: Path) -> Path:
             records = [*load_prompts(data / f"shapes-{split}.jsonl").records]
             records += load_prompts(data / f"describe-{split}.jsonl").records
             write_prompts_jsonl(records, data / f"mixed-{split}.jsonl")
-    base = workdir / "base"
+    base = workdir / base_name(vision_lr_ratio)
     if not (base / "bootstrap.json").exists():
         model = build_image_text_model(workdir / "tiny-vl", task_corpus(["shapes", "describe"], seed=0), seed=0)
-        print(f"warm start on shapes and describe ({WARM_START.steps} steps) -> {base}", flush=True)
+        warm_start = WARM_START.model_copy(update={"vision_lr_ratio": vision_lr_ratio})
+        print(f"warm start on shapes and describe ({warm_start.steps} steps) -> {base}", flush=True)
         train = [*load_prompts(data / "shapes-train.jsonl").records]
         train += load_prompts(data / "describe-train.jsonl").records
         heldout = load_prompts(data / "shapes-heldout.jsonl").records  # the warm start's accuracy: shapes
@@ -98,19 +110,22 @@ def prepare(workdir: Path) -> Path:
         def demonstrate(record: PromptRecord, rng: random.Random) -> str | None:
             return TASKS[record.task].demonstration(record, rng)
 
-        report = bootstrap(model, base, train, heldout, demonstrate, WARM_START)
+        report = bootstrap(model, base, train, heldout, demonstrate, warm_start)
         (base / "bootstrap.json").write_text(json.dumps(report.summary(), indent=2))
     return base
 
 
-def variant_config(workdir: Path, variant: str, seed: int, rounds: int, overrides: dict[str, Any]) -> RunConfig:
+def variant_config(
+    workdir: Path, variant: str, seed: int, rounds: int, overrides: dict[str, Any], vision_lr_ratio: float = 1.0
+) -> RunConfig:
     probe = "-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8] if overrides else ""
-    run_id = f"describe-{variant}{probe}-seed{seed}"
+    base = base_name(vision_lr_ratio)
+    run_id = f"describe-{variant}{base.removeprefix('base')}{probe}-seed{seed}"
     state = workdir / "state" / run_id
     prompts = "mixed" if variant == "mixed" else "describe"
     raw = {
         "run_id": run_id,
-        "model": str(workdir / "base"),
+        "model": str(workdir / base),
         "data": {"train": str(workdir / "data" / f"{prompts}-train.jsonl"),
                  "heldout": str(workdir / "data" / f"{prompts}-heldout.jsonl")},
         "store_dir": str(workdir / "store"),
@@ -217,9 +232,11 @@ def compare_sides(pairs: list[common_pb2.PreferencePair], scenes: dict[str, list
     return summary
 
 
-def run_variant(workdir: Path, variant: str, seed: int, rounds: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def run_variant(
+    workdir: Path, variant: str, seed: int, rounds: int, overrides: dict[str, Any], vision_lr_ratio: float
+) -> dict[str, Any]:
     """One seed of a variant, or read back when the store has it completed."""
-    config = variant_config(workdir, variant, seed, rounds, overrides)
+    config = variant_config(workdir, variant, seed, rounds, overrides, vision_lr_ratio)
     store = RunStore(config.store_dir)
     run_id = config.run_id or ""
     stored = store.get_run(run_id)
@@ -288,6 +305,8 @@ def main() -> None:
     parser.add_argument("--variants", default="mpo", help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--vision-lr-ratio", type=float, default=1.0,
+                        help="the warm start's image-encoder rate as a fraction of its rate, in [0, 1]")  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path("mpo-describe"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change the run config (dotted key, YAML value); repeatable")  # fmt: skip
@@ -297,16 +316,21 @@ def main() -> None:
         parser.error(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
     try:
         overrides = parse_overrides(args.overrides)
+        BootstrapConfig(vision_lr_ratio=args.vision_lr_ratio)
     except OverrideError as exc:
         parser.error(str(exc))
+    except ValidationError as exc:
+        parser.error(f"--vision-lr-ratio: {exc.errors()[0]['msg']}")
     started = time.perf_counter()
-    base = prepare(args.workdir)
+    base = prepare(args.workdir, args.vision_lr_ratio)
     prepare_seconds = time.perf_counter() - started
     results = {}
     for variant in variants:
         for seed in (int(s) for s in args.seeds.split(",")):
             print(f"running {variant} seed {seed} ...", flush=True)
-            results[f"{variant}/seed{seed}"] = run_variant(args.workdir, variant, seed, args.rounds, overrides)
+            results[f"{variant}/seed{seed}"] = run_variant(
+                args.workdir, variant, seed, args.rounds, overrides, args.vision_lr_ratio
+            )
     summary = {v: summarize_seeds([r for k, r in results.items() if k.startswith(f"{v}/")]) for v in variants}
     print(
         json.dumps(
@@ -315,6 +339,7 @@ def main() -> None:
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 "rounds": args.rounds,
                 "overrides": overrides,
+                "vision_lr_ratio": args.vision_lr_ratio,
                 "base_shapes_warm_start": json.loads((base / "bootstrap.json").read_text()).get("final"),
                 "prepare_seconds": round(prepare_seconds, 1),
                 "summary": summary,

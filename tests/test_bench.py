@@ -285,6 +285,17 @@ def test_hallucination_benchmark_configs_and_paired_errors(tmp_path: Path) -> No
     assert mixed.rounds.task_mix == {"shapes": 1, "describe": 1} and mpo.rounds.task_mix == {}
     assert (mixed.data.train.name, mixed.data.heldout.name) == ("mixed-train.jsonl", "mixed-heldout.jsonl")
     assert mixed.rounds.eval_prompts == bench.SHAPES_HELDOUT + bench.HELDOUT_SCENES
+    # A base warm-started with the image encoder at a tenth of the rate sits beside the default one.
+    seeing = bench.variant_config(tmp_path, "mpo", 0, 20, {}, vision_lr_ratio=0.1)
+    assert (seeing.model, mpo.model) == (tmp_path / "base-vision0.1", tmp_path / "base")
+    assert (seeing.run_id, mpo.run_id) == ("describe-mpo-vision0.1-seed0", "describe-mpo-seed0")
+    assert seeing.trainer.checkpoint_dir != mpo.trainer.checkpoint_dir
+    # Out of range, the command says so before any work (nothing written under the workdir).
+    command = [sys.executable, str(ROOT / "bench" / "hallucination.py"), "--vision-lr-ratio", "1.5",
+               "--workdir", str(tmp_path / "work")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and "--vision-lr-ratio: Input should be less than or equal to 1" in result.stderr
+    assert not (tmp_path / "work").exists()
 
     # Four scenes: two hallucinated descriptions fixed, one made: rate 0.5 -> 0.25, paired over the scenes.
     change = bench.paired_change([1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0])
