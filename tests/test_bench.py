@@ -19,6 +19,7 @@ from mpo.models.corpus import task_corpus
 from mpo.models.families import FAMILIES
 from mpo.models.tiny import build_image_text_model, build_text_model
 from mpo.overrides import OverrideError
+from mpo.plugins import load_verifier
 from mpo.services.controller.store import RunStore
 from mpo.v1 import common_pb2, controller_pb2
 from mpo.weights import DEFAULT_BUCKET_BYTES
@@ -332,6 +333,35 @@ def test_hallucination_benchmark_configs_and_paired_errors(tmp_path: Path) -> No
     assert (sides["chosen_fewer_false_mentions"], sides["chosen_more_false_mentions"]) == (0.5, 0.5)
     assert (sides["chosen_fewer_mentions"], sides["chosen_more_mentions"]) == (0.0, 0.5)  # the first: 2 and 2
     assert bench.compare_sides([], scenes) == {"pairs": 0}
+
+
+def test_grounded_verifier_wants_the_scene_listed_right_and_the_answer_derived_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grounded = load_verifier(f"{ROOT / 'bench' / 'grounded_verifier.py'}:grounded")  # as labelling loads it
+    scene = [{"colour": "red", "shape": "circle"}, {"colour": "blue", "shape": "square"},
+             {"colour": "red", "shape": "square"}]  # fmt: skip
+    record = PromptRecord(id="s", question="How many red shapes are there?", answer="2", task="shapes",
+                          meta={"scene": scene})  # fmt: skip
+    derived = "Red shapes: square, circle. That is 2.\nFinal answer: 2"
+    assert grounded(f"I see a blue square, a red circle and a red square. {derived}", record)  # any order
+    # The same answer and steps after a false listing (a green square for the blue one), or after none.
+    assert not grounded(f"I see a red circle, a green square and a red square. {derived}", record)
+    assert not grounded(f"I see a red circle and a red square. {derived}", record)
+    assert not grounded(derived, record)
+    # A true listing, then the right answer by luck (steps that do not derive it), or a wrong answer.
+    listed = "I see a red circle, a blue square and a red square."
+    assert not grounded(f"{listed} Red shapes: circle. That is 1.\nFinal answer: 2", record)
+    assert not grounded(f"{listed} Red shapes: circle, square, square. That is 3.\nFinal answer: 3", record)
+    assert not grounded(listed, record)  # no final answer
+    # In labelling a record has no meta (a gRPC prompt carries none): the scene is looked up by id.
+    write_prompts_jsonl([record], tmp_path / "train.jsonl")
+    monkeypatch.setenv("MPO_SCENES", str(tmp_path / "train.jsonl"))
+    bare = record.model_copy(update={"meta": {}})
+    assert grounded(f"I see a blue square, a red circle and a red square. {derived}", bare)
+    assert not grounded(f"I see a red circle, a green square and a red square. {derived}", bare)
+    with pytest.raises(KeyError, match=r"no scene for prompt 'other'.*MPO_SCENES"):
+        grounded(f"{listed} {derived}", bare.model_copy(update={"id": "other"}))
 
 
 def test_perception_benchmark_tells_seeing_from_guessing(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from mpo.data.tasks import TASKS, make_splits
 from mpo.data.tasks.arith import derivation_holds, question_expression, render
 from mpo.data.tasks.scenes import CANVAS, COLOURS, SIZE_RANGE
 from mpo.data.tasks.shapes_steps import derivation_holds as shapes_derivation_holds
-from mpo.data.tasks.shapes_steps import question_type
+from mpo.data.tasks.shapes_steps import question_type, scene_listing
 from mpo.grading.answers import extract_final_answer
 from mpo.grading.hallucination import judge_description, scene_objects
 from mpo.grading.verify import answers_match
@@ -337,7 +337,7 @@ def test_shapes_derivation_check_accepts_every_demonstration_and_rejects_lucky_a
     listed) derives its answer; the same reasoning does not derive any other answer or lose its last step;
     and the self-contradicting right answers a real policy wrote do not pass."""
     task = TASKS["shapes"]
-    seen_types = Counter()
+    seen_types, listed = Counter(), Counter()
     for r in task.generate(400, 5, tmp_path):
         qtype, _ = question_type(r.question)
         assert qtype == r.meta["qtype"]
@@ -351,7 +351,10 @@ def test_shapes_derivation_check_accepts_every_demonstration_and_rejects_lucky_a
             assert not shapes_derivation_holds(r.question, rationale, other), (demo, other)
             without_conclusion = " ".join(re.split(r"(?<=\.)\s+", rationale.strip())[:-1])
             assert not shapes_derivation_holds(r.question, without_conclusion, r.answer), demo
-    assert len(seen_types) == 8
+            listing = scene_listing(rationale)  # what the demonstration says it sees: the scene, when it lists
+            listed[listing is not None] += 1
+            assert listing is None or Counter(listing) == Counter(scene_objects(r.meta["scene"])), demo
+    assert len(seen_types) == 8 and listed[True] and listed[False]
     assert shapes_derivation_holds("How many red circles are there?", "Circles: red, blue, red. Red circles: 2.", "2")
     assert not shapes_derivation_holds(
         "How many red circles are there?", "I see a red circle. Circles: red, blue, red. Red circles: 2.", "2"
