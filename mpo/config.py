@@ -366,6 +366,11 @@ class RewardConfig(_Strict):
         description="Most tokens of a DropoutNTP continuation. Each is also held to what its chosen answer spent "
         "after the prefix (the sample's token ids), so the rejected side is never the longer one by construction.",
     )
+    dropout_ntp_finished_only: bool = Field(
+        False,
+        description="Keep only DropoutNTP pairs whose image-less continuation ended on its own, not at that bound: "
+        "a cut one is unfinished, so its pair can teach 'stop listing' rather than 'say what the image shows'.",
+    )
     scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
     server: ServerConfig = Field(default_factory=ServerConfig)
 

@@ -17,6 +17,7 @@ from mpo.config import RewardConfig
 from mpo.data.records import PromptRecord
 from mpo.grading.verify import Grader, Judgement
 from mpo.net import free_port
+from mpo.services.reward import dropout_ntp
 from mpo.services.reward import pairs as pairs_module
 from mpo.services.reward.labelling import PromptGroup, build_pairs, group_samples, score
 from mpo.services.reward.pairs import (
@@ -35,7 +36,7 @@ from mpo.services.reward.pairs import (
 from mpo.services.reward.service import LabellingWorker, RewardService
 from mpo.serving.clients import RolloutClient
 from mpo.serving.validation import InvalidRequest
-from mpo.v1 import common_pb2, reward_pb2
+from mpo.v1 import common_pb2, reward_pb2, rollout_pb2
 
 TRUTH = "42"
 
@@ -467,6 +468,36 @@ def test_score_and_build_pairs_agree_on_the_verdicts_of_the_same_groups():
     assert sorted(p.provenance.rejected_sample_index for p in paired.pairs) == [0, 2]
     assert scored.tally.pairs_correctness == 0 and paired.tally.pairs_correctness == 2
     assert (scored.tally + paired.tally).samples == 6
+
+
+class ScriptedContinue:
+    """A stand-in for the rollout's Continue whose continuations end as scripted: a real random-weight model
+    cannot be made to stop (or not) on cue. The cut case runs against the real services in
+    test_reward_service.py."""
+
+    def __init__(self, endings: list[tuple[str, int]]) -> None:
+        self.endings = endings
+
+    async def continue_prefixes(self, continuations: Any, sampling: Any) -> rollout_pb2.ContinueResponse:
+        samples = [common_pb2.Sample(prompt_id=c.prompt.id, text=text, finish_reason=reason)
+                   for c, (text, reason) in zip(continuations, self.endings, strict=True)]  # fmt: skip
+        return rollout_pb2.ContinueResponse(samples=samples)
+
+
+async def test_finished_only_drops_the_continuations_cut_at_their_bound_and_counts_them():
+    prompt = common_pb2.Prompt(id="s", question="Describe it.", task="describe", images=[common_pb2.Image(uri="x")])
+    samples = [reply("s", i, f"I see a red circle and a blue square number {i}.") for i in range(3)]
+    jobs, _ = dropout_ntp.plan(prompt, samples, fraction=0.5, max_pairs=3, seed=0)
+    endings = [(" and a green triangle.", common_pb2.FINISH_REASON_STOP),
+               (" and a green triangle, a", common_pb2.FINISH_REASON_LENGTH),
+               (" and a yellow circle.", common_pb2.FINISH_REASON_STOP)]  # fmt: skip
+    rollout = ScriptedContinue(endings)
+    kept, cut = await dropout_ntp.continue_without_images(
+        rollout, jobs, max_tokens=8, seed=0, round_index=1, finished_only=True
+    )
+    assert [p.provenance.chosen_sample_index for p in kept] == [0, 2] and cut == 1
+    every, none_cut = await dropout_ntp.continue_without_images(rollout, jobs, max_tokens=8, seed=0, round_index=1)
+    assert len(every) == 3 and none_cut == 0, "by default a cut continuation is a rejected side too"
 
 
 async def test_a_rollout_that_cannot_continue_keeps_its_status_so_the_round_retries():

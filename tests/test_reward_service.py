@@ -220,6 +220,12 @@ async def test_a_dropout_ntp_rejected_answer_runs_no_longer_than_its_chosen_one(
     assert free.rejected == prefix + blind.text
     assert held.rejected == prefix + tokenizer.decode(list(blind.token_ids)[:left], skip_special_tokens=True)
 
+    # That held continuation was cut unfinished: kept only when finished continuations are not asked for.
+    finished_only = reward_pb2.PairOptions(dropout_prefix_fraction=0.9, seed=1, dropout_finished_only=True)
+    async with RewardClient(reward.address) as client:
+        response = await client.build_pairs([scene], [measured], round=1, options=finished_only)
+    assert not response.pairs and response.stats.pairs_dropout_ntp == 0 and response.stats.dropout_ntp_cut == 1
+
 
 async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> None:
     _, reward = services

@@ -5,7 +5,9 @@ images* (RolloutService.Continue, drop_images); rejected = that prefix + the ima
 which tends to drift from what the image shows. The continuation may run only as far as the chosen
 answer did (`Continuation.max_total_tokens`): given more room, a blind continuation that keeps listing
 objects makes the rejected side the longer one, and the pair teaches "say less" rather than "say what the
-image shows". Prompts without images cannot tell the two apart and are skipped with a reason.
+image shows". Held to that bound, a blind continuation that would have gone on is cut unfinished, and the
+pair can still teach "stop listing": `finished_only` keeps only continuations that ended on their own.
+Prompts without images cannot tell the two apart and are skipped with a reason.
 """
 
 from __future__ import annotations
@@ -59,11 +61,18 @@ def plan(
 
 
 async def continue_without_images(
-    client: RolloutClient, jobs: Sequence[DropoutJob], *, max_tokens: int, seed: int, round_index: int
-) -> list[common_pb2.PreferencePair]:
-    """One Continue call for all jobs (the rollout service batches them); pairs in job order."""
+    client: RolloutClient,
+    jobs: Sequence[DropoutJob],
+    *,
+    max_tokens: int,
+    seed: int,
+    round_index: int,
+    finished_only: bool = False,
+) -> tuple[list[common_pb2.PreferencePair], int]:
+    """One Continue call for all jobs (the rollout service batches them); pairs in job order, and how many
+    were not built because `finished_only` and the continuation was cut at its bound."""
     if not jobs:
-        return []
+        return [], 0
     continuations = [
         rollout_pb2.Continuation(
             prompt=j.prompt, prefix=j.prefix, drop_images=True, max_total_tokens=len(j.sample.token_ids)
@@ -72,8 +81,11 @@ async def continue_without_images(
     ]
     sampling = common_pb2.SamplingParams(n=1, temperature=1.0, max_tokens=max_tokens, seed=seed)
     response = await client.continue_prefixes(continuations, sampling)
-    pairs = []
+    pairs, cut = [], 0
     for job, continuation in zip(jobs, response.samples, strict=True):
+        if finished_only and continuation.finish_reason == common_pb2.FINISH_REASON_LENGTH:
+            cut += 1
+            continue
         rejected = job.prefix + continuation.text
         if rejected == job.sample.text:
             continue  # the image-less policy said the same thing: no preference to learn
@@ -92,4 +104,4 @@ async def continue_without_images(
                 ),
             )
         )
-    return pairs
+    return pairs, cut

@@ -56,6 +56,7 @@ class Tally:
     prompts_all_wrong: int = 0
     pairs_correctness: int = 0
     pairs_dropout_ntp: int = 0
+    dropout_ntp_cut: int = 0
     judged_by_task: Counter[str] = field(default_factory=Counter)
     correct_by_task: Counter[str] = field(default_factory=Counter)
 
@@ -85,6 +86,7 @@ _COUNT_FIELDS = (
     "prompts_all_wrong",
     "pairs_correctness",
     "pairs_dropout_ntp",
+    "dropout_ntp_cut",
 )
 
 

@@ -132,8 +132,11 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
             jobs.extend(planned)
             if skipped is not None:
                 batch.skipped[group.prompt.id] = skipped
-        dropout_pairs = await self._continue(jobs, seed=options.seed, round_index=request.round)
-        batch.tally.pairs_dropout_ntp = len(dropout_pairs)
+        finished_only = options.dropout_finished_only or self.config.dropout_ntp_finished_only
+        dropout_pairs, cut = await self._continue(
+            jobs, seed=options.seed, round_index=request.round, finished_only=finished_only
+        )
+        batch.tally.pairs_dropout_ntp, batch.tally.dropout_ntp_cut = len(dropout_pairs), cut
         pairs = [*batch.pairs, *dropout_pairs]
         return reward_pb2.BuildPairsResponse(
             pairs=pairs,
@@ -143,12 +146,13 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
         )
 
     async def _continue(
-        self, jobs: list[dropout_ntp.DropoutJob], *, seed: int, round_index: int
-    ) -> list[common_pb2.PreferencePair]:
-        """DropoutNTP's pairs from the rollout service; FAILED_PRECONDITION when jobs need one and none is set.
-        A failed Continue keeps its status code (UNAVAILABLE while a replica restarts), not INTERNAL."""
+        self, jobs: list[dropout_ntp.DropoutJob], *, seed: int, round_index: int, finished_only: bool
+    ) -> tuple[list[common_pb2.PreferencePair], int]:
+        """DropoutNTP's pairs from the rollout service, and how many were dropped as cut; FAILED_PRECONDITION
+        when jobs need one and none is set. A failed Continue keeps its status code (UNAVAILABLE while a
+        replica restarts), not INTERNAL."""
         if not jobs:
-            return []
+            return [], 0
         if self.rollout is None:
             raise InvalidRequest(
                 "prompts",
@@ -158,7 +162,12 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
             )
         try:
             return await dropout_ntp.continue_without_images(
-                self.rollout, jobs, max_tokens=self.config.continuation_max_tokens, seed=seed, round_index=round_index
+                self.rollout,
+                jobs,
+                max_tokens=self.config.continuation_max_tokens,
+                seed=seed,
+                round_index=round_index,
+                finished_only=finished_only,
             )
         except grpc.aio.AioRpcError as error:  # the rollout's own status, so the round's retry policy sees it
             raise InvalidRequest(
