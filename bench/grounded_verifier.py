@@ -9,10 +9,11 @@ scene's shapes, derives its answer from there (the step check's reading) and tha
 truth. Evaluation in the bench stays on final answers (`bench/online.py`'s paired figures use the default
 grader).
 
-Where the scene comes from: held-out evaluation passes the record as loaded, `meta.scene` included, but a
-gRPC prompt carries no `meta`, so in labelling the record has none (docs/reward.md). There the scene is
-looked up by prompt id in the JSONL files that `MPO_SCENES` names (colon-separated), e.g.
-`MPO_SCENES=DIR/data/train.jsonl`, set before the run starts (local Ray workers inherit it).
+Where the scene comes from: a record loaded from its file has `meta.scene`, but a gRPC prompt carries no
+`meta`, so in the reward service (labelling, and the controller's held-out evaluation, which it judges)
+the record has none (docs/reward.md). There the scene is looked up by prompt id in the JSONL files that
+`MPO_SCENES` names (colon-separated), e.g. `MPO_SCENES=DIR/data/train.jsonl:DIR/data/heldout.jsonl`, set
+before the run starts (local Ray workers inherit it).
 """
 
 from __future__ import annotations
