@@ -369,7 +369,8 @@ class RewardConfig(_Strict):
     dropout_ntp_finished_only: bool = Field(
         False,
         description="Keep only DropoutNTP pairs whose image-less continuation ended on its own, not at that bound: "
-        "a cut one is unfinished, so its pair can teach 'stop listing' rather than 'say what the image shows'.",
+        "a cut one is unfinished, so its pair can teach 'stop listing' rather than 'say what the image shows'. "
+        "On describe the kept pairs teach the opposite, 'list on' (docs/results.md), hence off by default.",
     )
     scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
     server: ServerConfig = Field(default_factory=ServerConfig)

@@ -497,7 +497,7 @@ async def test_finished_only_drops_the_continuations_cut_at_their_bound_and_coun
     )
     assert [p.provenance.chosen_sample_index for p in kept] == [0, 2] and cut == 1
     every, none_cut = await dropout_ntp.continue_without_images(rollout, jobs, max_tokens=8, seed=0, round_index=1)
-    assert len(every) == 3 and none_cut == 0, "by default a cut continuation is a rejected side too"
+    assert len(every) == 3 and none_cut == 1, "by default a cut continuation is a rejected side too, counted"
 
 
 async def test_a_rollout_that_cannot_continue_keeps_its_status_so_the_round_retries():

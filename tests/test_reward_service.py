@@ -210,7 +210,9 @@ async def test_a_dropout_ntp_rejected_answer_runs_no_longer_than_its_chosen_one(
     options = reward_pb2.PairOptions(dropout_prefix_fraction=0.9, seed=1)  # 8 of 10 words: little left
     async with RewardClient(reward.address) as client:
         (free,) = (await client.build_pairs([scene], [sample("scene", 0, chosen)], round=1, options=options)).pairs
-        (held,) = (await client.build_pairs([scene], [measured], round=1, options=options)).pairs
+        held_response = await client.build_pairs([scene], [measured], round=1, options=options)
+    (held,) = held_response.pairs
+    assert held_response.stats.dropout_ntp_cut == 1, "the held continuation was cut: counted, and kept"
     async with RolloutClient(rollout.address) as client:  # what the reward service asked for, unbounded
         continuation = rollout_pb2.Continuation(prompt=scene, prefix=prefix, drop_images=True)
         sampling = common_pb2.SamplingParams(n=1, temperature=1.0, max_tokens=12, seed=1)

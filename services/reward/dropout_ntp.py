@@ -70,7 +70,7 @@ async def continue_without_images(
     finished_only: bool = False,
 ) -> tuple[list[common_pb2.PreferencePair], int]:
     """One Continue call for all jobs (the rollout service batches them); pairs in job order, and how many
-    were not built because `finished_only` and the continuation was cut at its bound."""
+    continuations were cut at their bound (their pairs not built when `finished_only`)."""
     if not jobs:
         return [], 0
     continuations = [
@@ -83,9 +83,10 @@ async def continue_without_images(
     response = await client.continue_prefixes(continuations, sampling)
     pairs, cut = [], 0
     for job, continuation in zip(jobs, response.samples, strict=True):
-        if finished_only and continuation.finish_reason == common_pb2.FINISH_REASON_LENGTH:
+        if continuation.finish_reason == common_pb2.FINISH_REASON_LENGTH:
             cut += 1
-            continue
+            if finished_only:
+                continue
         rejected = job.prefix + continuation.text
         if rejected == job.sample.text:
             continue  # the image-less policy said the same thing: no preference to learn

@@ -148,7 +148,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
     async def _continue(
         self, jobs: list[dropout_ntp.DropoutJob], *, seed: int, round_index: int, finished_only: bool
     ) -> tuple[list[common_pb2.PreferencePair], int]:
-        """DropoutNTP's pairs from the rollout service, and how many were dropped as cut; FAILED_PRECONDITION
+        """DropoutNTP's pairs from the rollout service, and how many continuations were cut; FAILED_PRECONDITION
         when jobs need one and none is set. A failed Continue keeps its status code (UNAVAILABLE while a
         replica restarts), not INTERNAL."""
         if not jobs:
