@@ -354,6 +354,11 @@ def test_grounded_verifier_wants_the_scene_listed_right_and_the_answer_derived_f
     assert not grounded(f"{listed} Red shapes: circle. That is 1.\nFinal answer: 2", record)
     assert not grounded(f"{listed} Red shapes: circle, square, square. That is 3.\nFinal answer: 3", record)
     assert not grounded(listed, record)  # no final answer
+    # `counted` wants only as many shapes as the scene has, whichever: a false one passes, a missing one not.
+    counted = load_verifier(f"{ROOT / 'bench' / 'grounded_verifier.py'}:counted")
+    assert counted(f"I see a red circle, a green square and a red square. {derived}", record)
+    assert not counted(f"I see a red circle and a red square. {derived}", record)
+    assert not counted(f"{listed} Red shapes: circle. That is 1.\nFinal answer: 2", record)
     # In labelling a record has no meta (a gRPC prompt carries none): the scene is looked up by id.
     write_prompts_jsonl([record], tmp_path / "train.jsonl")
     monkeypatch.setenv("MPO_SCENES", str(tmp_path / "train.jsonl"))
