@@ -72,9 +72,7 @@ def derivation_holds(question: str, rationale: str, answer: str) -> bool:
     """Whether `rationale` derives `answer` (a count, or an option letter) for the shapes `question` in the
     demonstrations' form, consistent with its own listing of the scene when it gives one."""
     qtype, slots = question_type(question)
-    sentences = _sentences(rationale)
-    listing = _listing(sentences[0]) if sentences else None
-    body = sentences[1:] if listing is not None else sentences
+    listing, body = _listing_and_body(rationale)
     if qtype == "count_all" and listing is None:
         return False
     try:
@@ -86,12 +84,14 @@ def derivation_holds(question: str, rationale: str, answer: str) -> bool:
 def scene_listing(rationale: str) -> list[tuple[str, str]] | None:
     """The scene as the rationale lists it first ([(colour, shape), ...]: what the policy says it sees);
     None when the rationale does not begin with a listing."""
-    sentences = _sentences(rationale)
-    return _listing(sentences[0]) if sentences else None
+    return _listing_and_body(rationale)[0]
 
 
-def _sentences(rationale: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(rationale.strip()) if s.strip()]
+def _listing_and_body(rationale: str) -> tuple[list[tuple[str, str]] | None, list[str]]:
+    """The rationale's opening listing (None without one) and the sentences after it."""
+    sentences = [s.strip() for s in _SENTENCE_END.split(rationale.strip()) if s.strip()]
+    listing = _listing(sentences[0]) if sentences else None
+    return listing, sentences[1:] if listing is not None else sentences
 
 
 def _listing(sentence: str) -> list[tuple[str, str]] | None:
