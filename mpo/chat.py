@@ -105,9 +105,10 @@ class ChatRenderer:
             return self.tokenizer.eos_token
         raise TemplateError(f"{self.model_dir}: no token ends an assistant turn (the template writes {tail[:20]!r})")
 
-    def response_ids(self, text: str) -> list[int]:
-        """A response's tokens as the model writes them: the text, then the end-of-turn token."""
-        return self.tokenizer(text + self.end_of_turn, add_special_tokens=False)["input_ids"]
+    def response_ids(self, text: str, *, ended: bool = True) -> list[int]:
+        """A response's tokens as the model writes them: the text, then the end-of-turn token unless the
+        response is cut short (`ended` false: an unterminated pair's side)."""
+        return self.tokenizer(text + (self.end_of_turn if ended else ""), add_special_tokens=False)["input_ids"]
 
     def stop_token_ids(self) -> list[int]:
         """Tokens that end generation: the end of turn, and the EOS ids of the tokenizer and generation config."""

@@ -372,6 +372,12 @@ class RewardConfig(_Strict):
         "a cut one is unfinished, so its pair can teach 'stop listing' rather than 'say what the image shows'. "
         "On describe the kept pairs teach the opposite, 'list on' (docs/results.md), hence off by default.",
     )
+    dropout_ntp_unterminated: bool = Field(
+        False,
+        description="Cut both sides of each DropoutNTP pair to the same number of words and train them without the "
+        "end-of-turn token (PreferencePair.unterminated), so that a pair compares what the sides say with and "
+        "without the image, not where they stop.",
+    )
     scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
     server: ServerConfig = Field(default_factory=ServerConfig)
 

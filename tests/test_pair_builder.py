@@ -500,6 +500,32 @@ async def test_finished_only_drops_the_continuations_cut_at_their_bound_and_coun
     assert len(every) == 3 and none_cut == 1, "by default a cut continuation is a rejected side too, counted"
 
 
+async def test_unterminated_pairs_cut_both_sides_to_the_same_number_of_words():
+    prompt = common_pb2.Prompt(id="s", question="Describe it.", task="describe", images=[common_pb2.Image(uri="x")])
+    samples = [reply("s", i, f"I see a red circle and a blue square number {i}.") for i in range(3)]
+    jobs, _ = dropout_ntp.plan(prompt, samples, fraction=0.5, max_pairs=3, seed=0)  # prefix: "I see a red circle"
+    endings = [(" and a green triangle, a yellow star and", common_pb2.FINISH_REASON_LENGTH),  # runs on
+               (" only.", common_pb2.FINISH_REASON_STOP),  # stops early
+               (" and a blue", common_pb2.FINISH_REASON_LENGTH)]  # fmt: skip
+    pairs, _ = await dropout_ntp.continue_without_images(
+        ScriptedContinue(endings), jobs, max_tokens=8, seed=0, round_index=1, unterminated=True
+    )
+    assert [(p.chosen, p.rejected) for p in pairs] == [
+        ("I see a red circle and a blue square number 0.", "I see a red circle and a green triangle, a yellow"),
+        ("I see a red circle and", "I see a red circle only."),
+    ], "sample 2's blind side says what its chosen side says, word for word as far as it goes: no pair"
+    assert all(p.unterminated for p in pairs)
+    whole, _ = await dropout_ntp.continue_without_images(
+        ScriptedContinue(endings), jobs, max_tokens=8, seed=0, round_index=1
+    )
+    assert [p.chosen for p in whole] == [s.text for s in samples] and not any(p.unterminated for p in whole)
+
+
+def test_first_words_keeps_the_original_spacing():
+    assert dropout_ntp.first_words("a  red\tcircle.", 2) == "a  red"
+    assert dropout_ntp.first_words("a red", 5) == "a red" and dropout_ntp.first_words("a red", 0) == ""
+
+
 async def test_a_rollout_that_cannot_continue_keeps_its_status_so_the_round_retries():
     """UNAVAILABLE from the rollout's Continue (nothing listening here) must not turn into INTERNAL: the
     controller's retry policy retries UNAVAILABLE and fails at once on anything else."""

@@ -116,3 +116,18 @@ def test_the_trainer_decodes_each_prompt_once_and_legacy_pairs_encode_the_same(
         assert all(torch.equal(by_id.image_inputs[k], v) for k, v in by_itself.image_inputs.items())
     batch = pair_batch(encoded, encoder.tokenizer.pad_token_id or 0)
     assert batch["input_ids"].shape[0] == 8
+
+
+def test_an_unterminated_pair_trains_both_sides_without_the_end_of_turn(image_model: Path) -> None:
+    """DropoutNTP's same-length pairs are cut short on purpose: an end-of-turn after either side would teach
+    where to stop, which is what the cut removes."""
+    encoder = PairEncoder(image_model, max_length=1024, readable_roots=[])
+    end_of_turn = encoder.renderer.chat_renderer.end_of_turn_id
+    whole = pair("a", "p0", 0)
+    cut = common_pb2.PreferencePair()
+    cut.CopyFrom(whole)
+    cut.unterminated = True
+    ended, unended = encoder.encode_all([whole, cut], [prompt("p0", [noisy_png(5)])])
+    for with_end, without in ((ended.chosen_ids, unended.chosen_ids), (ended.rejected_ids, unended.rejected_ids)):
+        assert int(with_end[-1]) == end_of_turn and end_of_turn not in without.tolist()
+        assert torch.equal(with_end[:-1], without), "the same text, less its end-of-turn token"

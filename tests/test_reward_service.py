@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from mpo.config import RequestLimits, RewardConfig, RolloutConfig, ScorerConfig, ServerConfig
 from mpo.models.tiny import build_image_text_model, build_text_model
+from mpo.services.reward.dropout_ntp import first_words
 from mpo.services.reward.service import RunningReward, start_reward
 from mpo.services.rollout.server import RunningRollout, start_rollout
 from mpo.serving.clients import RewardClient, RolloutClient
@@ -227,6 +228,14 @@ async def test_a_dropout_ntp_rejected_answer_runs_no_longer_than_its_chosen_one(
     async with RewardClient(reward.address) as client:
         response = await client.build_pairs([scene], [measured], round=1, options=finished_only)
     assert not response.pairs and response.stats.pairs_dropout_ntp == 0 and response.stats.dropout_ntp_cut == 1
+
+    # Unterminated: both sides cut to the shorter one's words, and marked so neither trains its end of turn.
+    unterminated = reward_pb2.PairOptions(dropout_prefix_fraction=0.9, seed=1, dropout_unterminated=True)
+    async with RewardClient(reward.address) as client:
+        (same,) = (await client.build_pairs([scene], [measured], round=1, options=unterminated)).pairs
+    words = min(len(chosen.split()), len(held.rejected.split()))
+    assert same.unterminated and not held.unterminated
+    assert (same.chosen, same.rejected) == (first_words(chosen, words), first_words(held.rejected, words))
 
 
 async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> None:

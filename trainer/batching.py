@@ -73,8 +73,8 @@ class PairEncoder:
         self.tokenizer = self.renderer.tokenizer
         self.max_length = max_length
 
-    def _response(self, text: str, room: int) -> tuple[torch.Tensor, bool]:
-        ids = self.renderer.chat_renderer.response_ids(text)  # the template's end of turn, not eos_token
+    def _response(self, text: str, room: int, *, ended: bool) -> tuple[torch.Tensor, bool]:
+        ids = self.renderer.chat_renderer.response_ids(text, ended=ended)  # the template's end of turn, not eos
         return torch.tensor(ids[:room], dtype=torch.long), len(ids) > room
 
     def encode_prompt(self, prompt: common_pb2.Prompt, field: str) -> EncodedPrompt:
@@ -94,8 +94,8 @@ class PairEncoder:
         """`prompt`: the encoded prompt `pair` names by id; None for a pair that carries its own."""
         prompt = prompt or self.encode_prompt(pair.prompt, f"{field}.prompt")
         room = self.max_length - len(prompt.ids)
-        chosen, chosen_cut = self._response(pair.chosen, room)
-        rejected, rejected_cut = self._response(pair.rejected, room)
+        chosen, chosen_cut = self._response(pair.chosen, room, ended=not pair.unterminated)
+        rejected, rejected_cut = self._response(pair.rejected, room, ended=not pair.unterminated)
         return EncodedPair(
             id=pair.id,
             prompt_ids=prompt.ids,

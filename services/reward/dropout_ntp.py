@@ -6,7 +6,9 @@ which tends to drift from what the image shows. The continuation may run only as
 answer did (`Continuation.max_total_tokens`): given more room, a blind continuation that keeps listing
 objects makes the rejected side the longer one, and the pair teaches "say less" rather than "say what the
 image shows". Held to that bound, a blind continuation that would have gone on is cut unfinished, and the
-pair can still teach "stop listing": `finished_only` keeps only continuations that ended on their own.
+pair can still teach "stop listing": `finished_only` keeps only continuations that ended on their own, and
+`unterminated` cuts both sides to the same number of words and trains them without the end-of-turn token,
+so that neither side's ending is part of the lesson.
 Prompts without images cannot tell the two apart and are skipped with a reason.
 """
 
@@ -25,14 +27,29 @@ SKIP_NO_IMAGE = "no_image_for_dropout_ntp"
 SKIP_TOO_SHORT = "answers_too_short_for_dropout_ntp"
 
 
-def word_prefix(text: str, fraction: float) -> str | None:
-    """The text up to the end of its first `fraction` of words (original spacing kept); None when that
-    keeps no word or every word (nothing would be left to continue)."""
+def first_words(text: str, count: int) -> str:
+    """The text up to the end of its `count`-th word (original spacing kept); all of it when it has fewer."""
     words = list(_WORD.finditer(text))
-    keep = int(len(words) * fraction)
-    if keep == 0 or keep >= len(words):
+    if count >= len(words):
+        return text
+    return text[: words[count - 1].end()] if count > 0 else ""
+
+
+def word_prefix(text: str, fraction: float) -> str | None:
+    """The text up to the end of its first `fraction` of words; None when that keeps no word or every word
+    (nothing would be left to continue)."""
+    words = len(_WORD.findall(text))
+    keep = int(words * fraction)
+    if keep == 0 or keep >= words:
         return None
-    return text[: words[keep - 1].end()]
+    return first_words(text, keep)
+
+
+def same_length(chosen: str, rejected: str) -> tuple[str, str]:
+    """Both sides cut to the word count of the shorter one: what remains differs in what it says, not in
+    how long it runs."""
+    keep = min(len(_WORD.findall(chosen)), len(_WORD.findall(rejected)))
+    return first_words(chosen, keep), first_words(rejected, keep)
 
 
 @dataclass(frozen=True)
@@ -68,9 +85,11 @@ async def continue_without_images(
     seed: int,
     round_index: int,
     finished_only: bool = False,
+    unterminated: bool = False,
 ) -> tuple[list[common_pb2.PreferencePair], int]:
     """One Continue call for all jobs (the rollout service batches them); pairs in job order, and how many
-    continuations were cut at their bound (their pairs not built when `finished_only`)."""
+    continuations were cut at their bound (their pairs not built when `finished_only`). `unterminated`: both
+    sides cut to the same number of words, the pair marked so the trainer leaves out the end-of-turn token."""
     if not jobs:
         return [], 0
     continuations = [
@@ -87,16 +106,19 @@ async def continue_without_images(
             cut += 1
             if finished_only:
                 continue
-        rejected = job.prefix + continuation.text
-        if rejected == job.sample.text:
+        chosen, rejected = job.sample.text, job.prefix + continuation.text
+        if unterminated:
+            chosen, rejected = same_length(chosen, rejected)
+        if rejected == chosen:
             continue  # the image-less policy said the same thing: no preference to learn
         pairs.append(
             common_pb2.PreferencePair(
                 id=f"r{round_index}-{job.prompt.id}-d{job.sample.index}",
                 prompt_id=job.prompt.id,
-                chosen=job.sample.text,
+                chosen=chosen,
                 rejected=rejected,
                 source=common_pb2.PAIR_SOURCE_DROPOUT_NTP,
+                unterminated=unterminated,
                 provenance=common_pb2.Provenance(
                     policy_version=min(job.sample.policy_version, continuation.policy_version),
                     round=round_index,

@@ -132,9 +132,12 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
             jobs.extend(planned)
             if skipped is not None:
                 batch.skipped[group.prompt.id] = skipped
-        finished_only = options.dropout_finished_only or self.config.dropout_ntp_finished_only
         dropout_pairs, cut = await self._continue(
-            jobs, seed=options.seed, round_index=request.round, finished_only=finished_only
+            jobs,
+            seed=options.seed,
+            round_index=request.round,
+            finished_only=options.dropout_finished_only or self.config.dropout_ntp_finished_only,
+            unterminated=options.dropout_unterminated or self.config.dropout_ntp_unterminated,
         )
         batch.tally.pairs_dropout_ntp, batch.tally.dropout_ntp_cut = len(dropout_pairs), cut
         pairs = [*batch.pairs, *dropout_pairs]
@@ -146,7 +149,13 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
         )
 
     async def _continue(
-        self, jobs: list[dropout_ntp.DropoutJob], *, seed: int, round_index: int, finished_only: bool
+        self,
+        jobs: list[dropout_ntp.DropoutJob],
+        *,
+        seed: int,
+        round_index: int,
+        finished_only: bool,
+        unterminated: bool,
     ) -> tuple[list[common_pb2.PreferencePair], int]:
         """DropoutNTP's pairs from the rollout service, and how many continuations were cut; FAILED_PRECONDITION
         when jobs need one and none is set. A failed Continue keeps its status code (UNAVAILABLE while a
@@ -168,6 +177,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
                 seed=seed,
                 round_index=round_index,
                 finished_only=finished_only,
+                unterminated=unterminated,
             )
         except grpc.aio.AioRpcError as error:  # the rollout's own status, so the round's retry policy sees it
             raise InvalidRequest(

@@ -108,7 +108,7 @@ class Provenance(_message.Message):
     def __init__(self, policy_version: _Optional[int] = ..., round: _Optional[int] = ..., verifier: _Optional[str] = ..., chosen_sample_index: _Optional[int] = ..., rejected_sample_index: _Optional[int] = ..., chosen_answer: _Optional[str] = ..., rejected_answer: _Optional[str] = ...) -> None: ...
 
 class PreferencePair(_message.Message):
-    __slots__ = ("id", "prompt", "chosen", "rejected", "source", "provenance", "prompt_id")
+    __slots__ = ("id", "prompt", "chosen", "rejected", "source", "provenance", "prompt_id", "unterminated")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class PreferencePair(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    UNTERMINATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     prompt: Prompt
     chosen: str
@@ -123,7 +124,8 @@ class PreferencePair(_message.Message):
     source: PairSource
     provenance: Provenance
     prompt_id: str
-    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., chosen: _Optional[str] = ..., rejected: _Optional[str] = ..., source: _Optional[_Union[PairSource, str]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., prompt_id: _Optional[str] = ...) -> None: ...
+    unterminated: bool
+    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., chosen: _Optional[str] = ..., rejected: _Optional[str] = ..., source: _Optional[_Union[PairSource, str]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., prompt_id: _Optional[str] = ..., unterminated: _Optional[bool] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
     __slots__ = ("step", "loss", "loss_preference", "loss_quality", "loss_generation", "reward_shift", "reward_chosen", "reward_rejected", "reward_margin", "preference_accuracy", "learning_rate", "grad_norm", "tokens")
