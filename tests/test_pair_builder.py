@@ -484,6 +484,17 @@ class ScriptedContinue:
         return rollout_pb2.ContinueResponse(samples=samples)
 
 
+BLIND = dropout_ntp.blind_sampling(None, max_tokens=8, seed=0)
+
+
+def test_blind_continuations_are_drawn_as_the_round_draws_but_one_each_bounded_and_seeded():
+    like = common_pb2.SamplingParams(n=8, temperature=0.5, top_p=0.9, top_k=20, max_tokens=96, seed=7, stop=["\n"])
+    drawn = dropout_ntp.blind_sampling(like, max_tokens=12, seed=3)
+    assert (drawn.n, drawn.max_tokens, drawn.seed) == (1, 12, 3)
+    assert (drawn.temperature, drawn.top_k, list(drawn.stop)) == (0.5, 20, ["\n"]) and drawn.top_p == pytest.approx(0.9)
+    assert BLIND.temperature == 1.0 and (BLIND.top_p, BLIND.top_k, list(BLIND.stop)) == (0.0, 0, [])
+
+
 async def test_finished_only_drops_the_continuations_cut_at_their_bound_and_counts_them():
     prompt = common_pb2.Prompt(id="s", question="Describe it.", task="describe", images=[common_pb2.Image(uri="x")])
     samples = [reply("s", i, f"I see a red circle and a blue square number {i}.") for i in range(3)]
@@ -493,10 +504,10 @@ async def test_finished_only_drops_the_continuations_cut_at_their_bound_and_coun
                (" and a yellow circle.", common_pb2.FINISH_REASON_STOP)]  # fmt: skip
     rollout = ScriptedContinue(endings)
     kept, cut = await dropout_ntp.continue_without_images(
-        rollout, jobs, max_tokens=8, seed=0, round_index=1, finished_only=True
+        rollout, jobs, sampling=BLIND, round_index=1, finished_only=True
     )
     assert [p.provenance.chosen_sample_index for p in kept] == [0, 2] and cut == 1
-    every, none_cut = await dropout_ntp.continue_without_images(rollout, jobs, max_tokens=8, seed=0, round_index=1)
+    every, none_cut = await dropout_ntp.continue_without_images(rollout, jobs, sampling=BLIND, round_index=1)
     assert len(every) == 3 and none_cut == 1, "by default a cut continuation is a rejected side too, counted"
 
 
@@ -505,19 +516,17 @@ async def test_unterminated_pairs_cut_both_sides_to_the_same_number_of_words():
     samples = [reply("s", i, f"I see a red circle and a blue square number {i}.") for i in range(3)]
     jobs, _ = dropout_ntp.plan(prompt, samples, fraction=0.5, max_pairs=3, seed=0)  # prefix: "I see a red circle"
     endings = [(" and a green triangle, a yellow star and", common_pb2.FINISH_REASON_LENGTH),  # runs on
-               (" only.", common_pb2.FINISH_REASON_STOP),  # stops early
+               (" only, with a dot.", common_pb2.FINISH_REASON_STOP),  # stops early
                (" and a blue", common_pb2.FINISH_REASON_LENGTH)]  # fmt: skip
     pairs, _ = await dropout_ntp.continue_without_images(
-        ScriptedContinue(endings), jobs, max_tokens=8, seed=0, round_index=1, unterminated=True
+        ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1, unterminated=True
     )
     assert [(p.chosen, p.rejected) for p in pairs] == [
-        ("I see a red circle and a blue square number 0.", "I see a red circle and a green triangle, a yellow"),
-        ("I see a red circle and", "I see a red circle only."),
-    ], "sample 2's blind side says what its chosen side says, word for word as far as it goes: no pair"
+        ("I see a red circle and a blue square number", "I see a red circle and a green triangle, a"),
+        ("I see a red circle and a blue", "I see a red circle only, with a"),
+    ], "the shorter side's last word goes too; sample 2's sides then say the same: no pair"
     assert all(p.unterminated for p in pairs)
-    whole, _ = await dropout_ntp.continue_without_images(
-        ScriptedContinue(endings), jobs, max_tokens=8, seed=0, round_index=1
-    )
+    whole, _ = await dropout_ntp.continue_without_images(ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1)
     assert [p.chosen for p in whole] == [s.text for s in samples] and not any(p.unterminated for p in whole)
 
 

@@ -87,9 +87,11 @@ class Reward(reward_pb2_grpc.RewardServiceServicer):
 
     def __init__(self, faults: Faults) -> None:
         self.faults = faults
+        self.options: list[reward_pb2.PairOptions] = []
 
     async def BuildPairs(self, request, context):
         await self.faults.enter("Reward.BuildPairs", context)
+        self.options.append(request.options)
         first = {(s.prompt_id, s.index): s for s in request.samples}
         pairs = [
             common_pb2.PreferencePair(
@@ -156,9 +158,9 @@ class Services:
     def __init__(self, faults: Faults) -> None:
         self.faults = faults
         self.rollout = Rollout(faults)
-        self.trainer = Trainer(faults, self.rollout)
+        self.trainer, self.reward = Trainer(faults, self.rollout), Reward(faults)
         self.server = ServiceServer(
-            ServerConfig(), [bind(self.rollout), bind(Reward(faults)), bind(self.trainer)], name="round-fakes"
+            ServerConfig(), [bind(self.rollout), bind(self.reward), bind(self.trainer)], name="round-fakes"
         )
 
     async def __aenter__(self) -> ServiceClients:
@@ -227,6 +229,19 @@ async def test_every_call_of_a_round_is_retried(
         if method == PUBLISH:  # publishing is retried as one unit: the serving version is read again first
             repeated["Rollout.GetStatus"] += 1
         assert Counter(faults.calls) - Counter(calls) == repeated, f"call {index} ({method})"
+
+
+async def test_the_round_has_blind_continuations_drawn_as_its_own_samples(tmp_path: Path) -> None:
+    """DropoutNTP's two sides must differ in the image, not in how they were sampled: the labelling call
+    carries the round's sampling."""
+    store = RunStore(tmp_path)
+    store.put_run(controller_pb2.Run(run_id="r", state=controller_pb2.RUN_STATE_RUNNING))
+    config = CONFIG.model_copy(update={"temperature": 0.6, "top_k": 5})
+    services = Services(Faults())
+    async with services as clients:
+        await RoundLoop("r", config, store, clients, TRAIN, HELDOUT, retry=FAST).run()
+    [options] = services.reward.options
+    assert options.dropout_sampling.temperature == pytest.approx(0.6) and options.dropout_sampling.top_k == 5
 
 
 async def test_a_publish_whose_answer_was_lost_is_not_published_twice(tmp_path: Path) -> None:

@@ -229,13 +229,17 @@ async def test_a_dropout_ntp_rejected_answer_runs_no_longer_than_its_chosen_one(
         response = await client.build_pairs([scene], [measured], round=1, options=finished_only)
     assert not response.pairs and response.stats.pairs_dropout_ntp == 0 and response.stats.dropout_ntp_cut == 1
 
-    # Unterminated: both sides cut to the shorter one's words, and marked so neither trains its end of turn.
-    unterminated = reward_pb2.PairOptions(dropout_prefix_fraction=0.9, seed=1, dropout_unterminated=True)
+    # Unterminated: both sides cut to one word fewer than the shorter has, marked so neither trains its end.
+    # Unheld, with seed 2 the random model's 12 tokens hold spaces: the cut leaves the sides different.
+    free_sample = sample("scene", 0, chosen)
+    half = reward_pb2.PairOptions(dropout_prefix_fraction=0.5, seed=2)
+    unterminated = reward_pb2.PairOptions(dropout_prefix_fraction=0.5, seed=2, dropout_unterminated=True)
     async with RewardClient(reward.address) as client:
-        (same,) = (await client.build_pairs([scene], [measured], round=1, options=unterminated)).pairs
-    words = min(len(chosen.split()), len(held.rejected.split()))
-    assert same.unterminated and not held.unterminated
-    assert (same.chosen, same.rejected) == (first_words(chosen, words), first_words(held.rejected, words))
+        (whole,) = (await client.build_pairs([scene], [free_sample], round=1, options=half)).pairs
+        (same,) = (await client.build_pairs([scene], [free_sample], round=1, options=unterminated)).pairs
+    words = min(len(whole.chosen.split()), len(whole.rejected.split())) - 1
+    assert same.unterminated and not whole.unterminated
+    assert (same.chosen, same.rejected) == (first_words(whole.chosen, words), first_words(whole.rejected, words))
 
 
 async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> None:

@@ -412,6 +412,24 @@ BAD_REQUESTS = [
         "finite",
         options=reward_pb2.PairOptions(dropout_prefix_fraction=float("inf")),
     ),
+    bad(
+        BUILD_PAIRS,
+        "options.dropout_sampling.temperature",
+        "must be >= 0",
+        options=reward_pb2.PairOptions(dropout_sampling=common_pb2.SamplingParams(temperature=-1.0)),
+    ),
+    bad(
+        BUILD_PAIRS,
+        "options.dropout_sampling.top_p",
+        "finite",
+        options=reward_pb2.PairOptions(dropout_sampling=common_pb2.SamplingParams(top_p=float("nan"))),
+    ),
+    bad(
+        BUILD_PAIRS,
+        "options.dropout_sampling.stop[1]",
+        "must not be empty",
+        options=reward_pb2.PairOptions(dropout_sampling=common_pb2.SamplingParams(stop=[".", ""])),
+    ),
     # Train.
     bad(TRAIN, "pairs", "must not be empty", pairs=[]),
     bad(TRAIN, "pairs", "at most 4 allowed (max_pairs_per_request), got 5", pairs=[pair(f"x{i}") for i in range(5)]),

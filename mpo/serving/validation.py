@@ -222,20 +222,26 @@ def _check_sampling(
     params = request.sampling
     _check_at_least(params.n, "sampling.n", 1)
     _check_at_most(params.n, "sampling.n", limits.max_samples_per_prompt, "max_samples_per_prompt")
-    _check_float(params.temperature, "sampling.temperature", 0.0)
+    _check_decoding(params, "sampling", limits)
     if params.n > 1 and params.temperature < GREEDY_TEMPERATURE:
         raise InvalidRequest(
             "sampling.n",
             f"must be 1 with greedy decoding (temperature below {GREEDY_TEMPERATURE:g}), got {params.n}: greedy "
             "decoding gives n identical samples; set temperature > 0 to draw several",
         )
-    _check_float(params.top_p, "sampling.top_p", 0.0, 1.0)
     _check_at_most(params.max_tokens, "sampling.max_tokens", limits.max_tokens, "max_tokens")
-    _check_count(params.stop, "sampling.stop", limits.max_stop_strings, "max_stop_strings", required=False)
-    for i, stop in enumerate(params.stop):
-        _check_nonempty(stop, f"sampling.stop[{i}]")
-        _check_chars(stop, f"sampling.stop[{i}]", limits.max_stop_chars, "max_stop_chars")
     return params
+
+
+def _check_decoding(params: common_pb2.SamplingParams, field: str, limits: RequestLimits) -> None:
+    """How tokens are drawn and where sampling stops: the rules shared by a request's own sampling and the
+    DropoutNTP sampling a BuildPairs request passes on."""
+    _check_float(params.temperature, f"{field}.temperature", 0.0)
+    _check_float(params.top_p, f"{field}.top_p", 0.0, 1.0)
+    _check_count(params.stop, f"{field}.stop", limits.max_stop_strings, "max_stop_strings", required=False)
+    for i, stop in enumerate(params.stop):
+        _check_nonempty(stop, f"{field}.stop[{i}]")
+        _check_chars(stop, f"{field}.stop[{i}]", limits.max_stop_chars, "max_stop_chars")
 
 
 def _check_samples(
@@ -327,6 +333,7 @@ def _check_build_pairs(request: reward_pb2.BuildPairsRequest, limits: RequestLim
     cap, cap_field = options.max_pairs_per_prompt, "options.max_pairs_per_prompt"
     _check_at_most(cap, cap_field, limits.max_pairs_per_request, "max_pairs_per_request")
     _check_float(options.dropout_prefix_fraction, "options.dropout_prefix_fraction", 0.0, 1.0, high_open=True)
+    _check_decoding(options.dropout_sampling, "options.dropout_sampling", limits)
 
 
 def check_pairs(

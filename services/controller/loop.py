@@ -239,7 +239,9 @@ class RoundLoop:
             max_tokens=config.max_tokens,
             seed=config.seed * 1_000_003 + round_index,
         )
-        options = reward_pb2.PairOptions(max_pairs_per_prompt=config.max_pairs_per_prompt, seed=round_index)
+        options = reward_pb2.PairOptions(
+            max_pairs_per_prompt=config.max_pairs_per_prompt, seed=round_index, dropout_sampling=sampling
+        )
         self._phase(round_index, "generate")
         with _timed(timings, "generate"):
             generated = await self._call("generate", lambda: self.clients.rollout.generate(prompts, sampling))

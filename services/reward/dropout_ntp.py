@@ -7,8 +7,8 @@ answer did (`Continuation.max_total_tokens`): given more room, a blind continuat
 objects makes the rejected side the longer one, and the pair teaches "say less" rather than "say what the
 image shows". Held to that bound, a blind continuation that would have gone on is cut unfinished, and the
 pair can still teach "stop listing": `finished_only` keeps only continuations that ended on their own, and
-`unterminated` cuts both sides to the same number of words and trains them without the end-of-turn token,
-so that neither side's ending is part of the lesson.
+`unterminated` cuts both sides to the same number of words, short of where either ended, and trains them
+without the end-of-turn token, so that neither side's ending is part of the lesson.
 Prompts without images cannot tell the two apart and are skipped with a reason.
 """
 
@@ -46,9 +46,10 @@ def word_prefix(text: str, fraction: float) -> str | None:
 
 
 def same_length(chosen: str, rejected: str) -> tuple[str, str]:
-    """Both sides cut to the word count of the shorter one: what remains differs in what it says, not in
-    how long it runs."""
-    keep = min(len(_WORD.findall(chosen)), len(_WORD.findall(rejected)))
+    """Both sides cut to one word fewer than the shorter one has: that last word is where it ended (a full
+    stop, or a word cut off at the bound) and would teach where to stop. What remains differs only in what
+    it says."""
+    keep = min(len(_WORD.findall(chosen)), len(_WORD.findall(rejected))) - 1
     return first_words(chosen, keep), first_words(rejected, keep)
 
 
@@ -77,12 +78,22 @@ def plan(
     return jobs, None
 
 
+def blind_sampling(like: common_pb2.SamplingParams | None, *, max_tokens: int, seed: int) -> common_pb2.SamplingParams:
+    """One continuation per job, at most `max_tokens`, seeded, drawn as `like` draws (its temperature, top-p,
+    top-k and stop strings): the round's sampling, so that the sides differ in the image only. None: at
+    temperature 1.0."""
+    sampling = common_pb2.SamplingParams(n=1, temperature=1.0, max_tokens=max_tokens, seed=seed)
+    if like is not None:
+        sampling.temperature, sampling.top_p, sampling.top_k = like.temperature, like.top_p, like.top_k
+        sampling.stop.extend(like.stop)
+    return sampling
+
+
 async def continue_without_images(
     client: RolloutClient,
     jobs: Sequence[DropoutJob],
     *,
-    max_tokens: int,
-    seed: int,
+    sampling: common_pb2.SamplingParams,
     round_index: int,
     finished_only: bool = False,
     unterminated: bool = False,
@@ -98,7 +109,6 @@ async def continue_without_images(
         )
         for j in jobs
     ]
-    sampling = common_pb2.SamplingParams(n=1, temperature=1.0, max_tokens=max_tokens, seed=seed)
     response = await client.continue_prefixes(continuations, sampling)
     pairs, cut = [], 0
     for job, continuation in zip(jobs, response.samples, strict=True):

@@ -132,9 +132,11 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
             jobs.extend(planned)
             if skipped is not None:
                 batch.skipped[group.prompt.id] = skipped
+        like = options.dropout_sampling if options.HasField("dropout_sampling") else None
+        sampling = dropout_ntp.blind_sampling(like, max_tokens=self.config.continuation_max_tokens, seed=options.seed)
         dropout_pairs, cut = await self._continue(
             jobs,
-            seed=options.seed,
+            sampling=sampling,
             round_index=request.round,
             finished_only=options.dropout_finished_only or self.config.dropout_ntp_finished_only,
             unterminated=options.dropout_unterminated or self.config.dropout_ntp_unterminated,
@@ -152,7 +154,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
         self,
         jobs: list[dropout_ntp.DropoutJob],
         *,
-        seed: int,
+        sampling: common_pb2.SamplingParams,
         round_index: int,
         finished_only: bool,
         unterminated: bool,
@@ -173,8 +175,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
             return await dropout_ntp.continue_without_images(
                 self.rollout,
                 jobs,
-                max_tokens=self.config.continuation_max_tokens,
-                seed=seed,
+                sampling=sampling,
                 round_index=round_index,
                 finished_only=finished_only,
                 unterminated=unterminated,
