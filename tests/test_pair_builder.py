@@ -522,9 +522,9 @@ async def test_unterminated_pairs_cut_both_sides_to_the_same_number_of_words():
         ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1, unterminated=True
     )
     assert [(p.chosen, p.rejected) for p in pairs] == [
-        ("I see a red circle and a blue square number", "I see a red circle and a green triangle, a"),
-        ("I see a red circle and a blue", "I see a red circle only, with a"),
-    ], "the shorter side's last word goes too; sample 2's sides then say the same: no pair"
+        ("I see a red circle and a blue square number 0", "I see a red circle and a green triangle, a yellow"),
+        ("I see a red circle and a blue square", "I see a red circle only, with a dot"),
+    ], "no closing full stop on either side; sample 2's blind side says what its chosen side says: no pair"
     assert all(p.unterminated for p in pairs)
     whole, _ = await dropout_ntp.continue_without_images(ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1)
     assert [p.chosen for p in whole] == [s.text for s in samples] and not any(p.unterminated for p in whole)

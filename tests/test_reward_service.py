@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from mpo.config import RequestLimits, RewardConfig, RolloutConfig, ScorerConfig, ServerConfig
 from mpo.models.tiny import build_image_text_model, build_text_model
-from mpo.services.reward.dropout_ntp import first_words
+from mpo.services.reward.dropout_ntp import same_length
 from mpo.services.reward.service import RunningReward, start_reward
 from mpo.services.rollout.server import RunningRollout, start_rollout
 from mpo.serving.clients import RewardClient, RolloutClient
@@ -229,7 +229,7 @@ async def test_a_dropout_ntp_rejected_answer_runs_no_longer_than_its_chosen_one(
         response = await client.build_pairs([scene], [measured], round=1, options=finished_only)
     assert not response.pairs and response.stats.pairs_dropout_ntp == 0 and response.stats.dropout_ntp_cut == 1
 
-    # Unterminated: both sides cut to one word fewer than the shorter has, marked so neither trains its end.
+    # Unterminated: both sides cut to the shorter one's words, marked so neither trains its end of turn.
     # Unheld, with seed 2 the random model's 12 tokens hold spaces: the cut leaves the sides different.
     free_sample = sample("scene", 0, chosen)
     half = reward_pb2.PairOptions(dropout_prefix_fraction=0.5, seed=2)
@@ -237,9 +237,8 @@ async def test_a_dropout_ntp_rejected_answer_runs_no_longer_than_its_chosen_one(
     async with RewardClient(reward.address) as client:
         (whole,) = (await client.build_pairs([scene], [free_sample], round=1, options=half)).pairs
         (same,) = (await client.build_pairs([scene], [free_sample], round=1, options=unterminated)).pairs
-    words = min(len(whole.chosen.split()), len(whole.rejected.split())) - 1
     assert same.unterminated and not whole.unterminated
-    assert (same.chosen, same.rejected) == (first_words(whole.chosen, words), first_words(whole.rejected, words))
+    assert (same.chosen, same.rejected) == same_length(whole.chosen, whole.rejected)
 
 
 async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> None:

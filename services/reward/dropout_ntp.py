@@ -7,7 +7,7 @@ answer did (`Continuation.max_total_tokens`): given more room, a blind continuat
 objects makes the rejected side the longer one, and the pair teaches "say less" rather than "say what the
 image shows". Held to that bound, a blind continuation that would have gone on is cut unfinished, and the
 pair can still teach "stop listing": `finished_only` keeps only continuations that ended on their own, and
-`unterminated` cuts both sides to the same number of words, short of where either ended, and trains them
+`unterminated` cuts both sides to the same number of words, less closing punctuation, and trains them
 without the end-of-turn token, so that neither side's ending is part of the lesson.
 Prompts without images cannot tell the two apart and are skipped with a reason.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from mpo.serving.clients import RolloutClient
 from mpo.v1 import common_pb2, rollout_pb2
 
 _WORD = re.compile(r"\S+")
+_CLOSING = string.punctuation + string.whitespace
 SKIP_NO_IMAGE = "no_image_for_dropout_ntp"
 SKIP_TOO_SHORT = "answers_too_short_for_dropout_ntp"
 
@@ -46,11 +48,11 @@ def word_prefix(text: str, fraction: float) -> str | None:
 
 
 def same_length(chosen: str, rejected: str) -> tuple[str, str]:
-    """Both sides cut to one word fewer than the shorter one has: that last word is where it ended (a full
-    stop, or a word cut off at the bound) and would teach where to stop. What remains differs only in what
-    it says."""
-    keep = min(len(_WORD.findall(chosen)), len(_WORD.findall(rejected))) - 1
-    return first_words(chosen, keep), first_words(rejected, keep)
+    """Both sides cut to the word count of the shorter one, less any closing punctuation: a full stop where
+    one side ended would teach where to stop. What remains differs in what it says. (Dropping the shorter
+    side's last word instead was measured to drop its last named object, so the pairs taught "name fewer".)"""
+    keep = min(len(_WORD.findall(chosen)), len(_WORD.findall(rejected)))
+    return first_words(chosen, keep).rstrip(_CLOSING), first_words(rejected, keep).rstrip(_CLOSING)
 
 
 @dataclass(frozen=True)
