@@ -530,6 +530,17 @@ async def test_unterminated_pairs_cut_both_sides_to_the_same_number_of_words():
     assert [p.chosen for p in whole] == [s.text for s in samples] and not any(p.unterminated for p in whole)
 
 
+async def test_an_unterminated_cut_that_leaves_a_side_without_words_gives_no_pair():
+    """A policy that writes punctuation first (random weights do) must not yield a pair with an empty side,
+    which the trainer would refuse, failing the round."""
+    prompt = common_pb2.Prompt(id="s", question="Describe it.", task="describe", images=[common_pb2.Image(uri="x")])
+    samples = [reply("s", 0, ". , ; red circle"), reply("s", 1, ". , red circle")]
+    jobs, _ = dropout_ntp.plan(prompt, samples, fraction=0.5, max_pairs=2, seed=0)  # both prefixes ". ,"
+    blind = ScriptedContinue([(" blue", common_pb2.FINISH_REASON_STOP), (" ; ?", common_pb2.FINISH_REASON_STOP)])
+    pairs, _ = await dropout_ntp.continue_without_images(blind, jobs, sampling=BLIND, round_index=1, unterminated=True)
+    assert pairs == [], "cut to three words the first chosen side is all punctuation, cut to four the second rejected"
+
+
 def test_first_words_keeps_the_original_spacing():
     assert dropout_ntp.first_words("a  red\tcircle.", 2) == "a  red"
     assert dropout_ntp.first_words("a red", 5) == "a red" and dropout_ntp.first_words("a red", 0) == ""

@@ -123,6 +123,8 @@ async def continue_without_images(
             chosen, rejected = same_length(chosen, rejected)
         if rejected == chosen:
             continue  # the image-less policy said the same thing: no preference to learn
+        if not (chosen and rejected):
+            continue  # the cut left a side only punctuation: nothing to prefer, and a pair needs its text
         pairs.append(
             common_pb2.PreferencePair(
                 id=f"r{round_index}-{job.prompt.id}-d{job.sample.index}",
