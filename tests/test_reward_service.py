@@ -256,6 +256,11 @@ async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> N
                 await client.build_pairs(prompts, samples, round=1)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert caught.value.details().startswith(message), caught.value.details()
+        hot = reward_pb2.PairOptions(dropout_sampling=common_pb2.SamplingParams(temperature=float("inf")))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.build_pairs([arith("a")], [sample("a", 0, RIGHT)], round=1, options=hot)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details().startswith("options.dropout_sampling.temperature"), caught.value.details()
         ok = await client.build_pairs([arith("a")], [sample("a", 0, RIGHT), sample("a", 1, WRONG)], round=1)
     assert len(ok.pairs) == 1
 
