@@ -42,9 +42,7 @@ def word_prefix(text: str, fraction: float) -> str | None:
     (nothing would be left to continue)."""
     words = len(_WORD.findall(text))
     keep = int(words * fraction)
-    if keep == 0 or keep >= words:
-        return None
-    return first_words(text, keep)
+    return first_words(text, keep) if 0 < keep < words else None
 
 
 def same_length(chosen: str, rejected: str) -> tuple[str, str]:
