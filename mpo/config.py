@@ -150,6 +150,12 @@ class RequestLimits(_Strict):
     max_images_per_prompt: int = Field(8, ge=0, description="Most images attached to one prompt.")
     max_image_bytes: int = Field(16 * 2**20, ge=1, description="Largest encoded image.")
     max_question_chars: int = Field(32_768, ge=1, description="Longest question text.")
+    max_meta_bytes: int = Field(
+        65_536,
+        ge=0,
+        description="Longest `Prompt.meta_json` in UTF-8 bytes (0: prompts carry no meta). Bounds what "
+        "parsing it costs before it is parsed.",
+    )
     max_pairs_per_request: int = Field(4096, ge=1, description="Most preference pairs in one Train call.")
     max_samples_per_request: int = Field(16_384, ge=1, description="Most samples in one Score/BuildPairs call.")
     max_image_pixels: int = Field(
@@ -929,7 +935,7 @@ class RunConfig(_Strict):
             if section is None:
                 continue
             limits = section.server.limits
-            for name in ("max_question_chars", "max_images_per_prompt", "max_image_bytes"):
+            for name in ("max_question_chars", "max_meta_bytes", "max_images_per_prompt", "max_image_bytes"):
                 if getattr(limits, name) < getattr(accepted, name):
                     problems.append(
                         f"{service}.server.limits.{name} ({getattr(limits, name)}) is below "

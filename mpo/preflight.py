@@ -1,4 +1,4 @@
-"""What is checked before a run starts anything: the model's template, the data, and the tasks.
+"""What is checked before a run starts anything: the model's template, the data, its tasks and its meta.
 
 `mpo run` (before Ray, vLLM or DeepSpeed start) and the controller's StartRun (before the run is
 stored) call `check_run`, so a config that cannot run fails in seconds with an error naming the field,
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mpo.chat import ChatRenderer, TemplateError
 from mpo.config import ConfigError, RunConfig
+from mpo.data.meta import decode_meta, encode_meta
 from mpo.data.records import PromptRecord
 from mpo.data.sources import load_split
 from mpo.grading.hallucination import described_scenes
@@ -52,6 +53,29 @@ def check_tasks(config: RunConfig, records: Sequence[PromptRecord], split: str) 
             )
 
 
+def check_meta(config: RunConfig, records: Sequence[PromptRecord], split: str) -> None:
+    """Every record's `meta` travels as JSON within each service's `max_meta_bytes`; otherwise the first
+    round carrying that prompt would be refused after minutes of start-up."""
+    limits = {
+        section: service.server.limits.max_meta_bytes
+        for section in _TASK_CHECKING
+        if (service := getattr(config, section)) is not None
+    }
+    for record in records:
+        text = encode_meta(record.meta)
+        try:
+            decode_meta(text)  # as the services will
+        except ValueError as error:
+            raise ConfigError(f"data.{split}: prompt {record.id!r}: meta: {error}") from error
+        size = len(text.encode())
+        for section, limit in limits.items():
+            if size > limit:
+                raise ConfigError(
+                    f"data.{split}: prompt {record.id!r}: meta is {size} bytes of JSON, above "
+                    f"{section}.server.limits.max_meta_bytes ({limit}); raise the limit or drop columns from meta"
+                )
+
+
 def check_run(config: RunConfig, *, image_dir: Path) -> tuple[list[PromptRecord], list[PromptRecord]]:
     """All checks, the held-out scenes judged for hallucination among them; returns the train and held-out
     records (images written to `image_dir`)."""
@@ -61,6 +85,8 @@ def check_run(config: RunConfig, *, image_dir: Path) -> tuple[list[PromptRecord]
     check_template(config)
     check_tasks(config, train, "train")
     check_tasks(config, heldout, "heldout")
+    check_meta(config, train, "train")
+    check_meta(config, heldout, "heldout")
     try:
         described_scenes(heldout)  # the round loop judges these answers for hallucination
     except ValueError as error:

@@ -49,9 +49,13 @@ GSM8K_VERIFIER = textwrap.dedent(
 )
 #: A judge for a random-weight policy (which never states an answer): a score in [0, 1] from the number of
 #: words, right often enough that every round has pairs; it exercises the score path of plug-in verifiers.
+#: It also reads the record's `meta`, where the column mapping put MathVista's `question_type`: a prompt
+#: that reached the reward service without it fails the round.
 WORDS_VERIFIER = textwrap.dedent(
     """
     def word_count_score(response, record):
+        if record.meta.get("question_type") != "multi_choice":
+            raise ValueError(f"no question_type in meta: {record.meta!r}")
         return (len(response.split()) % 3) / 2
     """
 )

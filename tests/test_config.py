@@ -176,6 +176,10 @@ def limits(**values: object) -> dict[str, object]:
             {"trainer": limits(max_question_chars=1000)},
             "trainer.server.limits.max_question_chars (1000) is below rollout.server.limits.max_question_chars (32768)",
         ),
+        (
+            {"reward": limits(max_meta_bytes=0)},
+            "reward.server.limits.max_meta_bytes (0) is below rollout.server.limits.max_meta_bytes (65536)",
+        ),
     ],
 )
 def test_limits_that_disagree_across_services_are_one_error_naming_both_fields(

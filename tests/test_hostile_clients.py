@@ -315,6 +315,19 @@ async def test_image_bomb_is_refused_before_it_is_decoded(services: Services) ->
     await assert_generate_works(services)
 
 
+async def test_deeply_nested_prompt_meta_is_refused_and_the_service_keeps_serving(services: Services) -> None:
+    """60 KB of nested arrays in `meta_json`, within its byte bound: a recursive parser or walker would run
+    out of stack; the service refuses it with the field and keeps serving."""
+    bomb = shapes_prompt(common_pb2.Image(data=png("red")))
+    bomb.meta_json = '{"scene":' + "[" * 30_000 + "]" * 30_000 + "}"
+    opened, stub = rollout_stub(services)
+    async with opened:
+        error = await refused(stub.Generate(generate_request(bomb), metadata=USER))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "prompts[0].meta_json: nested more than 32 deep"
+    await assert_generate_works(services)
+
+
 async def test_image_file_over_the_byte_cap_is_refused_unread(services: Services) -> None:
     """A real PNG padded past max_image_bytes: PIL would take it, the cap must not."""
     limit = services.rollout.service.config.server.limits.max_image_bytes
@@ -846,3 +859,24 @@ async def test_a_held_out_scene_the_hallucination_metric_cannot_read_is_refused(
         assert "'purple'" in details
         runs = await stub.ListRuns(controller_pb2.ListRunsRequest(), metadata=CONTROL, timeout=60)
         assert "scenes" not in [run.run_id for run in runs.runs]
+
+
+async def test_data_whose_meta_the_services_would_refuse_is_refused_when_the_run_starts(services: Services) -> None:
+    """Every round sends each prompt's `meta` as JSON; one above `max_meta_bytes` would be refused only when
+    its round sampled it, so StartRun refuses the run instead, naming the prompt and the limit."""
+    train = services.data / "meta-train.jsonl"
+    rows = [
+        {"id": "small", "question": "What is 1 + 1?", "answer": "2", "task": "arith", "meta": {"note": "fine"}},
+        {"id": "large", "question": "What is 1 + 2?", "answer": "3", "task": "arith", "meta": {"note": "x" * 70_000}},
+    ]
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    opened, stub = controller_stub(services)
+    async with opened:
+        request = controller_pb2.StartRunRequest(config_yaml=run_yaml(train, train), run_id="big-meta")
+        details = await rejected(stub.StartRun(request, metadata=CONTROL, timeout=60))
+        assert details == (
+            "config_yaml: data.train: prompt 'large': meta is 70011 bytes of JSON, above "
+            "reward.server.limits.max_meta_bytes (65536); raise the limit or drop columns from meta"
+        ), details
+        runs = await stub.ListRuns(controller_pb2.ListRunsRequest(), metadata=CONTROL, timeout=60)
+        assert "big-meta" not in [run.run_id for run in runs.runs]

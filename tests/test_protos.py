@@ -114,7 +114,7 @@ def test_generated_stubs_are_fresh() -> None:
 
 def test_stub_freshness_check_catches_a_changed_proto(tmp_path: Path) -> None:
     copy = copy_protos(tmp_path)
-    edit(copy / "mpo/v1/common.proto", "  string task = 6;\n", "  string task = 6;\n  string note = 7;\n")
+    edit(copy / "mpo/v1/common.proto", "  string task = 6;\n", "  string task = 6;\n  string note = 99;\n")
     result = run(sys.executable, copy / "generate.py", "--check", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "common_pb2.py" in result.stdout, result.stdout

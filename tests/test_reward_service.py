@@ -4,6 +4,7 @@ package (run in every labelling worker), and bad input."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -256,6 +257,16 @@ async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> N
                 await client.build_pairs(prompts, samples, round=1)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert caught.value.details().startswith(message), caught.value.details()
+        for meta, reason in [
+            ('{"scene": [' + "0," * 40_000 + "0]}", "at most 65536 bytes (max_meta_bytes), got 80014"),
+            ('{"a":' + "[" * 20_000 + "]" * 20_000 + "}", "nested more than 32 deep"),
+            ('{"scene": NaN}', "NaN is not a JSON number"),
+        ]:
+            hostile = common_pb2.Prompt(id="m", question="Q?", task="arith", answer="1", meta_json=meta)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.build_pairs([arith("a"), hostile], [sample("a", 0, RIGHT)], round=1)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert caught.value.details() == f"prompts[1].meta_json: {reason}"
         hot = reward_pb2.PairOptions(dropout_sampling=common_pb2.SamplingParams(temperature=float("inf")))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.build_pairs([arith("a")], [sample("a", 0, RIGHT)], round=1, options=hot)
@@ -266,6 +277,7 @@ async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> N
 
 
 PLUGINS = """
+import json
 import os
 from pathlib import Path
 
@@ -287,6 +299,11 @@ def overlap(response, record):
     _seen(record)
     truth = record.answer.split()
     return sum(word in response.split() for word in truth) / len(truth)
+
+
+def in_the_scene(response, record):
+    \"\"\"Right when the response names the first object's colour of the scene the prompt's meta holds.\"\"\"
+    return record.meta["scene"][0]["colour"] in response.split()
 
 
 def fragile(response, record):
@@ -317,10 +334,11 @@ async def plugged(services, tmp_path_factory: pytest.TempPathFactory) -> tuple[R
                 "words": f"{path_file}:words",
                 "overlap": "reward_module_verifiers:overlap",
                 "fragile": "reward_module_verifiers:fragile",
+                "scene": f"{path_file}:in_the_scene",
             },
             correct_threshold=0.6,
             answer_pattern=r"ANSWER: (\S+)",
-            server=ServerConfig(limits=RequestLimits(known_tasks=["arith", "words", "overlap", "fragile"])),
+            server=ServerConfig(limits=RequestLimits(known_tasks=["arith", "words", "overlap", "fragile", "scene"])),
         )
         reward = await start_reward(config)
     yield reward, path_file, calls
@@ -366,6 +384,28 @@ async def test_plugin_verifiers_judge_in_every_labelling_worker(plugged) -> None
     workers = {pid for pid, _, _ in seen}
     assert len(workers) == 2 and str(os.getpid()) not in workers, "each worker ran its prompts' plug-in"
     assert {(task, prompt_id) for _, task, prompt_id in seen} == {("words", "w"), ("overlap", "o")}
+
+
+async def test_a_plugin_verifier_reads_the_prompts_meta(plugged) -> None:
+    """`Prompt.meta_json` reaches the verifier as the record's `meta`, in Score and in BuildPairs: the two
+    prompts ask the same question, and only their scenes tell which answer is right."""
+    reward, _, _ = plugged
+    scenes = [[{"colour": "teal", "shape": "circle"}], [{"colour": "olive", "shape": "square"}]]
+    prompts = [
+        common_pb2.Prompt(
+            id=f"s{i}", question="Which colour?", task="scene", answer="?", meta_json=json.dumps({"scene": scene})
+        )
+        for i, scene in enumerate(scenes)
+    ]
+    samples = [sample(f"s{i}", j, text) for i in (0, 1) for j, text in enumerate(["It is teal", "It is olive"])]
+    async with RewardClient(reward.address) as client:
+        scored = await client.score(prompts, samples)
+        built = await client.build_pairs(prompts, samples, round=1)
+    correct = [(s.prompt_id, s.index) for s in scored.scores if s.verdict == reward_pb2.VERDICT_CORRECT]
+    assert correct == [("s0", 0), ("s1", 1)]
+    chosen = {(p.prompt_id, p.provenance.chosen_sample_index, p.provenance.rejected_sample_index) for p in built.pairs}
+    assert chosen == {("s0", 0, 1), ("s1", 1, 0)}
+    assert [p.meta_json for p in built.prompts] == [p.meta_json for p in prompts], "echoed for the trainer as sent"
 
 
 async def test_a_failing_plugin_is_failed_precondition_and_the_service_keeps_serving(plugged) -> None:

@@ -58,6 +58,7 @@ LIMITS = RequestLimits(
     max_images_per_prompt=2,
     max_image_bytes=4096,
     max_question_chars=100,
+    max_meta_bytes=128,
     max_pairs_per_request=4,
     max_samples_per_request=8,
     max_image_pixels=64 * 64,
@@ -151,7 +152,13 @@ def _generate() -> dict[str, Any]:
     return {
         "prompts": [
             prompt("p0", images=[image(data=PNG), image(uri="file:///data/cat.png")], choices=["4", "5"], answer="B"),
-            prompt("p1", answer=None, task="describe", question="Describe the picture."),
+            prompt(
+                "p1",
+                answer=None,
+                task="describe",
+                question="Describe the picture.",
+                meta_json='{"scene":[{"colour":"red","shape":"circle"}]}',
+            ),
         ],
         "sampling": sampling(),
     }
@@ -208,6 +215,33 @@ BAD_REQUESTS = [
     bad(GENERATE, "prompts[0].question", "whitespace only", prompts=[prompt(question=" \n\t")]),
     bad(GENERATE, "prompts[0].question", "at most 100 characters", prompts=[prompt(question="x" * 101)]),
     bad(GENERATE, "prompts[0].task", "must not be empty", prompts=[prompt(task="")]),
+    bad(
+        GENERATE,
+        "prompts[0].meta_json",
+        "at most 128 bytes (max_meta_bytes), got 129",
+        prompts=[prompt(meta_json='{"a":"' + "x" * 121 + '"}')],
+    ),
+    bad(  # counted in UTF-8 bytes: 67 characters
+        GENERATE,
+        "prompts[0].meta_json",
+        "at most 128 bytes (max_meta_bytes), got 130",
+        prompts=[prompt(meta_json='{"a":"' + "é" * 61 + '"}')],
+    ),
+    bad(GENERATE, "prompts[0].meta_json", "not valid JSON: ", prompts=[prompt(meta_json="{scene}")]),
+    bad(GENERATE, "prompts[0].meta_json", "must be a JSON object, got list", prompts=[prompt(meta_json="[1]")]),
+    bad(GENERATE, "prompts[0].meta_json", "NaN is not a JSON number", prompts=[prompt(meta_json='{"a":NaN}')]),
+    bad(
+        GENERATE,
+        "prompts[0].meta_json",
+        "nested more than 32 deep",
+        prompts=[prompt(meta_json='{"a":' + "[" * 32 + "]" * 32 + "}")],
+    ),
+    bad(
+        TRAIN,
+        "pairs[0].prompt.meta_json",
+        "must be a JSON object, got str",
+        pairs=[pair("a", prompt=prompt(meta_json='"scene"'))],
+    ),
     bad(
         GENERATE,
         "prompts[1].task",
@@ -544,6 +578,9 @@ def test_every_method_with_rules_has_a_valid_example() -> None:
         (GENERATE, {"prompts": [prompt(f"p{i}") for i in range(4)]}),
         (GENERATE, {"prompts": [prompt(question="x" * 100, images=[image(data=PNG)] * 2)]}),
         (GENERATE, {"prompts": [prompt(answer=None, choices=[])]}),
+        (GENERATE, {"prompts": [prompt(meta_json='{"a":' + "[" * 31 + "]" * 31 + "}")]}),  # 32 deep
+        (GENERATE, {"prompts": [prompt(meta_json='{"a":"' + "x" * 120 + '"}')]}),  # 128 bytes
+        (GENERATE, {"prompts": [prompt(meta_json="{}")]}),
         (SCORE, {"samples": [sample("p0", i) for i in range(8)]}),
         (BUILD_PAIRS, {"options": None}),
         (BUILD_PAIRS, {"options": reward_pb2.PairOptions(dropout_prefix_fraction=0.999)}),

@@ -23,6 +23,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from mpo.config import GREEDY_TEMPERATURE, RUN_ID_PATTERN, RequestLimits
+from mpo.data.meta import decode_meta
 from mpo.v1 import common_pb2, controller_pb2, reward_pb2, rollout_pb2, trainer_pb2
 
 #: Longest client-supplied text quoted in an error: reasons travel in the size-limited grpc-message trailer.
@@ -198,6 +199,18 @@ def _check_prompt(prompt: common_pb2.Prompt, field: str, limits: RequestLimits) 
     if prompt.task not in limits.known_tasks:
         known = ", ".join(sorted(limits.known_tasks))
         raise InvalidRequest(f"{field}.task", f"unknown task {_quote(prompt.task)} (known tasks: {known})")
+    _check_meta(prompt.meta_json, f"{field}.meta_json", limits)
+
+
+def _check_meta(text: str, field: str, limits: RequestLimits) -> None:
+    """Bounded in bytes before it is parsed, then one JSON object a verifier can use."""
+    size = len(text.encode())
+    if size > limits.max_meta_bytes:
+        raise InvalidRequest(field, f"at most {limits.max_meta_bytes} bytes (max_meta_bytes), got {size}")
+    try:
+        decode_meta(text)
+    except ValueError as error:
+        raise InvalidRequest(field, str(error)) from None
 
 
 def _check_prompts(prompts: Sequence[common_pb2.Prompt], limits: RequestLimits) -> None:

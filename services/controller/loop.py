@@ -31,6 +31,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from mpo.config import PromptConfig, RoundsConfig
+from mpo.data.meta import encode_meta
 from mpo.data.records import PromptRecord
 from mpo.failpoints import failpoint
 from mpo.grading.degenerate import judge_degeneracy
@@ -68,8 +69,15 @@ class HeldOut:
 
 
 def to_prompt(record: PromptRecord) -> common_pb2.Prompt:
-    """A data-set record as it travels: images inline, so no service needs the controller's files."""
-    prompt = common_pb2.Prompt(id=record.id, question=record.question, task=record.task, choices=record.choices or [])
+    """A data-set record as it travels: images inline, so no service needs the controller's files, and its
+    `meta` as JSON for the reward service's verifiers."""
+    prompt = common_pb2.Prompt(
+        id=record.id,
+        question=record.question,
+        task=record.task,
+        choices=record.choices or [],
+        meta_json=encode_meta(record.meta),
+    )
     if record.answer is not None:
         prompt.answer = record.answer
     for path in record.images:

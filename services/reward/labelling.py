@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from mpo.data.meta import decode_meta
 from mpo.data.records import PromptRecord
 from mpo.grading.step_checks import STEP_CHECKS, StepCheck
 from mpo.grading.verify import Grader, VerifierFailed
@@ -238,11 +239,16 @@ def _sizes(groups: Sequence[PromptGroup]) -> Tally:
 
 
 def _record(prompt: common_pb2.Prompt) -> PromptRecord:
-    """What a plug-in verifier sees of a request's prompt: no images, and an empty `meta` (a gRPC prompt
-    carries none)."""
+    """What a plug-in verifier sees of a request's prompt: everything but the images (validated already, so
+    `meta_json` decodes)."""
     answer = prompt.answer if prompt.HasField("answer") else None
     return PromptRecord(
-        id=prompt.id, question=prompt.question, answer=answer, choices=list(prompt.choices) or None, task=prompt.task
+        id=prompt.id,
+        question=prompt.question,
+        answer=answer,
+        choices=list(prompt.choices) or None,
+        task=prompt.task,
+        meta=decode_meta(prompt.meta_json),
     )
 
 

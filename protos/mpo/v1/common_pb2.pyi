@@ -36,20 +36,22 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., uri: _Optional[str] = ...) -> None: ...
 
 class Prompt(_message.Message):
-    __slots__ = ("id", "question", "images", "answer", "choices", "task")
+    __slots__ = ("id", "question", "images", "answer", "choices", "task", "meta_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CHOICES_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     question: str
     images: _containers.RepeatedCompositeFieldContainer[Image]
     answer: str
     choices: _containers.RepeatedScalarFieldContainer[str]
     task: str
-    def __init__(self, id: _Optional[str] = ..., question: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., answer: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ...) -> None: ...
+    meta_json: str
+    def __init__(self, id: _Optional[str] = ..., question: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., answer: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., meta_json: _Optional[str] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("n", "temperature", "top_p", "top_k", "max_tokens", "seed", "stop", "return_logprobs")
