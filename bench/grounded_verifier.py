@@ -1,5 +1,6 @@
-"""A plug-in verifier for `shapes` that knows the scene (`reward.verifiers: {shapes: <this file>:grounded}`),
-for the image-reasoning probes of `bench/online.py`.
+"""Plug-in verifiers that know the scene: for `shapes` (`reward.verifiers: {shapes: <this file>:grounded}`),
+for the image-reasoning probes of `bench/online.py`, and for descriptions (`described`), for the
+ground-truth reference of `bench/hallucination.py`.
 
 Why: on yes/no and 3-4 option questions a policy that sees poorly is right by luck on a large share of its
 samples, so final-answer pairs teach lucky answers. The shapes step check removes answers whose reasoning
@@ -10,48 +11,30 @@ truth. That is rare for the tiny policies here (0.3% of the 0.1-rate base's gree
 `counted` asks less of the listing: as many shapes as the scene has, whichever they are. Evaluation in
 the bench stays on final answers (`bench/online.py`'s paired figures use the default grader).
 
-Where the scene comes from: a record loaded from its file has `meta.scene`, but a gRPC prompt carries no
-`meta`, so in the reward service (labelling, and the controller's held-out evaluation, which it judges)
-the record has none (docs/reward.md). There the scene is looked up by prompt id in the JSONL files that
-`MPO_SCENES` names (colon-separated), e.g. `MPO_SCENES=DIR/data/train.jsonl:DIR/data/heldout.jsonl`, set
-before the run starts (local Ray workers inherit it).
+`described` scores a description of the scene by what the hallucination metric counts: the F1 of its
+precision (the share of its mentions that are true) and its recall (the share of the scene it names).
+
+The scene is the prompt's `meta.scene`, which reaches the reward service in `Prompt.meta_json`.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
-from mpo.data.loader import load_prompts
 from mpo.data.records import PromptRecord
 from mpo.data.tasks import shapes_steps
-from mpo.grading.hallucination import scene_objects
+from mpo.grading.hallucination import judge_description, scene_objects
 from mpo.grading.verify import Grader
 
 _FINAL_ANSWER = Grader()  # the built-in judge of the answer ("auto")
 
 
-@functools.cache
-def _scenes(files: str) -> dict[str, Any]:
-    scenes = {}
-    for path in filter(None, files.split(os.pathsep)):
-        scenes.update({r.id: r.meta["scene"] for r in load_prompts(path, check_images=False).records})
-    return scenes
-
-
 def scene_of(record: PromptRecord) -> list[tuple[str, str]]:
-    """The record's scene: its own `meta.scene`, else the one `MPO_SCENES` holds for its id (KeyError naming
-    the id and the variable when neither has it)."""
-    if "scene" in record.meta:
-        return scene_objects(record.meta["scene"])
-    files = os.environ.get("MPO_SCENES", "")
-    scenes = _scenes(files)
-    if record.id not in scenes:
-        raise KeyError(f"no scene for prompt {record.id!r}: not in meta, nor in MPO_SCENES={files!r}")
-    return scene_objects(scenes[record.id])
+    """The record's scene (KeyError naming the prompt when its meta has none)."""
+    if "scene" not in record.meta:
+        raise KeyError(f"prompt {record.id!r} has no meta.scene")
+    return scene_objects(record.meta["scene"])
 
 
 def grounded(response: str, record: PromptRecord) -> bool:
@@ -75,3 +58,13 @@ def _derived_from_listing(
     if listing is None or not listing_holds(listing, scene_of(record)):
         return False
     return shapes_steps.derivation_holds(record.question, rationale, str(record.answer))
+
+
+def described(response: str, record: PromptRecord) -> float:
+    """F1 of the description's precision and recall against the scene; 0 when it names nothing."""
+    check = judge_description(scene_of(record), response)
+    if not check.mentions:
+        return 0.0
+    precision = 1 - check.hallucinated_mentions / len(check.mentions)
+    total = precision + check.recall
+    return 2 * precision * check.recall / total if total else 0.0

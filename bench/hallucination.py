@@ -15,7 +15,10 @@ with its paired standard error over the scenes. Variants: `mpo` (the paper's obj
 samples, without DropoutNTP's preference signal), and `mixed`, the paper's setting: the MPO rounds draw
 `shapes` questions (correctness pairs) and `describe` prompts (DropoutNTP pairs) half and half, and the
 evaluation reports both held-out shapes accuracy (the 200 questions the warm start was scored on) and
-hallucination on the same 500 scenes.
+hallucination on the same 500 scenes. `verified` is the ground-truth reference, not DropoutNTP: the same
+describe prompts, each carrying its scene in `meta`, judged by a plug-in verifier that scores a
+description by the F1 of its precision and recall against the scene (`bench/grounded_verifier.py`'s
+`described`, correct at `reward.correct_threshold`), so the pairs are correctness pairs.
 
 `--vision-lr-ratio` warm-starts a base whose image encoder trains at that fraction of the rate
 (`BootstrapConfig.vision_lr_ratio`; at the full rate the tiny tower's features are spoiled), kept beside
@@ -60,9 +63,15 @@ from mpo.trainer.export import export_checkpoint
 from mpo.trainer.sft import bootstrap
 from mpo.v1 import common_pb2, controller_pb2
 
-VARIANTS = ("mpo", "sft", "mixed")
+VARIANTS = ("mpo", "sft", "mixed", "verified")
 _MPO_TERMS = {"preference": 0.8, "quality": 0.2, "generation": 1.0}
-_TERMS = {"mpo": _MPO_TERMS, "sft": {"generation": 1.0}, "mixed": _MPO_TERMS}
+_TERMS = {"mpo": _MPO_TERMS, "sft": {"generation": 1.0}, "mixed": _MPO_TERMS, "verified": _MPO_TERMS}
+#: The `verified` variant's task and the ground truth its prompts carry: the verifier reads the scene from
+#: `meta`, and a non-empty answer routes a prompt to verification instead of DropoutNTP. No description
+#: contains this text, so the pair builder's substring rule never drops a pair for it.
+VERIFIED_TASK = "described"
+VERIFIED_ANSWER = "<the scene in meta>"
+DESCRIBED_VERIFIER = Path(__file__).resolve().parent / "grounded_verifier.py"
 #: Held-out scenes: the rate's standard error is at most ~2.2 points at 500.
 HELDOUT_SCENES = 500
 DESCRIBE_TRAIN = 2000
@@ -98,6 +107,10 @@ def prepare(workdir: Path, vision_lr_ratio: float = 1.0) -> Path:
             records = [*load_prompts(data / f"shapes-{split}.jsonl").records]
             records += load_prompts(data / f"describe-{split}.jsonl").records
             write_prompts_jsonl(records, data / f"mixed-{split}.jsonl")
+    if not (data / "verified-train.jsonl").exists():
+        described = load_prompts(data / "describe-train.jsonl").records
+        update = {"task": VERIFIED_TASK, "answer": VERIFIED_ANSWER}
+        write_prompts_jsonl([r.model_copy(update=update) for r in described], data / "verified-train.jsonl")
     base = workdir / base_name(vision_lr_ratio)
     if not (base / "bootstrap.json").exists():
         model = build_image_text_model(workdir / "tiny-vl", task_corpus(["shapes", "describe"], seed=0), seed=0)
@@ -122,12 +135,13 @@ def variant_config(
     base = base_name(vision_lr_ratio)
     run_id = f"describe-{variant}{base.removeprefix('base')}{probe}-seed{seed}"
     state = workdir / "state" / run_id
-    prompts = "mixed" if variant == "mixed" else "describe"
+    train = {"mixed": "mixed", "verified": "verified"}.get(variant, "describe")
+    heldout = "mixed" if variant == "mixed" else "describe"
     raw = {
         "run_id": run_id,
         "model": str(workdir / base),
-        "data": {"train": str(workdir / "data" / f"{prompts}-train.jsonl"),
-                 "heldout": str(workdir / "data" / f"{prompts}-heldout.jsonl")},
+        "data": {"train": str(workdir / "data" / f"{train}-train.jsonl"),
+                 "heldout": str(workdir / "data" / f"{heldout}-heldout.jsonl")},
         "store_dir": str(workdir / "store"),
         "objective": {"terms": _TERMS[variant]},
         "rounds": {
@@ -144,6 +158,8 @@ def variant_config(
     }  # fmt: skip
     if variant == "mixed":  # half the prompts of a round from each task; all held-out prompts evaluated
         raw["rounds"].update(task_mix={"shapes": 1, "describe": 1}, eval_prompts=SHAPES_HELDOUT + HELDOUT_SCENES)
+    if variant == "verified":
+        raw["reward"] = {"verifiers": {VERIFIED_TASK: f"{DESCRIBED_VERIFIER}:described"}}
     return run_config(raw, source=f"hallucination bench {variant}", overrides=overrides)
 
 
@@ -209,8 +225,10 @@ def side_measures(scene: list[tuple[str, str]], text: str) -> dict[str, float]:
             "recall": check.recall, "characters": len(text)}  # fmt: skip
 
 
-def dropout_pairs(store: RunStore, run_id: str, round_index: int) -> list[common_pb2.PreferencePair]:
-    return [p for p in store.committed_pairs(run_id, round_index) if p.source == common_pb2.PAIR_SOURCE_DROPOUT_NTP]
+def pairs_from(
+    store: RunStore, run_id: str, round_index: int, source: common_pb2.PairSource
+) -> list[common_pb2.PreferencePair]:
+    return [p for p in store.committed_pairs(run_id, round_index) if p.source == source]
 
 
 def compare_sides(pairs: list[common_pb2.PreferencePair], scenes: dict[str, list[tuple[str, str]]]) -> dict[str, Any]:
@@ -253,6 +271,9 @@ def run_variant(
     first_start = records[0].finished_at - records[0].timings.total
     ends = sorted({1, len(records)})  # the base's samples, and the last round's
     scenes = described_scenes(load_prompts(workdir / "data" / "describe-train.jsonl").records)
+    sides = [("dropout_ntp", common_pb2.PAIR_SOURCE_DROPOUT_NTP)]
+    if variant == "verified":  # correctness pairs on the same scenes
+        sides.append(("correctness", common_pb2.PAIR_SOURCE_CORRECTNESS))
     return {
         "run_id": run_id,
         "controller": {
@@ -271,7 +292,10 @@ def run_variant(
         },
         "pairs_dropout_ntp": sum(r.labels.pairs_dropout_ntp for r in records),
         # Is the chosen side the more grounded one? In the first round and the last.
-        "dropout_ntp_sides": {f"round{r}": compare_sides(dropout_pairs(store, run_id, r), scenes) for r in ends},
+        **{
+            f"{name}_sides": {f"round{r}": compare_sides(pairs_from(store, run_id, r, source), scenes) for r in ends}
+            for name, source in sides
+        },
         "pairs_correctness": sum(r.labels.pairs_correctness for r in records),
         "rounds_seconds": round(records[-1].finished_at - first_start, 1),
         "paired": paired_comparison(config),

@@ -286,6 +286,11 @@ def test_hallucination_benchmark_configs_and_paired_errors(tmp_path: Path) -> No
     assert mixed.rounds.task_mix == {"shapes": 1, "describe": 1} and mpo.rounds.task_mix == {}
     assert (mixed.data.train.name, mixed.data.heldout.name) == ("mixed-train.jsonl", "mixed-heldout.jsonl")
     assert mixed.rounds.eval_prompts == bench.SHAPES_HELDOUT + bench.HELDOUT_SCENES
+    # The ground-truth reference: describe prompts judged by a plug-in verifier that reads the scene in meta.
+    verified = bench.variant_config(tmp_path, "verified", 0, 20, {})
+    assert (verified.data.train.name, verified.data.heldout.name) == ("verified-train.jsonl", "describe-heldout.jsonl")
+    assert verified.reward.verifiers == {"described": f"{ROOT / 'bench' / 'grounded_verifier.py'}:described"}
+    assert verified.trainer.objective.terms == mpo.trainer.objective.terms and verified.run_id != mpo.run_id
     # A base warm-started with the image encoder at a tenth of the rate sits beside the default one.
     seeing = bench.variant_config(tmp_path, "mpo", 0, 20, {}, vision_lr_ratio=0.1)
     assert (seeing.model, mpo.model) == (tmp_path / "base-vision0.1", tmp_path / "base")
@@ -335,9 +340,7 @@ def test_hallucination_benchmark_configs_and_paired_errors(tmp_path: Path) -> No
     assert bench.compare_sides([], scenes) == {"pairs": 0}
 
 
-def test_grounded_verifier_wants_the_scene_listed_right_and_the_answer_derived_from_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_grounded_verifier_wants_the_scene_listed_right_and_the_answer_derived_from_it() -> None:
     grounded = load_verifier(f"{ROOT / 'bench' / 'grounded_verifier.py'}:grounded")  # as labelling loads it
     scene = [{"colour": "red", "shape": "circle"}, {"colour": "blue", "shape": "square"},
              {"colour": "red", "shape": "square"}]  # fmt: skip
@@ -359,14 +362,14 @@ def test_grounded_verifier_wants_the_scene_listed_right_and_the_answer_derived_f
     assert counted(f"I see a red circle, a green square and a red square. {derived}", record)
     assert not counted(f"I see a red circle and a red square. {derived}", record)
     assert not counted(f"{listed} Red shapes: circle. That is 1.\nFinal answer: 2", record)
-    # In labelling a record has no meta (a gRPC prompt carries none): the scene is looked up by id.
-    write_prompts_jsonl([record], tmp_path / "train.jsonl")
-    monkeypatch.setenv("MPO_SCENES", str(tmp_path / "train.jsonl"))
-    bare = record.model_copy(update={"meta": {}})
-    assert grounded(f"I see a blue square, a red circle and a red square. {derived}", bare)
-    assert not grounded(f"I see a red circle, a green square and a red square. {derived}", bare)
-    with pytest.raises(KeyError, match=r"no scene for prompt 'other'.*MPO_SCENES"):
-        grounded(f"{listed} {derived}", bare.model_copy(update={"id": "other"}))
+    with pytest.raises(KeyError, match=r"prompt 's' has no meta.scene"):
+        grounded(f"{listed} {derived}", record.model_copy(update={"meta": {}}))
+    # `described`: F1 of precision (true mentions / mentions) and recall (the scene's share named).
+    described = load_verifier(f"{ROOT / 'bench' / 'grounded_verifier.py'}:described")
+    assert described("I see a blue square, a red circle and a red square.", record) == 1.0
+    assert described("I see a red circle and a green triangle.", record) == pytest.approx(2 * 0.5 * (1 / 3) / (5 / 6))
+    assert described("I see nothing.", record) == 0.0
+    assert described("I see a green triangle.", record) == 0.0
 
 
 def test_perception_benchmark_tells_seeing_from_guessing(tmp_path: Path) -> None:
