@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mpo.chat import ChatRenderer, TemplateError
 from mpo.config import ConfigError, RunConfig
-from mpo.data.meta import decode_meta, encode_meta
+from mpo.data.meta import encode_meta
 from mpo.data.records import PromptRecord
 from mpo.data.sources import load_split
 from mpo.grading.hallucination import described_scenes
@@ -62,9 +62,8 @@ def check_meta(config: RunConfig, records: Sequence[PromptRecord], split: str) -
         if (service := getattr(config, section)) is not None
     }
     for record in records:
-        text = encode_meta(record.meta)
         try:
-            decode_meta(text)  # as the services will
+            text = encode_meta(record.meta)
         except ValueError as error:
             raise ConfigError(f"data.{split}: prompt {record.id!r}: meta: {error}") from error
         size = len(text.encode())

@@ -70,3 +70,9 @@ def test_run_start_refuses_meta_above_the_strictest_services_limit() -> None:
         node["a"] = node = {}
     with pytest.raises(ConfigError, match=r"^data.train: prompt 'c': meta: nested more than 32 deep$"):
         check_meta(config, [fits.model_copy(update={"id": "c", "meta": deep})], "train")
+    # A data file may nest deeper than Python's recursion limit allows the encoder to follow.
+    abyss: list = []
+    for _ in range(5_000):
+        abyss = [abyss]
+    with pytest.raises(ConfigError, match=r"^data.train: prompt 'd': meta: nested more than 32 deep$"):
+        check_meta(config, [fits.model_copy(update={"id": "d", "meta": {"x": abyss}})], "train")

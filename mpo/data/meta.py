@@ -21,9 +21,12 @@ MAX_META_DEPTH = 32
 def encode_meta(meta: Mapping[str, Any]) -> str:
     """The compact JSON text of `meta`; empty for an empty meta. JSON has no NaN or Infinity, so those travel
     as null (a data file's missing number), and a value JSON has no type for (a Parquet timestamp) as its
-    text."""
+    text. ValueError for a meta nested deeper than `MAX_META_DEPTH`, checked before the recursive encoding
+    (which a data file's deepest nesting could otherwise take past Python's recursion limit)."""
     if not meta:
         return ""
+    if _depth(meta) > MAX_META_DEPTH:
+        raise ValueError(f"nested more than {MAX_META_DEPTH} deep")
     return json.dumps(_finite(meta), ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
 
 
@@ -64,7 +67,7 @@ def _depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
         if children is None:
             continue
         deepest = max(deepest, depth)
