@@ -17,8 +17,9 @@ from mpo.data.records import PromptRecord
 from mpo.data.sources import load_split
 from mpo.grading.hallucination import described_scenes
 
-#: Services that validate a prompt's task against their `server.limits.known_tasks`.
-_TASK_CHECKING = ("rollout", "reward", "trainer")
+#: Services that validate every prompt: its task against `server.limits.known_tasks`, its meta against
+#: `server.limits.max_meta_bytes`.
+_PROMPT_CHECKING = ("rollout", "reward", "trainer")
 
 
 def check_template(config: RunConfig) -> None:
@@ -38,7 +39,7 @@ def check_tasks(config: RunConfig, records: Sequence[PromptRecord], split: str) 
     tasks: dict[str, str] = {}
     for record in records:
         tasks.setdefault(record.task, record.id)
-    for section in _TASK_CHECKING:
+    for section in _PROMPT_CHECKING:
         service = getattr(config, section)
         if service is None:
             continue
@@ -58,7 +59,7 @@ def check_meta(config: RunConfig, records: Sequence[PromptRecord], split: str) -
     round carrying that prompt would be refused after minutes of start-up."""
     limits = {
         section: service.server.limits.max_meta_bytes
-        for section in _TASK_CHECKING
+        for section in _PROMPT_CHECKING
         if (service := getattr(config, section)) is not None
     }
     for record in records:
