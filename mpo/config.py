@@ -385,6 +385,13 @@ class RewardConfig(_Strict):
         "the sides say with and without the image, not where they stop. On describe, measured, the rounds then no "
         "longer cut the hallucination rate and recall still falls (docs/results.md), hence off by default.",
     )
+    dropout_ntp_match_length: bool = Field(
+        False,
+        description="Hold each DropoutNTP continuation to its chosen answer's length from below too "
+        "(Continuation.min_total_tokens): it may not end before the chosen answer did, so the sides are as long as "
+        "each other, differ in what they say, and both train with their end of turn. Not with "
+        "dropout_ntp_finished_only or dropout_ntp_unterminated. Measured on describe in docs/results.md.",
+    )
     scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
     server: ServerConfig = Field(default_factory=ServerConfig)
 
@@ -410,6 +417,16 @@ class RewardConfig(_Strict):
         if pattern is not None:
             compile_answer_pattern(pattern)
         return pattern
+
+    @model_validator(mode="after")
+    def _one_way_to_match_dropout_sides(self) -> RewardConfig:
+        others = [name for name in ("dropout_ntp_finished_only", "dropout_ntp_unterminated") if getattr(self, name)]
+        if self.dropout_ntp_match_length and others:
+            raise ValueError(
+                f"dropout_ntp_match_length does not go with {' or '.join(others)}: each is its own way of "
+                "matching a DropoutNTP pair's sides; set one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_verifier_per_task(self) -> RewardConfig:

@@ -37,6 +37,9 @@ class EngineInput:
     prompt: str  # the chat-templated text, ending where the assistant's answer starts (or continues)
     prompt_token_ids: tuple[int, ...]
     images: tuple[bytes, ...] = ()  # encoded images, one per image placeholder in `prompt`
+    # New tokens to sample before the answer may end: no end-of-turn token and no stop string ends it sooner
+    # (vLLM's `min_tokens`; a Continuation's `min_total_tokens`). At most the spec's `max_tokens`.
+    min_tokens: int = 0
 
 
 def _not_readable(field: str, what: str) -> InvalidRequest:

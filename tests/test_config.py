@@ -14,6 +14,7 @@ from mpo.config import (
     ConfigError,
     ObjectiveConfig,
     RequestLimits,
+    RewardConfig,
     RoundsConfig,
     RunConfig,
     ScorerConfig,
@@ -230,6 +231,13 @@ def test_the_reward_pair_cap_is_the_rounds_cap() -> None:
     assert RunConfig.model_validate(config.model_dump(mode="json")) == config
     assert RunConfig(rounds=RoundsConfig(max_pairs_per_prompt=4)).reward.max_pairs_per_prompt == 4
     assert RunConfig.model_validate({"reward": {"max_pairs_per_prompt": 15}}).reward.max_pairs_per_prompt == 15
+
+
+def test_dropout_ntp_sides_are_matched_one_way_at_most() -> None:
+    assert RewardConfig(dropout_ntp_match_length=True).dropout_ntp_match_length
+    for other in ("dropout_ntp_finished_only", "dropout_ntp_unterminated"):
+        with pytest.raises(ValidationError, match=f"dropout_ntp_match_length does not go with {other}"):
+            RewardConfig.model_validate({"dropout_ntp_match_length": True, other: True})
 
 
 def test_trust_remote_code_is_off_unless_asked_and_reaches_both_model_loaders() -> None:

@@ -405,7 +405,9 @@ async def test_unset_max_tokens_samples_what_the_context_leaves(services: Servic
     assert error.details().startswith("prompts[1]: ") and "leaves no room for an answer" in error.details()
 
 
-async def test_too_many_stop_strings_and_a_long_prefix_are_invalid_argument(services: Services) -> None:
+async def test_too_many_stop_strings_a_long_prefix_and_a_floor_past_its_bound_are_refused(services: Services) -> None:
+    """A continuation's floor above its own bound is INVALID_ARGUMENT; the largest floor without a bound is
+    held to `sampling.max_tokens`, like every continuation, and costs no more."""
     limits = services.rollout.service.config.server.limits
     prompt = shapes_prompt(common_pb2.Image(data=png("red")))
     many_stops = generate_request(prompt)
@@ -418,6 +420,14 @@ async def test_too_many_stop_strings_and_a_long_prefix_are_invalid_argument(serv
     async with opened:
         stops_error = await refused(stub.Generate(many_stops, metadata=USER))
         prefix_error = await refused(stub.Continue(long_prefix, metadata=USER))
+        long_prefix.continuations[0].prefix = "I count"
+        long_prefix.continuations[0].min_total_tokens, long_prefix.continuations[0].max_total_tokens = 9, 8
+        floor_error = await refused(stub.Continue(long_prefix, metadata=USER))
+        long_prefix.continuations[0].min_total_tokens, long_prefix.continuations[0].max_total_tokens = 2**32 - 1, 0
+        (held,) = (await stub.Continue(long_prefix, metadata=USER, timeout=120)).samples
+    assert (len(held.token_ids), held.finish_reason) == (4, common_pb2.FINISH_REASON_LENGTH)
+    assert floor_error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert floor_error.details() == "continuations[0].min_total_tokens: must be at most max_total_tokens (8), got 9"
     assert stops_error.code() == prefix_error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert stops_error.details().startswith("sampling.stop: at most 16 allowed (max_stop_strings)")
     assert prefix_error.details().startswith("continuations[0].prefix: at most 32768 characters (max_prefix_chars)")

@@ -477,14 +477,17 @@ class ScriptedContinue:
 
     def __init__(self, endings: list[tuple[str, int]]) -> None:
         self.endings = endings
+        self.asked: list[rollout_pb2.Continuation] = []
 
     async def continue_prefixes(self, continuations: Any, sampling: Any) -> rollout_pb2.ContinueResponse:
+        self.asked = list(continuations)
         samples = [common_pb2.Sample(prompt_id=c.prompt.id, text=text, finish_reason=reason)
                    for c, (text, reason) in zip(continuations, self.endings, strict=True)]  # fmt: skip
         return rollout_pb2.ContinueResponse(samples=samples)
 
 
 BLIND = dropout_ntp.blind_sampling(None, max_tokens=8, seed=0)
+STOP, LENGTH = common_pb2.FINISH_REASON_STOP, common_pb2.FINISH_REASON_LENGTH
 
 
 def test_blind_continuations_are_drawn_as_the_round_draws_but_one_each_bounded_and_seeded():
@@ -528,6 +531,28 @@ async def test_unterminated_pairs_cut_both_sides_to_the_same_number_of_words():
     assert all(p.unterminated for p in pairs)
     whole, _ = await dropout_ntp.continue_without_images(ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1)
     assert [p.chosen for p in whole] == [s.text for s in samples] and not any(p.unterminated for p in whole)
+
+
+async def test_matched_length_holds_each_continuation_from_below_to_its_chosen_answer():
+    """The floor is the chosen answer's tokens less its end of turn when it ended on its own (the blind side
+    may end where the chosen one did, or is cut one token later); all of them when it was cut itself; none
+    for a sample without token ids. Both sides keep their ending: the pairs are not unterminated."""
+    prompt = common_pb2.Prompt(id="s", question="Describe it.", task="describe", images=[common_pb2.Image(uri="x")])
+    text = "I see a red circle and a blue square."
+    samples = [
+        common_pb2.Sample(prompt_id="s", index=0, text=text, token_ids=range(10), finish_reason=STOP),
+        common_pb2.Sample(prompt_id="s", index=1, text=text, token_ids=range(12), finish_reason=LENGTH),
+        reply("s", 2, text),
+    ]
+    jobs, _ = dropout_ntp.plan(prompt, samples, fraction=0.5, max_pairs=3, seed=0)
+    rollout = ScriptedContinue([(" and a green triangle, a", LENGTH)] * 3)
+    pairs, cut = await dropout_ntp.continue_without_images(
+        rollout, jobs, sampling=BLIND, round_index=1, match_length=True
+    )
+    assert [(c.min_total_tokens, c.max_total_tokens) for c in rollout.asked] == [(9, 10), (12, 12), (0, 0)]
+    assert len(pairs) == 3 and cut == 3 and not any(p.unterminated for p in pairs)
+    await dropout_ntp.continue_without_images(rollout, jobs, sampling=BLIND, round_index=1)
+    assert [c.min_total_tokens for c in rollout.asked] == [0, 0, 0], "held from above only, by default"
 
 
 async def test_an_unterminated_cut_that_leaves_a_side_without_words_gives_no_pair():

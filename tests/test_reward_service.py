@@ -242,6 +242,44 @@ async def test_a_dropout_ntp_rejected_answer_runs_no_longer_than_its_chosen_one(
     assert (same.chosen, same.rejected) == same_length(whole.chosen, whole.rejected)
 
 
+async def test_a_matched_dropout_ntp_continuation_runs_to_its_chosen_answers_length(services) -> None:
+    """`dropout_match_length`: the blind continuation may not end before its chosen answer did. A stop string
+    in the round's sampling (here one that the greedy continuation writes early) ends it when unmatched; the
+    matched one runs on and is cut at the chosen answer's length (where the random model's greedy choice is
+    an end of turn, the floor makes it write on, so the matched side is the free one's only up to the stop).
+    Asked for with unterminated pairs it is refused, naming the field."""
+    rollout, reward = services
+    tokenizer = AutoTokenizer.from_pretrained(rollout.service.config.model)
+    scene = common_pb2.Prompt(
+        id="scene", question="Describe the image.", task="describe", images=[common_pb2.Image(data=png("red"))]
+    )
+    chosen, prefix = "I see one red square in the middle of it.", "I see one red square"  # half of 10 words
+    chosen_tokens = tokenizer(chosen, add_special_tokens=False).input_ids
+    left = len(chosen_tokens) - len(tokenizer(prefix, add_special_tokens=False).input_ids)
+    async with RolloutClient(rollout.address) as client:
+        continuation = rollout_pb2.Continuation(prompt=scene, prefix=prefix, drop_images=True)
+        greedy = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=left)
+        (blind,) = (await client.continue_prefixes([continuation], greedy)).samples
+    assert len(blind.token_ids) == left > 2, "the greedy continuation must run to the chosen answer's length"
+    stop = next(text for t in blind.token_ids[1 : left - 1] if (text := tokenizer.decode([t]).strip()))
+    measured = common_pb2.Sample(prompt_id="scene", index=0, text=chosen, token_ids=chosen_tokens, policy_version=3)
+    like = common_pb2.SamplingParams(temperature=0.0, stop=[stop])
+    options = {"dropout_prefix_fraction": 0.5, "seed": 1, "dropout_sampling": like}
+    async with RewardClient(reward.address) as client:
+        free = await client.build_pairs([scene], [measured], round=1, options=reward_pb2.PairOptions(**options))
+        matched_options = reward_pb2.PairOptions(**options, dropout_match_length=True)
+        matched = await client.build_pairs([scene], [measured], round=1, options=matched_options)
+        both = reward_pb2.PairOptions(**options, dropout_match_length=True, dropout_unterminated=True)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.build_pairs([scene], [measured], round=1, options=both)
+    (stopped,), (held,) = free.pairs, matched.pairs
+    assert stopped.rejected == prefix + blind.text[: blind.text.find(stop)] and free.stats.dropout_ntp_cut == 0
+    assert held.rejected.startswith(stopped.rejected + stop), "the matched continuation runs on past the stop"
+    assert matched.stats.dropout_ntp_cut == 1 and not held.unterminated
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("options.dropout_match_length: does not go with")
+
+
 async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> None:
     _, reward = services
     bad_letter = common_pb2.Prompt(id="mc", question="Which?", task="shapes", answer="F", choices=["red", "blue"])

@@ -7,17 +7,22 @@ Also the service behaviour that does not depend on the engine (backpressure, ima
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 import pytest_asyncio
 import ray
+import torch
 from transformers import AutoTokenizer
 
 from mpo.config import RolloutConfig
 from mpo.models.tiny import build_image_text_model, build_text_model
+from mpo.prompts import PromptRenderer
 from mpo.services.rollout.engines import EngineUnavailable, resolve_backend
+from mpo.services.rollout.engines.base import SamplingSpec
+from mpo.services.rollout.engines.transformers_engine import TransformersEngine
 from mpo.services.rollout.server import RunningRollout, start_rollout
 from mpo.serving.clients import RolloutClient
 from mpo.v1 import common_pb2, rollout_pb2
@@ -117,6 +122,55 @@ async def test_a_continuation_is_held_to_its_total_token_budget(vl_rollout: Runn
     assert free.text.startswith(held.text) and len(held.text) < len(free.text)
     assert held.finish_reason == common_pb2.FINISH_REASON_LENGTH
     assert list(least.token_ids) == list(free.token_ids)[:1], "a budget the prefix fills still gets one token"
+
+
+async def test_a_continuation_held_from_below_is_not_ended_by_a_stop_string(
+    vl_rollout: RunningRollout, vl_model: Path
+) -> None:
+    """`min_total_tokens`: a stop string the greedy continuation writes early ends it when there is no floor;
+    held to its whole budget from below, the same tokens run on past it, the text keeping it."""
+    tokenizer = AutoTokenizer.from_pretrained(vl_model)
+    prefix = "I count"
+    total = len(tokenizer(prefix, add_special_tokens=False).input_ids) + 8
+    prompt = scene_prompt(common_pb2.Image(data=png("blue")))
+    greedy = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=8)
+    free = rollout_pb2.Continuation(prompt=prompt, prefix=prefix, drop_images=True)
+    async with RolloutClient(vl_rollout.address) as client:
+        (unstopped,) = (await client.continue_prefixes([free], greedy)).samples
+        assert len(unstopped.token_ids) == 8, "the greedy continuation must run to its bound for this test"
+        stop = next(text for t in unstopped.token_ids[1:] if (text := tokenizer.decode([t]).strip()))
+        with_stop = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=8, stop=[stop])
+        held = rollout_pb2.Continuation(
+            prompt=prompt, prefix=prefix, drop_images=True, min_total_tokens=total, max_total_tokens=total
+        )
+        stopped, run_on = (await client.continue_prefixes([free, held], with_stop)).samples
+    assert stopped.finish_reason == common_pb2.FINISH_REASON_STOP and stop not in stopped.text
+    assert len(stopped.token_ids) < 8 and unstopped.text.startswith(stopped.text)
+    assert list(run_on.token_ids) == list(unstopped.token_ids) and run_on.text == unstopped.text
+    assert stop in run_on.text and run_on.finish_reason == common_pb2.FINISH_REASON_LENGTH
+
+
+async def test_an_engine_floor_holds_back_the_end_of_turn(vl_model: Path) -> None:
+    """A model made to end its answer at once (its end-of-turn row of the output layer set to twice the row
+    of the token it would write first): `EngineInput.min_tokens` keeps every end-of-turn token out until the
+    floor. Sampled rows are held as greedy ones are."""
+    renderer = PromptRenderer(vl_model, max_model_len=512, readable_roots=[])
+    engine = TransformersEngine(renderer.chat_renderer, max_model_len=512, device="cpu", trust_remote_code=False)
+    item = renderer.render(scene_prompt(common_pb2.Image(data=png("red"))), "prompts[0]", max_tokens=8)
+    greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=8)
+    (first,) = (await engine.generate([item], greedy))[0]
+    end = renderer.chat_renderer.end_of_turn_id
+    with torch.no_grad():
+        engine.model.lm_head.weight[end] = 2 * engine.model.lm_head.weight[first.token_ids[0]]
+    (at_once,) = (await engine.generate([item], greedy))[0]
+    assert (at_once.token_ids, at_once.finish_reason) == ([end], "stop"), "the edited model must end at once"
+    floored = [replace(item, min_tokens=5), replace(item, min_tokens=8), item]  # rows of one batch
+    (run_on,), (to_bound,), (unheld,) = await engine.generate(floored, greedy)
+    assert end not in run_on.token_ids[:5] and len(run_on.token_ids) > 5
+    assert end not in to_bound.token_ids and len(to_bound.token_ids) == 8 and to_bound.finish_reason == "length"
+    assert unheld.token_ids == [end], "a row without a floor in the same batch still ends at once"
+    sampled = await engine.generate([replace(item, min_tokens=5)], SamplingSpec(n=4, max_tokens=8, seed=3))
+    assert all(end not in c.token_ids[:5] and len(c.token_ids) >= 6 for c in sampled[0])
 
 
 async def test_a_static_kv_cache_draws_the_same_samples(

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import pytest_asyncio
 import ray
+from transformers import AutoTokenizer
 
 from mpo.config import RequestLimits, RolloutConfig, ServerConfig
 from mpo.models.tiny import build_text_model
@@ -144,6 +145,26 @@ async def test_stop_strings_cut_the_text(client: RolloutClient) -> None:
     cut = (await client.generate([arith_prompt()], params)).samples[0]
     assert cut.text == full[: full.find(stop)]
     assert cut.finish_reason == common_pb2.FINISH_REASON_STOP
+
+
+async def test_a_continuation_held_from_below_runs_past_a_stop_string(client: RolloutClient, model_dir: Path) -> None:
+    """`Continuation.min_total_tokens` reaches vLLM as `min_tokens`: a stop string written within the floor
+    does not end the continuation, which then runs the free one's tokens to its bound."""
+    prefix = "12 + 7"
+    total = len(AutoTokenizer.from_pretrained(model_dir)(prefix, add_special_tokens=False).input_ids) + 12
+    free = rollout_pb2.Continuation(prompt=arith_prompt(), prefix=prefix)
+    (unstopped,) = (await client.continue_prefixes([free], GREEDY)).samples
+    assert len(unstopped.token_ids) == 12 and len(unstopped.text) >= 4, "need a continuation that runs to its bound"
+    stop = unstopped.text[2:4]
+    params = common_pb2.SamplingParams(n=1, temperature=0.0, max_tokens=12, stop=[stop])
+    held = rollout_pb2.Continuation(
+        prompt=arith_prompt(), prefix=prefix, min_total_tokens=total, max_total_tokens=total
+    )
+    stopped, run_on = (await client.continue_prefixes([free, held], params)).samples
+    assert stopped.text == unstopped.text[: unstopped.text.find(stop)]
+    assert stopped.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert (list(run_on.token_ids), run_on.text) == (list(unstopped.token_ids), unstopped.text)
+    assert run_on.finish_reason == common_pb2.FINISH_REASON_LENGTH
 
 
 async def test_stream_deltas_add_up_to_the_samples(client: RolloutClient) -> None:

@@ -323,6 +323,9 @@ def _check_continue(request: rollout_pb2.ContinueRequest, limits: RequestLimits)
         _check_prompt(continuation.prompt, f"{field}.prompt", limits)
         _check_nonempty(continuation.prefix, f"{field}.prefix")
         _check_chars(continuation.prefix, f"{field}.prefix", limits.max_prefix_chars, "max_prefix_chars")
+        least, most = continuation.min_total_tokens, continuation.max_total_tokens
+        if most and least > most:
+            raise InvalidRequest(f"{field}.min_total_tokens", f"must be at most max_total_tokens ({most}), got {least}")
     params = _check_sampling(request, limits)
     if params.n != 1:
         raise InvalidRequest("sampling.n", f"must be 1 for Continue (one sample per continuation), got {params.n}")

@@ -8,7 +8,10 @@ objects makes the rejected side the longer one, and the pair teaches "say less" 
 image shows". Held to that bound, a blind continuation that would have gone on is cut unfinished, and the
 pair can still teach "stop listing": `finished_only` keeps only continuations that ended on their own, and
 `unterminated` cuts both sides to the same number of words, less closing punctuation, and trains them
-without the end-of-turn token, so that neither side's ending is part of the lesson.
+without the end-of-turn token, so that neither side's ending is part of the lesson. `match_length` holds the
+continuation to the chosen answer's length from below as well (`Continuation.min_total_tokens`): it may not
+end before the chosen answer did, so a blind side that would have stopped early names as much as the chosen
+one, and both sides train with their end of turn.
 Prompts without images cannot tell the two apart and are skipped with a reason.
 """
 
@@ -89,6 +92,14 @@ def blind_sampling(like: common_pb2.SamplingParams | None, *, max_tokens: int, s
     return sampling
 
 
+def least_tokens(sample: common_pb2.Sample) -> int:
+    """The chosen answer's length in tokens less its end of turn, the last token of an answer that ended
+    on its own: a continuation held to at least this, and at most the whole length, ends where the chosen
+    answer did or is cut one token later. 0 (no floor) for a sample without token ids."""
+    ended = sample.finish_reason == common_pb2.FINISH_REASON_STOP
+    return max(0, len(sample.token_ids) - 1) if ended else len(sample.token_ids)
+
+
 async def continue_without_images(
     client: RolloutClient,
     jobs: Sequence[DropoutJob],
@@ -97,15 +108,21 @@ async def continue_without_images(
     round_index: int,
     finished_only: bool = False,
     unterminated: bool = False,
+    match_length: bool = False,
 ) -> tuple[list[common_pb2.PreferencePair], int]:
     """One Continue call for all jobs (the rollout service batches them); pairs in job order, and how many
     continuations were cut at their bound (their pairs not built when `finished_only`). `unterminated`: both
-    sides cut to the same number of words, the pair marked so the trainer leaves out the end-of-turn token."""
+    sides cut to the same number of words, the pair marked so the trainer leaves out the end-of-turn token.
+    `match_length`: each continuation held from below to its chosen answer's length too (`least_tokens`)."""
     if not jobs:
         return [], 0
     continuations = [
         rollout_pb2.Continuation(
-            prompt=j.prompt, prefix=j.prefix, drop_images=True, max_total_tokens=len(j.sample.token_ids)
+            prompt=j.prompt,
+            prefix=j.prefix,
+            drop_images=True,
+            max_total_tokens=len(j.sample.token_ids),
+            min_total_tokens=least_tokens(j.sample) if match_length else 0,
         )
         for j in jobs
     ]

@@ -120,6 +120,16 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
         options = request.options
         max_pairs = options.max_pairs_per_prompt or self.config.max_pairs_per_prompt
         fraction = options.dropout_prefix_fraction or self.config.dropout_prefix_fraction
+        finished_only = options.dropout_finished_only or self.config.dropout_ntp_finished_only
+        unterminated = options.dropout_unterminated or self.config.dropout_ntp_unterminated
+        match_length = options.dropout_match_length or self.config.dropout_ntp_match_length
+        if match_length and (finished_only or unterminated):
+            raise InvalidRequest(
+                "options.dropout_match_length",
+                "does not go with finished-only or unterminated DropoutNTP pairs (asked for here or set in the "
+                "service's reward.dropout_ntp_finished_only / dropout_ntp_unterminated): each is its own way of "
+                "matching a pair's sides",
+            )
         groups = group_samples(request.prompts, request.samples)
         batch = await self._on_workers(PairedBatch(), "build_pairs", groups, max_pairs, options.seed, request.round)
         jobs: list[dropout_ntp.DropoutJob] = []
@@ -138,8 +148,9 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
             jobs,
             sampling=sampling,
             round_index=request.round,
-            finished_only=options.dropout_finished_only or self.config.dropout_ntp_finished_only,
-            unterminated=options.dropout_unterminated or self.config.dropout_ntp_unterminated,
+            finished_only=finished_only,
+            unterminated=unterminated,
+            match_length=match_length,
         )
         batch.tally.pairs_dropout_ntp, batch.tally.dropout_ntp_cut = len(dropout_pairs), cut
         pairs = [*batch.pairs, *dropout_pairs]
@@ -158,6 +169,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
         round_index: int,
         finished_only: bool,
         unterminated: bool,
+        match_length: bool,
     ) -> tuple[list[common_pb2.PreferencePair], int]:
         """DropoutNTP's pairs from the rollout service, and how many continuations were cut; FAILED_PRECONDITION
         when jobs need one and none is set. A failed Continue keeps its status code (UNAVAILABLE while a
@@ -179,6 +191,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
                 round_index=round_index,
                 finished_only=finished_only,
                 unterminated=unterminated,
+                match_length=match_length,
             )
         except grpc.aio.AioRpcError as error:  # the rollout's own status, so the round's retry policy sees it
             raise InvalidRequest(

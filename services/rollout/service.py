@@ -80,13 +80,16 @@ def to_sample(prompt_id: str, index: int, completion: Completion, version: int) 
     )
 
 
-def held_to(completion: Completion, budget: int, decode: Callable[[list[int]], str], stop: Sequence[str]) -> Completion:
+def held_to(
+    completion: Completion, budget: int, decode: Callable[[list[int]], str], stop: Sequence[str], floor: int = 0
+) -> Completion:
     """`completion` cut to its first `budget` tokens (`Continuation.max_total_tokens`), its text decoded
-    again from them; unchanged when it is no longer."""
+    again from them; unchanged when it is no longer. A stop string within its first `floor` tokens (the
+    engine's `min_tokens`) does not end it."""
     if len(completion.token_ids) <= budget:
         return completion
     token_ids = completion.token_ids[:budget]
-    text, stopped = cut_at_stop(decode(token_ids), stop)
+    text, stopped = cut_at_stop(decode(token_ids), stop, held=len(decode(token_ids[:floor])) if floor else 0)
     return Completion(text, token_ids, completion.logprobs[:budget], "stop" if stopped else "length")
 
 
@@ -258,25 +261,31 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             for i, c in enumerate(request.continuations)
         ]
         inputs, spec = await self._engine_inputs(renders, spec)
-        budgets = await asyncio.to_thread(  # tokenizes the prefixes: a big batch must not stall the event loop
-            lambda: [self._continuation_budget(c, spec.max_tokens) for c in request.continuations]
+        bounds = await asyncio.to_thread(  # tokenizes the prefixes: a big batch must not stall the event loop
+            lambda: [self._continuation_bounds(c, spec.max_tokens) for c in request.continuations]
         )
+        inputs = [replace(item, min_tokens=floor) for item, (floor, _) in zip(inputs, bounds, strict=True)]
         async with self._sampling(context):
-            version, completions = await self.pool.generate(inputs, replace(spec, max_tokens=max(budgets)))
+            version, completions = await self.pool.generate(
+                inputs, replace(spec, max_tokens=max(budget for _, budget in bounds))
+            )
         decode = partial(self.renderer.tokenizer.decode, skip_special_tokens=True)
         samples = [
-            to_sample(c.prompt.id, 0, held_to(row[0], budget, decode, spec.stop), version)
-            for c, row, budget in zip(request.continuations, completions, budgets, strict=True)
+            to_sample(c.prompt.id, 0, held_to(row[0], budget, decode, spec.stop, floor), version)
+            for c, row, (floor, budget) in zip(request.continuations, completions, bounds, strict=True)
         ]
         return rollout_pb2.ContinueResponse(samples=samples)
 
-    def _continuation_budget(self, continuation: rollout_pb2.Continuation, max_tokens: int) -> int:
-        """New tokens `continuation` may have: what `max_total_tokens` leaves after its prefix (at least one),
-        at most `max_tokens`."""
-        if not continuation.max_total_tokens:
-            return max_tokens
+    def _continuation_bounds(self, continuation: rollout_pb2.Continuation, max_tokens: int) -> tuple[int, int]:
+        """New tokens `continuation` must have before it may end, and may have: what `min_total_tokens` and
+        `max_total_tokens` leave after its prefix (at least one for the most), both at most `max_tokens`."""
+        if not (continuation.max_total_tokens or continuation.min_total_tokens):
+            return 0, max_tokens
         prefix_tokens = len(self.renderer.tokenizer(continuation.prefix, add_special_tokens=False).input_ids)
-        return min(max_tokens, max(1, continuation.max_total_tokens - prefix_tokens))
+        budget = max_tokens
+        if continuation.max_total_tokens:
+            budget = min(max_tokens, max(1, continuation.max_total_tokens - prefix_tokens))
+        return min(budget, max(0, continuation.min_total_tokens - prefix_tokens)), budget
 
     # --- weights -------------------------------------------------------------------------------------
 

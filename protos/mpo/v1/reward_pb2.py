@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mpo.v1 import common_pb2 as mpo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mpo/v1/reward.proto\x12\x06mpo.v1\x1a\x13mpo/v1/common.proto\"P\n\x0cScoreRequest\x12\x1f\n\x07prompts\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x12\x1f\n\x07samples\x18\x02 \x03(\x0b\x32\x0e.mpo.v1.Sample\"\x9d\x01\n\x0bSampleScore\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12 \n\x07verdict\x18\x03 \x01(\x0e\x32\x0f.mpo.v1.Verdict\x12\x18\n\x10\x65xtracted_answer\x18\x04 \x01(\t\x12\x10\n\x08verifier\x18\x05 \x01(\t\x12\x13\n\x06reward\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_reward\"W\n\rScoreResponse\x12#\n\x06scores\x18\x01 \x03(\x0b\x32\x13.mpo.v1.SampleScore\x12!\n\x05stats\x18\x02 \x01(\x0b\x32\x12.mpo.v1.LabelStats\"\xc9\x01\n\x0bPairOptions\x12\x1c\n\x14max_pairs_per_prompt\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x1f\n\x17\x64ropout_prefix_fraction\x18\x03 \x01(\x02\x12\x1d\n\x15\x64ropout_finished_only\x18\x04 \x01(\x08\x12\x1c\n\x14\x64ropout_unterminated\x18\x05 \x01(\x08\x12\x30\n\x10\x64ropout_sampling\x18\x06 \x01(\x0b\x32\x16.mpo.v1.SamplingParams\"\x8a\x01\n\x11\x42uildPairsRequest\x12\x1f\n\x07prompts\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x12\x1f\n\x07samples\x18\x02 \x03(\x0b\x32\x0e.mpo.v1.Sample\x12\r\n\x05round\x18\x03 \x01(\x04\x12$\n\x07options\x18\x04 \x01(\x0b\x32\x13.mpo.v1.PairOptions\"\xff\x01\n\x12\x42uildPairsResponse\x12%\n\x05pairs\x18\x01 \x03(\x0b\x32\x16.mpo.v1.PreferencePair\x12!\n\x05stats\x18\x02 \x01(\x0b\x32\x12.mpo.v1.LabelStats\x12G\n\x0fskipped_prompts\x18\x03 \x03(\x0b\x32..mpo.v1.BuildPairsResponse.SkippedPromptsEntry\x12\x1f\n\x07prompts\x18\x04 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x1a\x35\n\x13SkippedPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x97\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n\x0fVERDICT_CORRECT\x10\x01\x12\x11\n\rVERDICT_WRONG\x10\x02\x12\x16\n\x12VERDICT_UNPARSABLE\x10\x03\x12\x1b\n\x17VERDICT_NO_GROUND_TRUTH\x10\x04\x12\x16\n\x12VERDICT_WRONG_STEP\x10\x05\x32\x8a\x01\n\rRewardService\x12\x34\n\x05Score\x12\x14.mpo.v1.ScoreRequest\x1a\x15.mpo.v1.ScoreResponse\x12\x43\n\nBuildPairs\x12\x19.mpo.v1.BuildPairsRequest\x1a\x1a.mpo.v1.BuildPairsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mpo/v1/reward.proto\x12\x06mpo.v1\x1a\x13mpo/v1/common.proto\"P\n\x0cScoreRequest\x12\x1f\n\x07prompts\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x12\x1f\n\x07samples\x18\x02 \x03(\x0b\x32\x0e.mpo.v1.Sample\"\x9d\x01\n\x0bSampleScore\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12 \n\x07verdict\x18\x03 \x01(\x0e\x32\x0f.mpo.v1.Verdict\x12\x18\n\x10\x65xtracted_answer\x18\x04 \x01(\t\x12\x10\n\x08verifier\x18\x05 \x01(\t\x12\x13\n\x06reward\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_reward\"W\n\rScoreResponse\x12#\n\x06scores\x18\x01 \x03(\x0b\x32\x13.mpo.v1.SampleScore\x12!\n\x05stats\x18\x02 \x01(\x0b\x32\x12.mpo.v1.LabelStats\"\xe7\x01\n\x0bPairOptions\x12\x1c\n\x14max_pairs_per_prompt\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x1f\n\x17\x64ropout_prefix_fraction\x18\x03 \x01(\x02\x12\x1d\n\x15\x64ropout_finished_only\x18\x04 \x01(\x08\x12\x1c\n\x14\x64ropout_unterminated\x18\x05 \x01(\x08\x12\x30\n\x10\x64ropout_sampling\x18\x06 \x01(\x0b\x32\x16.mpo.v1.SamplingParams\x12\x1c\n\x14\x64ropout_match_length\x18\x07 \x01(\x08\"\x8a\x01\n\x11\x42uildPairsRequest\x12\x1f\n\x07prompts\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x12\x1f\n\x07samples\x18\x02 \x03(\x0b\x32\x0e.mpo.v1.Sample\x12\r\n\x05round\x18\x03 \x01(\x04\x12$\n\x07options\x18\x04 \x01(\x0b\x32\x13.mpo.v1.PairOptions\"\xff\x01\n\x12\x42uildPairsResponse\x12%\n\x05pairs\x18\x01 \x03(\x0b\x32\x16.mpo.v1.PreferencePair\x12!\n\x05stats\x18\x02 \x01(\x0b\x32\x12.mpo.v1.LabelStats\x12G\n\x0fskipped_prompts\x18\x03 \x03(\x0b\x32..mpo.v1.BuildPairsResponse.SkippedPromptsEntry\x12\x1f\n\x07prompts\x18\x04 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x1a\x35\n\x13SkippedPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x97\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n\x0fVERDICT_CORRECT\x10\x01\x12\x11\n\rVERDICT_WRONG\x10\x02\x12\x16\n\x12VERDICT_UNPARSABLE\x10\x03\x12\x1b\n\x17VERDICT_NO_GROUND_TRUTH\x10\x04\x12\x16\n\x12VERDICT_WRONG_STEP\x10\x05\x32\x8a\x01\n\rRewardService\x12\x34\n\x05Score\x12\x14.mpo.v1.ScoreRequest\x1a\x15.mpo.v1.ScoreResponse\x12\x43\n\nBuildPairs\x12\x19.mpo.v1.BuildPairsRequest\x1a\x1a.mpo.v1.BuildPairsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BUILDPAIRSRESPONSE_SKIPPEDPROMPTSENTRY']._loaded_options = None
   _globals['_BUILDPAIRSRESPONSE_SKIPPEDPROMPTSENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=987
-  _globals['_VERDICT']._serialized_end=1138
+  _globals['_VERDICT']._serialized_start=1017
+  _globals['_VERDICT']._serialized_end=1168
   _globals['_SCOREREQUEST']._serialized_start=52
   _globals['_SCOREREQUEST']._serialized_end=132
   _globals['_SAMPLESCORE']._serialized_start=135
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORERESPONSE']._serialized_start=294
   _globals['_SCORERESPONSE']._serialized_end=381
   _globals['_PAIROPTIONS']._serialized_start=384
-  _globals['_PAIROPTIONS']._serialized_end=585
-  _globals['_BUILDPAIRSREQUEST']._serialized_start=588
-  _globals['_BUILDPAIRSREQUEST']._serialized_end=726
-  _globals['_BUILDPAIRSRESPONSE']._serialized_start=729
-  _globals['_BUILDPAIRSRESPONSE']._serialized_end=984
-  _globals['_BUILDPAIRSRESPONSE_SKIPPEDPROMPTSENTRY']._serialized_start=931
-  _globals['_BUILDPAIRSRESPONSE_SKIPPEDPROMPTSENTRY']._serialized_end=984
-  _globals['_REWARDSERVICE']._serialized_start=1141
-  _globals['_REWARDSERVICE']._serialized_end=1279
+  _globals['_PAIROPTIONS']._serialized_end=615
+  _globals['_BUILDPAIRSREQUEST']._serialized_start=618
+  _globals['_BUILDPAIRSREQUEST']._serialized_end=756
+  _globals['_BUILDPAIRSRESPONSE']._serialized_start=759
+  _globals['_BUILDPAIRSRESPONSE']._serialized_end=1014
+  _globals['_BUILDPAIRSRESPONSE_SKIPPEDPROMPTSENTRY']._serialized_start=961
+  _globals['_BUILDPAIRSRESPONSE_SKIPPEDPROMPTSENTRY']._serialized_end=1014
+  _globals['_REWARDSERVICE']._serialized_start=1171
+  _globals['_REWARDSERVICE']._serialized_end=1309
 # @@protoc_insertion_point(module_scope)

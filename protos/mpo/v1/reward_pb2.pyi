@@ -56,20 +56,22 @@ class ScoreResponse(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[_Union[SampleScore, _Mapping]]] = ..., stats: _Optional[_Union[_common_pb2.LabelStats, _Mapping]] = ...) -> None: ...
 
 class PairOptions(_message.Message):
-    __slots__ = ("max_pairs_per_prompt", "seed", "dropout_prefix_fraction", "dropout_finished_only", "dropout_unterminated", "dropout_sampling")
+    __slots__ = ("max_pairs_per_prompt", "seed", "dropout_prefix_fraction", "dropout_finished_only", "dropout_unterminated", "dropout_sampling", "dropout_match_length")
     MAX_PAIRS_PER_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_PREFIX_FRACTION_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FINISHED_ONLY_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_UNTERMINATED_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_MATCH_LENGTH_FIELD_NUMBER: _ClassVar[int]
     max_pairs_per_prompt: int
     seed: int
     dropout_prefix_fraction: float
     dropout_finished_only: bool
     dropout_unterminated: bool
     dropout_sampling: _common_pb2.SamplingParams
-    def __init__(self, max_pairs_per_prompt: _Optional[int] = ..., seed: _Optional[int] = ..., dropout_prefix_fraction: _Optional[float] = ..., dropout_finished_only: _Optional[bool] = ..., dropout_unterminated: _Optional[bool] = ..., dropout_sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    dropout_match_length: bool
+    def __init__(self, max_pairs_per_prompt: _Optional[int] = ..., seed: _Optional[int] = ..., dropout_prefix_fraction: _Optional[float] = ..., dropout_finished_only: _Optional[bool] = ..., dropout_unterminated: _Optional[bool] = ..., dropout_sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., dropout_match_length: _Optional[bool] = ...) -> None: ...
 
 class BuildPairsRequest(_message.Message):
     __slots__ = ("prompts", "samples", "round", "options")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mpo.v1 import common_pb2 as mpo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mpo/v1/rollout.proto\x12\x06mpo.v1\x1a\x13mpo/v1/common.proto\"\\\n\x0fGenerateRequest\x12\x1f\n\x07prompts\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x12(\n\x08sampling\x18\x02 \x01(\x0b\x32\x16.mpo.v1.SamplingParams\"3\n\x10GenerateResponse\x12\x1f\n\x07samples\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Sample\"b\n\x15GenerateStreamRequest\x12\x1f\n\x07prompts\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x12(\n\x08sampling\x18\x02 \x01(\x0b\x32\x16.mpo.v1.SamplingParams\"\xb8\x01\n\x16GenerateStreamResponse\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12+\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x14.mpo.v1.FinishReason\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x04\"m\n\x0c\x43ontinuation\x12\x1e\n\x06prompt\x18\x01 \x01(\x0b\x32\x0e.mpo.v1.Prompt\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x13\n\x0b\x64rop_images\x18\x03 \x01(\x08\x12\x18\n\x10max_total_tokens\x18\x04 \x01(\r\"h\n\x0f\x43ontinueRequest\x12+\n\rcontinuations\x18\x01 \x03(\x0b\x32\x14.mpo.v1.Continuation\x12(\n\x08sampling\x18\x02 \x01(\x0b\x32\x16.mpo.v1.SamplingParams\"3\n\x10\x43ontinueResponse\x12\x1f\n\x07samples\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Sample\"l\n\x0eWeightManifest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0ctensor_count\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\"-\n\x0bWeightChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"n\n\x12LoadWeightsRequest\x12*\n\x08manifest\x18\x01 \x01(\x0b\x32\x16.mpo.v1.WeightManifestH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.mpo.v1.WeightChunkH\x00\x42\x06\n\x04part\"t\n\x13LoadWeightsResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\x17\n\x0freplicas_loaded\x18\x02 \x01(\r\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x04 \x01(\x01\"V\n\x1dLoadWeightsFromStorageRequest\x12(\n\x08manifest\x18\x01 \x01(\x0b\x32\x16.mpo.v1.WeightManifest\x12\x0b\n\x03uri\x18\x02 \x01(\t\"{\n\x1eLoadWeightsFromStorageResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\x17\n\x0freplicas_loaded\x18\x02 \x01(\r\x12\x12\n\nbytes_read\x18\x03 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x04 \x01(\x01\"\x12\n\x10GetStatusRequest\"\xa1\x01\n\nEngineInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08replicas\x18\x03 \x01(\r\x12\x1c\n\x14tensor_parallel_size\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x18\n\x10max_tokens_limit\x18\x06 \x01(\r\x12\x19\n\x11max_batch_prompts\x18\x07 \x01(\r\"s\n\x11GetStatusResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\"\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x12.mpo.v1.EngineInfo\x12\r\n\x05ready\x18\x04 \x01(\x08\x32\xd6\x03\n\x0eRolloutService\x12=\n\x08Generate\x12\x17.mpo.v1.GenerateRequest\x1a\x18.mpo.v1.GenerateResponse\x12Q\n\x0eGenerateStream\x12\x1d.mpo.v1.GenerateStreamRequest\x1a\x1e.mpo.v1.GenerateStreamResponse0\x01\x12=\n\x08\x43ontinue\x12\x17.mpo.v1.ContinueRequest\x1a\x18.mpo.v1.ContinueResponse\x12H\n\x0bLoadWeights\x12\x1a.mpo.v1.LoadWeightsRequest\x1a\x1b.mpo.v1.LoadWeightsResponse(\x01\x12g\n\x16LoadWeightsFromStorage\x12%.mpo.v1.LoadWeightsFromStorageRequest\x1a&.mpo.v1.LoadWeightsFromStorageResponse\x12@\n\tGetStatus\x12\x18.mpo.v1.GetStatusRequest\x1a\x19.mpo.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mpo/v1/rollout.proto\x12\x06mpo.v1\x1a\x13mpo/v1/common.proto\"\\\n\x0fGenerateRequest\x12\x1f\n\x07prompts\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x12(\n\x08sampling\x18\x02 \x01(\x0b\x32\x16.mpo.v1.SamplingParams\"3\n\x10GenerateResponse\x12\x1f\n\x07samples\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Sample\"b\n\x15GenerateStreamRequest\x12\x1f\n\x07prompts\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Prompt\x12(\n\x08sampling\x18\x02 \x01(\x0b\x32\x16.mpo.v1.SamplingParams\"\xb8\x01\n\x16GenerateStreamResponse\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12+\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x14.mpo.v1.FinishReason\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x04\"\x87\x01\n\x0c\x43ontinuation\x12\x1e\n\x06prompt\x18\x01 \x01(\x0b\x32\x0e.mpo.v1.Prompt\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x13\n\x0b\x64rop_images\x18\x03 \x01(\x08\x12\x18\n\x10max_total_tokens\x18\x04 \x01(\r\x12\x18\n\x10min_total_tokens\x18\x05 \x01(\r\"h\n\x0f\x43ontinueRequest\x12+\n\rcontinuations\x18\x01 \x03(\x0b\x32\x14.mpo.v1.Continuation\x12(\n\x08sampling\x18\x02 \x01(\x0b\x32\x16.mpo.v1.SamplingParams\"3\n\x10\x43ontinueResponse\x12\x1f\n\x07samples\x18\x01 \x03(\x0b\x32\x0e.mpo.v1.Sample\"l\n\x0eWeightManifest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0ctensor_count\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\"-\n\x0bWeightChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"n\n\x12LoadWeightsRequest\x12*\n\x08manifest\x18\x01 \x01(\x0b\x32\x16.mpo.v1.WeightManifestH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.mpo.v1.WeightChunkH\x00\x42\x06\n\x04part\"t\n\x13LoadWeightsResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\x17\n\x0freplicas_loaded\x18\x02 \x01(\r\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x04 \x01(\x01\"V\n\x1dLoadWeightsFromStorageRequest\x12(\n\x08manifest\x18\x01 \x01(\x0b\x32\x16.mpo.v1.WeightManifest\x12\x0b\n\x03uri\x18\x02 \x01(\t\"{\n\x1eLoadWeightsFromStorageResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\x17\n\x0freplicas_loaded\x18\x02 \x01(\r\x12\x12\n\nbytes_read\x18\x03 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x04 \x01(\x01\"\x12\n\x10GetStatusRequest\"\xa1\x01\n\nEngineInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08replicas\x18\x03 \x01(\r\x12\x1c\n\x14tensor_parallel_size\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x18\n\x10max_tokens_limit\x18\x06 \x01(\r\x12\x19\n\x11max_batch_prompts\x18\x07 \x01(\r\"s\n\x11GetStatusResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\"\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x12.mpo.v1.EngineInfo\x12\r\n\x05ready\x18\x04 \x01(\x08\x32\xd6\x03\n\x0eRolloutService\x12=\n\x08Generate\x12\x17.mpo.v1.GenerateRequest\x1a\x18.mpo.v1.GenerateResponse\x12Q\n\x0eGenerateStream\x12\x1d.mpo.v1.GenerateStreamRequest\x1a\x1e.mpo.v1.GenerateStreamResponse0\x01\x12=\n\x08\x43ontinue\x12\x17.mpo.v1.ContinueRequest\x1a\x18.mpo.v1.ContinueResponse\x12H\n\x0bLoadWeights\x12\x1a.mpo.v1.LoadWeightsRequest\x1a\x1b.mpo.v1.LoadWeightsResponse(\x01\x12g\n\x16LoadWeightsFromStorage\x12%.mpo.v1.LoadWeightsFromStorageRequest\x1a&.mpo.v1.LoadWeightsFromStorageResponse\x12@\n\tGetStatus\x12\x18.mpo.v1.GetStatusRequest\x1a\x19.mpo.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,30 +40,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATESTREAMREQUEST']._serialized_end=298
   _globals['_GENERATESTREAMRESPONSE']._serialized_start=301
   _globals['_GENERATESTREAMRESPONSE']._serialized_end=485
-  _globals['_CONTINUATION']._serialized_start=487
-  _globals['_CONTINUATION']._serialized_end=596
-  _globals['_CONTINUEREQUEST']._serialized_start=598
-  _globals['_CONTINUEREQUEST']._serialized_end=702
-  _globals['_CONTINUERESPONSE']._serialized_start=704
-  _globals['_CONTINUERESPONSE']._serialized_end=755
-  _globals['_WEIGHTMANIFEST']._serialized_start=757
-  _globals['_WEIGHTMANIFEST']._serialized_end=865
-  _globals['_WEIGHTCHUNK']._serialized_start=867
-  _globals['_WEIGHTCHUNK']._serialized_end=912
-  _globals['_LOADWEIGHTSREQUEST']._serialized_start=914
-  _globals['_LOADWEIGHTSREQUEST']._serialized_end=1024
-  _globals['_LOADWEIGHTSRESPONSE']._serialized_start=1026
-  _globals['_LOADWEIGHTSRESPONSE']._serialized_end=1142
-  _globals['_LOADWEIGHTSFROMSTORAGEREQUEST']._serialized_start=1144
-  _globals['_LOADWEIGHTSFROMSTORAGEREQUEST']._serialized_end=1230
-  _globals['_LOADWEIGHTSFROMSTORAGERESPONSE']._serialized_start=1232
-  _globals['_LOADWEIGHTSFROMSTORAGERESPONSE']._serialized_end=1355
-  _globals['_GETSTATUSREQUEST']._serialized_start=1357
-  _globals['_GETSTATUSREQUEST']._serialized_end=1375
-  _globals['_ENGINEINFO']._serialized_start=1378
-  _globals['_ENGINEINFO']._serialized_end=1539
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1541
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1656
-  _globals['_ROLLOUTSERVICE']._serialized_start=1659
-  _globals['_ROLLOUTSERVICE']._serialized_end=2129
+  _globals['_CONTINUATION']._serialized_start=488
+  _globals['_CONTINUATION']._serialized_end=623
+  _globals['_CONTINUEREQUEST']._serialized_start=625
+  _globals['_CONTINUEREQUEST']._serialized_end=729
+  _globals['_CONTINUERESPONSE']._serialized_start=731
+  _globals['_CONTINUERESPONSE']._serialized_end=782
+  _globals['_WEIGHTMANIFEST']._serialized_start=784
+  _globals['_WEIGHTMANIFEST']._serialized_end=892
+  _globals['_WEIGHTCHUNK']._serialized_start=894
+  _globals['_WEIGHTCHUNK']._serialized_end=939
+  _globals['_LOADWEIGHTSREQUEST']._serialized_start=941
+  _globals['_LOADWEIGHTSREQUEST']._serialized_end=1051
+  _globals['_LOADWEIGHTSRESPONSE']._serialized_start=1053
+  _globals['_LOADWEIGHTSRESPONSE']._serialized_end=1169
+  _globals['_LOADWEIGHTSFROMSTORAGEREQUEST']._serialized_start=1171
+  _globals['_LOADWEIGHTSFROMSTORAGEREQUEST']._serialized_end=1257
+  _globals['_LOADWEIGHTSFROMSTORAGERESPONSE']._serialized_start=1259
+  _globals['_LOADWEIGHTSFROMSTORAGERESPONSE']._serialized_end=1382
+  _globals['_GETSTATUSREQUEST']._serialized_start=1384
+  _globals['_GETSTATUSREQUEST']._serialized_end=1402
+  _globals['_ENGINEINFO']._serialized_start=1405
+  _globals['_ENGINEINFO']._serialized_end=1566
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1568
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1683
+  _globals['_ROLLOUTSERVICE']._serialized_start=1686
+  _globals['_ROLLOUTSERVICE']._serialized_end=2156
 # @@protoc_insertion_point(module_scope)

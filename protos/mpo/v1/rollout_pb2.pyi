@@ -48,16 +48,18 @@ class GenerateStreamResponse(_message.Message):
     def __init__(self, prompt_id: _Optional[str] = ..., index: _Optional[int] = ..., text_delta: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class Continuation(_message.Message):
-    __slots__ = ("prompt", "prefix", "drop_images", "max_total_tokens")
+    __slots__ = ("prompt", "prefix", "drop_images", "max_total_tokens", "min_total_tokens")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     DROP_IMAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt: _common_pb2.Prompt
     prefix: str
     drop_images: bool
     max_total_tokens: int
-    def __init__(self, prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., prefix: _Optional[str] = ..., drop_images: _Optional[bool] = ..., max_total_tokens: _Optional[int] = ...) -> None: ...
+    min_total_tokens: int
+    def __init__(self, prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., prefix: _Optional[str] = ..., drop_images: _Optional[bool] = ..., max_total_tokens: _Optional[int] = ..., min_total_tokens: _Optional[int] = ...) -> None: ...
 
 class ContinueRequest(_message.Message):
     __slots__ = ("continuations", "sampling")

@@ -78,7 +78,8 @@ class Engine(Protocol):
     async def shutdown(self) -> None: ...
 
 
-def cut_at_stop(text: str, stop: Iterable[str]) -> tuple[str, bool]:
-    """Text up to the earliest stop string (excluded), and whether one was found."""
-    positions = [position for s in stop if (position := text.find(s)) >= 0]
+def cut_at_stop(text: str, stop: Iterable[str], held: int = 0) -> tuple[str, bool]:
+    """Text up to the earliest stop string (excluded), and whether one was found; a stop string that ends
+    within the first `held` characters (an `EngineInput.min_tokens` floor) does not count."""
+    positions = [position for s in stop if (position := text.find(s, max(0, held - len(s) + 1))) >= 0]
     return (text[: min(positions)], True) if positions else (text, False)

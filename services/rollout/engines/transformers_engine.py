@@ -10,10 +10,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 
 from mpo.chat import ChatRenderer, open_images
 from mpo.models.loading import load_model
@@ -26,6 +34,32 @@ from mpo.services.rollout.engines.base import (
     cut_at_stop,
 )
 from mpo.weights import iter_tensors
+
+
+class _HoldEnds(LogitsProcessor):
+    """No end-of-turn token for a row below its floor (`EngineInput.min_tokens`), as vLLM's `min_tokens`."""
+
+    def __init__(self, floors: torch.Tensor, prompt_width: int, stop_token_ids: list[int]) -> None:
+        self.floors, self.prompt_width = floors, prompt_width
+        self.stop_ids = torch.tensor(stop_token_ids, device=floors.device)
+
+    def held(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return (input_ids.shape[1] - self.prompt_width) < self.floors
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        ends = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+        ends[self.stop_ids] = True
+        return scores.masked_fill(self.held(input_ids)[:, None] & ends[None, :], float("-inf"))
+
+
+class _HoldStopStrings(StoppingCriteria):
+    """A stop string ends only the rows past their floor."""
+
+    def __init__(self, stop_strings: StopStringCriteria, hold: _HoldEnds) -> None:
+        self.stop_strings, self.hold = stop_strings, hold
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        return self.stop_strings(input_ids, scores) & ~self.hold.held(input_ids)
 
 
 class TransformersEngine:
@@ -70,15 +104,24 @@ class TransformersEngine:
         if spec.seed is not None:
             torch.manual_seed(spec.seed)
         encoded = self._encode(inputs)
+        prompt_width = encoded["input_ids"].shape[1]
+        floors = torch.tensor([item.min_tokens for item in inputs], device=self.device).repeat_interleave(draws)
+        ending: dict[str, object] = {"stop_strings": list(spec.stop) or None}
+        if floors.any():
+            hold = _HoldEnds(floors, prompt_width, self.stop_token_ids)
+            ending = {"logits_processor": LogitsProcessorList([hold])}
+            if spec.stop:
+                stop_strings = StopStringCriteria(self.tokenizer, list(spec.stop))
+                ending["stopping_criteria"] = StoppingCriteriaList([_HoldStopStrings(stop_strings, hold)])
         output = self.model.generate(
             **encoded,
+            **ending,
             do_sample=not greedy,
             temperature=None if greedy else spec.temperature,
             top_p=None if greedy or spec.top_p >= 1 else spec.top_p,
             top_k=None if greedy or spec.top_k <= 0 else spec.top_k,
             max_new_tokens=spec.max_tokens,
             num_return_sequences=draws,
-            stop_strings=list(spec.stop) or None,
             tokenizer=self.tokenizer,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.stop_token_ids,
@@ -86,7 +129,6 @@ class TransformersEngine:
             output_logits=spec.logprobs,
             cache_implementation=self.cache_implementation,
         )
-        prompt_width = encoded["input_ids"].shape[1]
         new_tokens = output.sequences[:, prompt_width:]
         step_logprobs = torch.log_softmax(torch.stack(output.logits, dim=1).float(), dim=-1) if spec.logprobs else None
         results: list[list[Completion]] = []
@@ -94,13 +136,15 @@ class TransformersEngine:
             row_completions = []
             for j in range(draws):
                 row = i * draws + j
-                row_completions.append(self._completion(new_tokens[row], step_logprobs, row, spec))
+                floor = inputs[i].min_tokens
+                row_completions.append(self._completion(new_tokens[row], step_logprobs, row, spec, floor))
             results.append([replace(row_completions[0]) for _ in range(spec.n)] if greedy else row_completions)
         return results
 
     def _completion(
-        self, tokens: torch.Tensor, step_logprobs: torch.Tensor | None, row: int, spec: SamplingSpec
+        self, tokens: torch.Tensor, step_logprobs: torch.Tensor | None, row: int, spec: SamplingSpec, floor: int
     ) -> Completion:
+        decode = partial(self.tokenizer.decode, skip_special_tokens=True)
         ids = tokens.tolist()
         finish = "length"
         ends = [k for k, token in enumerate(ids) if token in self.stop_token_ids]
@@ -111,7 +155,7 @@ class TransformersEngine:
             pad = self.tokenizer.pad_token_id
             while ids and ids[-1] == pad:
                 ids.pop()
-        text, stopped = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), spec.stop)
+        text, stopped = cut_at_stop(decode(ids), spec.stop, held=len(decode(ids[:floor])) if floor else 0)
         if stopped:
             finish = "stop"
         logprobs = (

@@ -96,7 +96,7 @@ class VllmEngine:
         # The chat template's end of turn may not be the tokenizer's EOS (Llama 3, Gemma): stop at both.
         self._stop_token_ids = list(stop_token_ids)
 
-    def _params(self, spec: SamplingSpec, *, delta: bool) -> Any:
+    def _params(self, spec: SamplingSpec, item: EngineInput, *, delta: bool) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -106,6 +106,7 @@ class VllmEngine:
             top_p=spec.top_p,
             top_k=spec.top_k,
             max_tokens=spec.max_tokens,
+            min_tokens=item.min_tokens,
             seed=spec.seed,
             stop=list(spec.stop) or None,
             stop_token_ids=self._stop_token_ids,
@@ -129,7 +130,7 @@ class VllmEngine:
     async def _one(self, item: EngineInput, spec: SamplingSpec) -> list[Completion]:
         final = None
         async for update in self._engine.generate(
-            self._prompt(item), self._params(spec, delta=False), uuid.uuid4().hex
+            self._prompt(item), self._params(spec, item, delta=False), uuid.uuid4().hex
         ):
             final = update  # FINAL_ONLY: the one update is the finished request
         assert final is not None
@@ -151,7 +152,7 @@ class VllmEngine:
         queue: asyncio.Queue[Delta | None] = asyncio.Queue()
 
         async def pump(index: int, item: EngineInput) -> None:
-            params = self._params(spec, delta=True)
+            params = self._params(spec, item, delta=True)
             async for update in self._engine.generate(self._prompt(item), params, uuid.uuid4().hex):
                 for output in update.outputs:
                     finish = _FINISH.get(output.finish_reason) if output.finish_reason else None
