@@ -132,12 +132,11 @@ class TransformersEngine:
         new_tokens = output.sequences[:, prompt_width:]
         step_logprobs = torch.log_softmax(torch.stack(output.logits, dim=1).float(), dim=-1) if spec.logprobs else None
         results: list[list[Completion]] = []
-        for i in range(len(inputs)):
+        for i, item in enumerate(inputs):
             row_completions = []
             for j in range(draws):
                 row = i * draws + j
-                floor = inputs[i].min_tokens
-                row_completions.append(self._completion(new_tokens[row], step_logprobs, row, spec, floor))
+                row_completions.append(self._completion(new_tokens[row], step_logprobs, row, spec, item.min_tokens))
             results.append([replace(row_completions[0]) for _ in range(spec.n)] if greedy else row_completions)
         return results
 
