@@ -89,7 +89,7 @@ def held_to(
     if len(completion.token_ids) <= budget:
         return completion
     token_ids = completion.token_ids[:budget]
-    text, stopped = cut_at_stop(decode(token_ids), stop, held=len(decode(token_ids[:floor])) if floor else 0)
+    text, stopped = cut_at_stop(token_ids, decode, stop, floor)
     return Completion(text, token_ids, completion.logprobs[:budget], "stop" if stopped else "length")
 
 

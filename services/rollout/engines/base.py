@@ -6,7 +6,7 @@ and return the same `Completion`s; the semantics of each sampling knob are defin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -78,8 +78,12 @@ class Engine(Protocol):
     async def shutdown(self) -> None: ...
 
 
-def cut_at_stop(text: str, stop: Iterable[str], held: int = 0) -> tuple[str, bool]:
-    """Text up to the earliest stop string (excluded), and whether one was found; a stop string that ends
-    within the first `held` characters (an `EngineInput.min_tokens` floor) does not count."""
+def cut_at_stop(
+    token_ids: list[int], decode: Callable[[list[int]], str], stop: Iterable[str], floor: int = 0
+) -> tuple[str, bool]:
+    """The decoded text up to its earliest stop string (excluded), and whether one was found; a stop string
+    that ends within the text of the first `floor` tokens (an `EngineInput.min_tokens` floor) does not count."""
+    text = decode(token_ids)
+    held = len(decode(token_ids[:floor])) if floor else 0
     positions = [position for s in stop if (position := text.find(s, max(0, held - len(s) + 1))) >= 0]
     return (text[: min(positions)], True) if positions else (text, False)

@@ -154,7 +154,7 @@ class TransformersEngine:
             pad = self.tokenizer.pad_token_id
             while ids and ids[-1] == pad:
                 ids.pop()
-        text, stopped = cut_at_stop(decode(ids), spec.stop, held=len(decode(ids[:floor])) if floor else 0)
+        text, stopped = cut_at_stop(ids, decode, spec.stop, floor)
         if stopped:
             finish = "stop"
         logprobs = (
