@@ -392,6 +392,13 @@ class RewardConfig(_Strict):
         "each other, differ in what they say, and both train with their end of turn. Not with "
         "dropout_ntp_finished_only or dropout_ntp_unterminated. Measured on describe in docs/results.md.",
     )
+    task_mention_counters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Mention counter per task (see mpo/grading/mentions.py): a DropoutNTP pair of a mapped task is "
+        "kept only when its rejected side names at least as many things as its chosen side "
+        "(LabelStats.dropout_ntp_fewer_mentions counts the others), so that the sides differ in what they name "
+        "rather than how much. 'scene_objects' counts the built-in describe task's shape phrases. Off by default.",
+    )
     scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
     server: ServerConfig = Field(default_factory=ServerConfig)
 
@@ -408,6 +415,13 @@ class RewardConfig(_Strict):
         from mpo.grading.step_checks import STEP_CHECKS
 
         return _known_names("step check", names, list(STEP_CHECKS))
+
+    @field_validator("task_mention_counters")
+    @classmethod
+    def _known_mention_counters(cls, names: dict[str, str]) -> dict[str, str]:
+        from mpo.grading.mentions import MENTION_COUNTERS
+
+        return _known_names("mention counter", names, list(MENTION_COUNTERS))
 
     @field_validator("answer_pattern")
     @classmethod

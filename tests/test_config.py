@@ -57,6 +57,11 @@ def test_yaml_overrides_and_empty_file(tmp_path: Path) -> None:
         ("objectiv: {}", "objectiv", "Extra inputs are not permitted"),
         ("reward: {task_step_checks: {arith: steps}}", "reward.task_step_checks", "unknown step check 'steps'"),
         ("reward: {task_verifiers: {arith: numerc}}", "reward.task_verifiers", "unknown verifier 'numerc'"),
+        (
+            "reward: {task_mention_counters: {describe: shapes}}",
+            "reward.task_mention_counters",
+            "task 'describe': unknown mention counter 'shapes'; known: scene_objects",
+        ),
         ("model: m\nrollout: {cpu_affinity: [0, 0]}", "rollout.cpu_affinity", "each core at most once"),
         ("model: m\nrollout: {cpu_affinity: []}", "rollout.cpu_affinity", "at least 1 item"),
         ("model: m\ntrainer: {cpu_affinity: [-1]}", "trainer.cpu_affinity.0", "greater than or equal to 0"),

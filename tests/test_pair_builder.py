@@ -15,6 +15,8 @@ from hypothesis import given, settings
 
 from mpo.config import RewardConfig
 from mpo.data.records import PromptRecord
+from mpo.grading.hallucination import judge_description
+from mpo.grading.mentions import MENTION_COUNTERS
 from mpo.grading.verify import Grader, Judgement
 from mpo.net import free_port
 from mpo.services.reward import dropout_ntp
@@ -506,12 +508,10 @@ async def test_finished_only_drops_the_continuations_cut_at_their_bound_and_coun
                (" and a green triangle, a", common_pb2.FINISH_REASON_LENGTH),
                (" and a yellow circle.", common_pb2.FINISH_REASON_STOP)]  # fmt: skip
     rollout = ScriptedContinue(endings)
-    kept, cut = await dropout_ntp.continue_without_images(
-        rollout, jobs, sampling=BLIND, round_index=1, finished_only=True
-    )
-    assert [p.provenance.chosen_sample_index for p in kept] == [0, 2] and cut == 1
-    every, none_cut = await dropout_ntp.continue_without_images(rollout, jobs, sampling=BLIND, round_index=1)
-    assert len(every) == 3 and none_cut == 1, "by default a cut continuation is a rejected side too, counted"
+    kept = await dropout_ntp.continue_without_images(rollout, jobs, sampling=BLIND, round_index=1, finished_only=True)
+    assert [p.provenance.chosen_sample_index for p in kept.pairs] == [0, 2] and kept.cut == 1
+    every = await dropout_ntp.continue_without_images(rollout, jobs, sampling=BLIND, round_index=1)
+    assert len(every.pairs) == 3 and every.cut == 1, "by default a cut continuation is a rejected side too, counted"
 
 
 async def test_unterminated_pairs_cut_both_sides_to_the_same_number_of_words():
@@ -521,15 +521,19 @@ async def test_unterminated_pairs_cut_both_sides_to_the_same_number_of_words():
     endings = [(" and a green triangle, a yellow star and", common_pb2.FINISH_REASON_LENGTH),  # runs on
                (" only, with a dot.", common_pb2.FINISH_REASON_STOP),  # stops early
                (" and a blue", common_pb2.FINISH_REASON_LENGTH)]  # fmt: skip
-    pairs, _ = await dropout_ntp.continue_without_images(
-        ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1, unterminated=True
-    )
+    pairs = (
+        await dropout_ntp.continue_without_images(
+            ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1, unterminated=True
+        )
+    ).pairs
     assert [(p.chosen, p.rejected) for p in pairs] == [
         ("I see a red circle and a blue square number 0", "I see a red circle and a green triangle, a yellow"),
         ("I see a red circle and a blue square", "I see a red circle only, with a dot"),
     ], "no closing full stop on either side; sample 2's blind side says what its chosen side says: no pair"
     assert all(p.unterminated for p in pairs)
-    whole, _ = await dropout_ntp.continue_without_images(ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1)
+    whole = (
+        await dropout_ntp.continue_without_images(ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1)
+    ).pairs
     assert [p.chosen for p in whole] == [s.text for s in samples] and not any(p.unterminated for p in whole)
 
 
@@ -546,11 +550,9 @@ async def test_matched_length_holds_each_continuation_from_below_to_its_chosen_a
     ]
     jobs, _ = dropout_ntp.plan(prompt, samples, fraction=0.5, max_pairs=3, seed=0)
     rollout = ScriptedContinue([(" and a green triangle, a", LENGTH)] * 3)
-    pairs, cut = await dropout_ntp.continue_without_images(
-        rollout, jobs, sampling=BLIND, round_index=1, match_length=True
-    )
+    matched = await dropout_ntp.continue_without_images(rollout, jobs, sampling=BLIND, round_index=1, match_length=True)
     assert [(c.min_total_tokens, c.max_total_tokens) for c in rollout.asked] == [(9, 10), (12, 12), (0, 0)]
-    assert len(pairs) == 3 and cut == 3 and not any(p.unterminated for p in pairs)
+    assert len(matched.pairs) == 3 and matched.cut == 3 and not any(p.unterminated for p in matched.pairs)
     await dropout_ntp.continue_without_images(rollout, jobs, sampling=BLIND, round_index=1)
     assert [c.min_total_tokens for c in rollout.asked] == [0, 0, 0], "held from above only, by default"
 
@@ -562,8 +564,52 @@ async def test_an_unterminated_cut_that_leaves_a_side_without_words_gives_no_pai
     samples = [reply("s", 0, ". , ; red circle"), reply("s", 1, ". , red circle")]
     jobs, _ = dropout_ntp.plan(prompt, samples, fraction=0.5, max_pairs=2, seed=0)  # both prefixes ". ,"
     blind = ScriptedContinue([(" blue", common_pb2.FINISH_REASON_STOP), (" ; ?", common_pb2.FINISH_REASON_STOP)])
-    pairs, _ = await dropout_ntp.continue_without_images(blind, jobs, sampling=BLIND, round_index=1, unterminated=True)
-    assert pairs == [], "cut to three words the first chosen side is all punctuation, cut to four the second rejected"
+    cut = await dropout_ntp.continue_without_images(blind, jobs, sampling=BLIND, round_index=1, unterminated=True)
+    assert cut.pairs == [], (
+        "cut to three words the first chosen side is all punctuation, cut to four the second rejected"
+    )
+
+
+async def test_a_mention_counter_drops_the_pairs_whose_blind_side_names_fewer_things():
+    """With describe mapped to the scene-object counter, a pair is kept only when its rejected side (as
+    trained: after an unterminated cut too) names at least as many shapes as its chosen side; the dropped
+    ones are counted. A task not mapped keeps every pair."""
+    counters = {"describe": MENTION_COUNTERS["scene_objects"]}
+    prompts = {task: common_pb2.Prompt(id=task, question="Describe it.", task=task, images=[common_pb2.Image(uri="x")])
+               for task in ("describe", "caption")}  # fmt: skip
+    text = "I see a red circle and a blue square and a green triangle."  # 3 mentions; prefix keeps 1
+    endings = [(" and a blue square.", STOP),  # 2 of 3: fewer
+               (" and two squares and the yellow shapes.", STOP),  # 3 of 3: as many
+               (" and a green triangle, a red square and a blue circle.", STOP),  # 4 of 3: more
+               (".", STOP)]  # fmt: skip
+    jobs = []
+    for task in ("describe", "caption"):
+        planned, _ = dropout_ntp.plan(prompts[task], [reply(task, i, text) for i in range(2)], fraction=0.4,
+                                      max_pairs=2, seed=0)  # fmt: skip
+        jobs += planned
+    assert [job.prefix for job in jobs] == ["I see a red circle"] * 4
+    guarded = await dropout_ntp.continue_without_images(
+        ScriptedContinue(endings), jobs, sampling=BLIND, round_index=1, mention_counters=counters
+    )
+    kept = [(p.prompt_id, p.provenance.chosen_sample_index) for p in guarded.pairs]
+    assert kept == [("describe", 1), ("caption", 0), ("caption", 1)], "describe's first names 2 against 3"
+    assert guarded.fewer_mentions == 1, "caption is not mapped: its blind side may name fewer"
+    late = [(" and then, well, a red square and a blue circle and a green triangle.", STOP)] * 2
+    whole = await dropout_ntp.continue_without_images(
+        ScriptedContinue(late), jobs[:2], sampling=BLIND, round_index=1, mention_counters=counters
+    )
+    cut = await dropout_ntp.continue_without_images(
+        ScriptedContinue(late), jobs[:2], sampling=BLIND, round_index=1, unterminated=True, mention_counters=counters
+    )
+    assert len(whole.pairs) == 2 and whole.fewer_mentions == 0, "whole, the blind side names 4 shapes against 3"
+    assert cut.pairs == [] and cut.fewer_mentions == 2, "cut to the chosen side's 13 words it names 2 against 3"
+
+
+def test_the_scene_object_counter_counts_the_hallucination_metrics_mentions():
+    text = "Two red squares, a blue circle, the yellow shapes and no triangles; a red thing."
+    assert (
+        MENTION_COUNTERS["scene_objects"].count(text) == 4 == len(judge_description([("red", "square")], text).mentions)
+    )
 
 
 def test_first_words_keeps_the_original_spacing():

@@ -15,6 +15,7 @@ import ray
 from transformers import AutoTokenizer
 
 from mpo.config import RequestLimits, RewardConfig, RolloutConfig, ScorerConfig, ServerConfig
+from mpo.grading.mentions import MENTION_COUNTERS
 from mpo.models.tiny import build_image_text_model, build_text_model
 from mpo.services.reward.dropout_ntp import same_length
 from mpo.services.reward.service import RunningReward, start_reward
@@ -278,6 +279,40 @@ async def test_a_matched_dropout_ntp_continuation_runs_to_its_chosen_answers_len
     assert matched.stats.dropout_ntp_cut == 1 and not held.unterminated
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("options.dropout_match_length: does not go with")
+
+
+async def test_a_mention_counter_keeps_only_the_dropout_ntp_pairs_whose_blind_side_names_as_much(services) -> None:
+    """A reward service with describe mapped to the scene-object counter builds the unguarded service's
+    pairs (same rollout, same seed: the same continuations) less the one whose blind side names fewer shapes
+    than its chosen side, and counts it. The other's chosen shape lies in its prefix, so its blind side
+    names at least as many."""
+    rollout, reward = services
+    scene = common_pb2.Prompt(
+        id="scene", question="Describe the image.", task="describe", images=[common_pb2.Image(data=png("red"))]
+    )
+    three = "I see a red circle and a blue square and a green triangle."  # prefix "I see a red circle"
+    one = "A red circle is all I see in it."  # prefix "A red circle"
+    samples = [sample("scene", 0, three), sample("scene", 1, one)]
+    options = reward_pb2.PairOptions(dropout_prefix_fraction=0.4, seed=1)
+    guarded = await start_reward(
+        RewardConfig(
+            rollout_address=rollout.address,
+            continuation_max_tokens=12,
+            task_mention_counters={"describe": "scene_objects"},
+        )
+    )
+    try:
+        async with RewardClient(reward.address) as client:
+            every = await client.build_pairs([scene], samples, round=1, options=options)
+        async with RewardClient(guarded.address) as client:
+            kept = await client.build_pairs([scene], samples, round=1, options=options)
+    finally:
+        await guarded.stop(0)
+    counter = MENTION_COUNTERS["scene_objects"]
+    named = [(counter.count(p.chosen), counter.count(p.rejected)) for p in every.pairs]
+    assert len(named) == 2 and named[0][0] == 3 > named[0][1] and named[1][1] >= named[1][0] == 1
+    assert list(kept.pairs) == [every.pairs[1]] and kept.stats.pairs_dropout_ntp == 1
+    assert kept.stats.dropout_ntp_fewer_mentions == 1 and every.stats.dropout_ntp_fewer_mentions == 0
 
 
 async def test_bad_input_is_refused_and_the_service_keeps_serving(services) -> None:

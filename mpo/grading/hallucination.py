@@ -87,6 +87,11 @@ def _matching(objects: Counter[tuple[str, str]], kind: Kind) -> int:
     return sum(n for (c, s), n in objects.items() if colour in (None, c) and shape in (None, s))
 
 
+def count_mentions(text: str) -> int:
+    """How many mentions `text` makes, true or not: what `judge_description` judges, without a scene."""
+    return sum(1 for _ in _MENTION.finditer(text.lower()))
+
+
 def judge_description(scene: Sequence[tuple[str, str]], text: str) -> DescriptionCheck:
     """`text` judged against `scene` (from `scene_objects`)."""
     objects = Counter(scene)

@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from mpo.data.tasks import shapes_steps
 from mpo.data.tasks.arith import derivation_holds, question_expression
+from mpo.grading.registry import register_named
 
 
 @runtime_checkable
@@ -57,10 +58,7 @@ STEP_CHECKS: dict[str, StepCheck] = {}
 
 
 def register_step_check(check: StepCheck) -> StepCheck:
-    if check.name in STEP_CHECKS:
-        raise ValueError(f"the step check name {check.name!r} is taken")
-    STEP_CHECKS[check.name] = check
-    return check
+    return register_named(STEP_CHECKS, check, "step check")
 
 
 register_step_check(ArithStepsCheck())

@@ -30,6 +30,8 @@ from typing import Protocol, runtime_checkable
 
 import sympy
 
+from mpo.grading.registry import register_named
+
 
 @runtime_checkable
 class Verifier(Protocol):
@@ -425,10 +427,7 @@ TASK_VERIFIERS: dict[str, str] = {"arith": "numeric", "shapes": AUTO}
 
 def register_verifier(verifier: Verifier) -> Verifier:
     """Make `verifier` available by its name; names are unique so that a task's mapping is unambiguous."""
-    if verifier.name == AUTO or verifier.name in VERIFIERS:
-        raise ValueError(f"the verifier name {verifier.name!r} is taken")
-    VERIFIERS[verifier.name] = verifier
-    return verifier
+    return register_named(VERIFIERS, verifier, "verifier", reserved=(AUTO,))
 
 
 for _verifier in (MultipleChoiceVerifier(), NumericVerifier(), ExactVerifier(), MathVerifier()):

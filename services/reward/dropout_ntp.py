@@ -11,7 +11,9 @@ pair can still teach "stop listing": `finished_only` keeps only continuations th
 without the end-of-turn token, so that neither side's ending is part of the lesson. `match_length` holds the
 continuation to the chosen answer's length from below as well (`Continuation.min_total_tokens`): it may not
 end before the chosen answer did, so a blind side that would have stopped early names as much as the chosen
-one, and both sides train with their end of turn.
+one, and both sides train with their end of turn. A task's mention counter (`mpo/grading/mentions.py`) can
+guard the pairs instead: a pair is dropped when its blind side names fewer things than the chosen side, as a
+pair that teaches "name more" is not one about the image.
 Prompts without images cannot tell the two apart and are skipped with a reason.
 """
 
@@ -20,9 +22,10 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
+from mpo.grading.mentions import MentionCounter
 from mpo.serving.clients import RolloutClient
 from mpo.v1 import common_pb2, rollout_pb2
 
@@ -100,6 +103,17 @@ def least_tokens(sample: common_pb2.Sample) -> int:
     return max(0, len(sample.token_ids) - 1) if ended else len(sample.token_ids)
 
 
+@dataclass
+class BlindPairs:
+    """DropoutNTP's pairs of one request, in job order, and what became of the continuations not paired."""
+
+    pairs: list[common_pb2.PreferencePair] = field(default_factory=list)
+    #: Continuations cut at their bound (their pairs not built when only finished ones are kept).
+    cut: int = 0
+    #: Pairs dropped by their task's mention counter: the rejected side named fewer things.
+    fewer_mentions: int = 0
+
+
 async def continue_without_images(
     client: RolloutClient,
     jobs: Sequence[DropoutJob],
@@ -109,13 +123,16 @@ async def continue_without_images(
     finished_only: bool = False,
     unterminated: bool = False,
     match_length: bool = False,
-) -> tuple[list[common_pb2.PreferencePair], int]:
-    """One Continue call for all jobs (the rollout service batches them); pairs in job order, and how many
-    continuations were cut at their bound (their pairs not built when `finished_only`). `unterminated`: both
-    sides cut to the same number of words, the pair marked so the trainer leaves out the end-of-turn token.
-    `match_length`: each continuation held from below to its chosen answer's length too (`least_tokens`)."""
+    mention_counters: Mapping[str, MentionCounter] | None = None,
+) -> BlindPairs:
+    """One Continue call for all jobs (the rollout service batches them). `unterminated`: both sides cut to
+    the same number of words, the pair marked so the trainer leaves out the end-of-turn token.
+    `match_length`: each continuation held from below to its chosen answer's length too (`least_tokens`).
+    `mention_counters` (task -> counter): a pair of a mapped task is kept only when its rejected side, as
+    trained, names at least as many things as its chosen side."""
+    result = BlindPairs()
     if not jobs:
-        return [], 0
+        return result
     continuations = [
         rollout_pb2.Continuation(
             prompt=j.prompt,
@@ -127,10 +144,10 @@ async def continue_without_images(
         for j in jobs
     ]
     response = await client.continue_prefixes(continuations, sampling)
-    pairs, cut = [], 0
+    counters = mention_counters or {}
     for job, continuation in zip(jobs, response.samples, strict=True):
         if continuation.finish_reason == common_pb2.FINISH_REASON_LENGTH:
-            cut += 1
+            result.cut += 1
             if finished_only:
                 continue
         chosen, rejected = job.sample.text, job.prefix + continuation.text
@@ -140,7 +157,11 @@ async def continue_without_images(
             continue  # the image-less policy said the same thing: no preference to learn
         if not (chosen and rejected):
             continue  # the cut left a side only punctuation: nothing to prefer, and a pair needs its text
-        pairs.append(
+        counter = counters.get(job.prompt.task)
+        if counter is not None and counter.count(rejected) < counter.count(chosen):
+            result.fewer_mentions += 1
+            continue
+        result.pairs.append(
             common_pb2.PreferencePair(
                 id=f"r{round_index}-{job.prompt.id}-d{job.sample.index}",
                 prompt_id=job.prompt.id,
@@ -156,4 +177,4 @@ async def continue_without_images(
                 ),
             )
         )
-    return pairs, cut
+    return result

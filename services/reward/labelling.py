@@ -58,6 +58,7 @@ class Tally:
     pairs_correctness: int = 0
     pairs_dropout_ntp: int = 0
     dropout_ntp_cut: int = 0
+    dropout_ntp_fewer_mentions: int = 0
     judged_by_task: Counter[str] = field(default_factory=Counter)
     correct_by_task: Counter[str] = field(default_factory=Counter)
 
@@ -88,6 +89,7 @@ _COUNT_FIELDS = (
     "pairs_correctness",
     "pairs_dropout_ntp",
     "dropout_ntp_cut",
+    "dropout_ntp_fewer_mentions",
 )
 
 

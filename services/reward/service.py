@@ -21,6 +21,7 @@ import grpc
 import ray
 
 from mpo.config import RewardConfig
+from mpo.grading.mentions import MENTION_COUNTERS
 from mpo.grading.verify import Grader
 from mpo.pairs import named_prompts
 from mpo.plugins import import_roots
@@ -87,6 +88,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
         self, config: RewardConfig, workers: list[Any], rollout: RolloutClient | None, scorer: Scorer | None
     ) -> None:
         self.config, self.workers, self.rollout, self.scorer = config, workers, rollout, scorer
+        self.mention_counters = {task: MENTION_COUNTERS[name] for task, name in config.task_mention_counters.items()}
 
     async def _on_workers(self, empty: Batch, method: str, groups: list[PromptGroup], *args: Any) -> Batch:
         """`method` of the workers over `groups`, split among them; their batches added up in order."""
@@ -144,7 +146,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
                 batch.skipped[group.prompt.id] = skipped
         like = options.dropout_sampling if options.HasField("dropout_sampling") else None
         sampling = dropout_ntp.blind_sampling(like, max_tokens=self.config.continuation_max_tokens, seed=options.seed)
-        dropout_pairs, cut = await self._continue(
+        blind = await self._continue(
             jobs,
             sampling=sampling,
             round_index=request.round,
@@ -152,8 +154,9 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
             unterminated=unterminated,
             match_length=match_length,
         )
-        batch.tally.pairs_dropout_ntp, batch.tally.dropout_ntp_cut = len(dropout_pairs), cut
-        pairs = [*batch.pairs, *dropout_pairs]
+        batch.tally.pairs_dropout_ntp, batch.tally.dropout_ntp_cut = len(blind.pairs), blind.cut
+        batch.tally.dropout_ntp_fewer_mentions = blind.fewer_mentions
+        pairs = [*batch.pairs, *blind.pairs]
         return reward_pb2.BuildPairsResponse(
             pairs=pairs,
             prompts=named_prompts(request.prompts, pairs),  # pairs name their prompt: its images travel once
@@ -170,12 +173,12 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
         finished_only: bool,
         unterminated: bool,
         match_length: bool,
-    ) -> tuple[list[common_pb2.PreferencePair], int]:
-        """DropoutNTP's pairs from the rollout service, and how many continuations were cut; FAILED_PRECONDITION
+    ) -> dropout_ntp.BlindPairs:
+        """DropoutNTP's pairs from the rollout service, guarded by the tasks' mention counters; FAILED_PRECONDITION
         when jobs need one and none is set. A failed Continue keeps its status code (UNAVAILABLE while a
         replica restarts), not INTERNAL."""
         if not jobs:
-            return [], 0
+            return dropout_ntp.BlindPairs()
         if self.rollout is None:
             raise InvalidRequest(
                 "prompts",
@@ -192,6 +195,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
                 finished_only=finished_only,
                 unterminated=unterminated,
                 match_length=match_length,
+                mention_counters=self.mention_counters,
             )
         except grpc.aio.AioRpcError as error:  # the rollout's own status, so the round's retry policy sees it
             raise InvalidRequest(

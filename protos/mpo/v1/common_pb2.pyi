@@ -160,7 +160,7 @@ class StepMetrics(_message.Message):
     def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., loss_preference: _Optional[float] = ..., loss_quality: _Optional[float] = ..., loss_generation: _Optional[float] = ..., reward_shift: _Optional[float] = ..., reward_chosen: _Optional[float] = ..., reward_rejected: _Optional[float] = ..., reward_margin: _Optional[float] = ..., preference_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class LabelStats(_message.Message):
-    __slots__ = ("prompts", "samples", "correct", "wrong", "unparsable", "prompts_all_correct", "prompts_all_wrong", "pairs_correctness", "pairs_dropout_ntp", "accuracy_by_task", "wrong_step", "dropout_ntp_cut")
+    __slots__ = ("prompts", "samples", "correct", "wrong", "unparsable", "prompts_all_correct", "prompts_all_wrong", "pairs_correctness", "pairs_dropout_ntp", "accuracy_by_task", "wrong_step", "dropout_ntp_cut", "dropout_ntp_fewer_mentions")
     class AccuracyByTaskEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,7 @@ class LabelStats(_message.Message):
     ACCURACY_BY_TASK_FIELD_NUMBER: _ClassVar[int]
     WRONG_STEP_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_NTP_CUT_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_NTP_FEWER_MENTIONS_FIELD_NUMBER: _ClassVar[int]
     prompts: int
     samples: int
     correct: int
@@ -192,7 +193,8 @@ class LabelStats(_message.Message):
     accuracy_by_task: _containers.ScalarMap[str, float]
     wrong_step: int
     dropout_ntp_cut: int
-    def __init__(self, prompts: _Optional[int] = ..., samples: _Optional[int] = ..., correct: _Optional[int] = ..., wrong: _Optional[int] = ..., unparsable: _Optional[int] = ..., prompts_all_correct: _Optional[int] = ..., prompts_all_wrong: _Optional[int] = ..., pairs_correctness: _Optional[int] = ..., pairs_dropout_ntp: _Optional[int] = ..., accuracy_by_task: _Optional[_Mapping[str, float]] = ..., wrong_step: _Optional[int] = ..., dropout_ntp_cut: _Optional[int] = ...) -> None: ...
+    dropout_ntp_fewer_mentions: int
+    def __init__(self, prompts: _Optional[int] = ..., samples: _Optional[int] = ..., correct: _Optional[int] = ..., wrong: _Optional[int] = ..., unparsable: _Optional[int] = ..., prompts_all_correct: _Optional[int] = ..., prompts_all_wrong: _Optional[int] = ..., pairs_correctness: _Optional[int] = ..., pairs_dropout_ntp: _Optional[int] = ..., accuracy_by_task: _Optional[_Mapping[str, float]] = ..., wrong_step: _Optional[int] = ..., dropout_ntp_cut: _Optional[int] = ..., dropout_ntp_fewer_mentions: _Optional[int] = ...) -> None: ...
 
 class PhaseTimings(_message.Message):
     __slots__ = ("generate", "label", "commit", "train", "publish", "eval", "overhead", "total")
