@@ -291,6 +291,8 @@ def run_variant(
             },
         },
         "pairs_dropout_ntp": sum(r.labels.pairs_dropout_ntp for r in records),
+        # Dropped by a mention counter (reward.task_mention_counters): the blind side named fewer things.
+        "dropout_ntp_fewer_mentions": sum(r.labels.dropout_ntp_fewer_mentions for r in records),
         # Is the chosen side the more grounded one? In the first round and the last.
         **{
             f"{name}_sides": {f"round{r}": compare_sides(pairs_from(store, run_id, r, source), scenes) for r in ends}
