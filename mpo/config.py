@@ -399,13 +399,6 @@ class RewardConfig(_Strict):
         "(LabelStats.dropout_ntp_fewer_mentions counts the others), so that the sides differ in what they name "
         "rather than how much. 'scene_objects' counts the built-in describe task's shape phrases. Off by default.",
     )
-    dropout_ntp_mention_cut: bool = Field(
-        False,
-        description="With task_mention_counters: a DropoutNTP pair whose sides name different numbers of things is "
-        "cut rather than dropped: both sides right after as many as the shorter names, trained without the "
-        "end-of-turn token (PreferencePair.unterminated), so that long answers keep their pairs. Not with "
-        "dropout_ntp_unterminated. Measured on describe in docs/results.md.",
-    )
     scorer: ScorerConfig | None = Field(None, description="Optional model-based reward, reported by Score.")
     server: ServerConfig = Field(default_factory=ServerConfig)
 
@@ -446,13 +439,6 @@ class RewardConfig(_Strict):
             raise ValueError(
                 f"dropout_ntp_match_length does not go with {' or '.join(others)}: each is its own way of "
                 "matching a DropoutNTP pair's sides; set one"
-            )
-        if self.dropout_ntp_mention_cut and not self.task_mention_counters:
-            raise ValueError("dropout_ntp_mention_cut needs task_mention_counters: mentions are what it cuts at")
-        if self.dropout_ntp_mention_cut and self.dropout_ntp_unterminated:
-            raise ValueError(
-                "dropout_ntp_mention_cut does not go with dropout_ntp_unterminated: each cuts a pair's sides to one "
-                "length; set one"
             )
         return self
 

@@ -57,13 +57,6 @@ def test_yaml_overrides_and_empty_file(tmp_path: Path) -> None:
         ("objectiv: {}", "objectiv", "Extra inputs are not permitted"),
         ("reward: {task_step_checks: {arith: steps}}", "reward.task_step_checks", "unknown step check 'steps'"),
         ("reward: {task_verifiers: {arith: numerc}}", "reward.task_verifiers", "unknown verifier 'numerc'"),
-        ("reward: {dropout_ntp_mention_cut: true}", "reward", "dropout_ntp_mention_cut needs task_mention_counters"),
-        (
-            "reward: {task_mention_counters: {describe: scene_objects}, dropout_ntp_mention_cut: true, "
-            "dropout_ntp_unterminated: true}",
-            "reward",
-            "dropout_ntp_mention_cut does not go with dropout_ntp_unterminated",
-        ),
         (
             "reward: {task_mention_counters: {describe: shapes}}",
             "reward.task_mention_counters",

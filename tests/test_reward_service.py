@@ -309,7 +309,7 @@ async def test_a_mention_counter_keeps_only_the_dropout_ntp_pairs_whose_blind_si
     finally:
         await guarded.stop(0)
     counter = MENTION_COUNTERS["scene_objects"]
-    named = [(len(counter.ends(p.chosen)), len(counter.ends(p.rejected))) for p in every.pairs]
+    named = [(counter.count(p.chosen), counter.count(p.rejected)) for p in every.pairs]
     assert len(named) == 2 and named[0][0] == 3 > named[0][1] and named[1][1] >= named[1][0] == 1
     assert list(kept.pairs) == [every.pairs[1]] and kept.stats.pairs_dropout_ntp == 1
     assert kept.stats.dropout_ntp_fewer_mentions == 1 and every.stats.dropout_ntp_fewer_mentions == 0

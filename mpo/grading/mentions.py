@@ -5,12 +5,10 @@ prefix continued without it, assuming the blind side differs in *what* it names.
 differs first in *how much* it names: the blind continuation lists fewer objects, so most pairs teach "name
 more" and the rounds raise hallucination (docs/results.md). A task mapped to a counter in
 `RewardConfig.task_mention_counters` keeps a DropoutNTP pair only when its rejected side names at least as
-many things as its chosen side, so what is left differs in which things are named; with
-`RewardConfig.dropout_ntp_mention_cut` both sides are cut right after as many as the shorter names
-instead, so that a long answer's pair is not lost. A counter reads the text
+many things as its chosen side, so what is left differs in which things are named. A counter reads the text
 alone, never the prompt's ground truth: it is as task-aware as a step check, and no more.
 
-Adding a counter: a class with a unique `name` and `ends(text) -> list[int]`, registered with
+Adding a counter: a class with a unique `name` and `count(text) -> int`, registered with
 `register_mention_counter`.
 """
 
@@ -18,7 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from mpo.grading.hallucination import mention_ends
+from mpo.grading.hallucination import count_mentions
 from mpo.grading.registry import register_named
 
 
@@ -26,9 +24,8 @@ from mpo.grading.registry import register_named
 class MentionCounter(Protocol):
     name: str
 
-    def ends(self, text: str) -> list[int]:
-        """Where each thing `text` names ends, as character offsets in order (objects, entities, facts:
-        whatever the task's answers list); how many there are is the length."""
+    def count(self, text: str) -> int:
+        """How many things `text` names (objects, entities, facts: whatever the task's answers list)."""
         ...
 
 
@@ -38,8 +35,8 @@ class SceneObjectCounter:
 
     name = "scene_objects"
 
-    def ends(self, text: str) -> list[int]:
-        return mention_ends(text)
+    def count(self, text: str) -> int:
+        return count_mentions(text)
 
 
 MENTION_COUNTERS: dict[str, MentionCounter] = {}

@@ -13,8 +13,7 @@ continuation to the chosen answer's length from below as well (`Continuation.min
 end before the chosen answer did, so a blind side that would have stopped early names as much as the chosen
 one, and both sides train with their end of turn. A task's mention counter (`mpo/grading/mentions.py`) can
 guard the pairs instead: a pair is dropped when its blind side names fewer things than the chosen side, as a
-pair that teaches "name more" is not one about the image; or, with `mention_cut`, both sides are cut right
-after as many things as the shorter names, and the pair trains unterminated.
+pair that teaches "name more" is not one about the image.
 Prompts without images cannot tell the two apart and are skipped with a reason.
 """
 
@@ -104,19 +103,6 @@ def least_tokens(sample: common_pb2.Sample) -> int:
     return max(0, len(sample.token_ids) - 1) if ended else len(sample.token_ids)
 
 
-def as_many_mentions(
-    counter: MentionCounter, prefix: str, chosen: str, rejected: str, *, cut: bool
-) -> tuple[str, str] | None:
-    """The sides unchanged when the rejected one names at least as many things; None (no pair) when it
-    names fewer, unless `cut`: then both sides cut right after as many as the shorter names. A pair whose
-    shared count lies within the prefix is not cut: its blind side would have named nothing of its own."""
-    chosen_ends, rejected_ends = counter.ends(chosen), counter.ends(rejected)
-    common = min(len(chosen_ends), len(rejected_ends))
-    if cut and len(chosen_ends) != len(rejected_ends) and common > len(counter.ends(prefix)):
-        return chosen[: chosen_ends[common - 1]], rejected[: rejected_ends[common - 1]]
-    return (chosen, rejected) if len(rejected_ends) >= len(chosen_ends) else None
-
-
 @dataclass
 class BlindPairs:
     """DropoutNTP's pairs of one request, in job order, and what became of the continuations not paired."""
@@ -138,16 +124,12 @@ async def continue_without_images(
     unterminated: bool = False,
     match_length: bool = False,
     mention_counters: Mapping[str, MentionCounter] | None = None,
-    mention_cut: bool = False,
 ) -> BlindPairs:
     """One Continue call for all jobs (the rollout service batches them). `unterminated`: both sides cut to
     the same number of words, the pair marked so the trainer leaves out the end-of-turn token.
     `match_length`: each continuation held from below to its chosen answer's length too (`least_tokens`).
     `mention_counters` (task -> counter): a pair of a mapped task is kept only when its rejected side, as
-    trained, names at least as many things as its chosen side. With `mention_cut`, a pair whose sides name
-    different numbers of things is cut instead: both sides right after as many as the shorter names, the pair
-    unterminated (neither side ended there); it is still dropped when that many lie within the prefix, as the
-    blind side would then have named nothing of its own."""
+    trained, names at least as many things as its chosen side."""
     result = BlindPairs()
     if not jobs:
         return result
@@ -171,18 +153,14 @@ async def continue_without_images(
         chosen, rejected = job.sample.text, job.prefix + continuation.text
         if unterminated:
             chosen, rejected = same_length(chosen, rejected)
-        cut_short = unterminated
-        if (counter := counters.get(job.prompt.task)) is not None:
-            matched = as_many_mentions(counter, job.prefix, chosen, rejected, cut=mention_cut)
-            if matched is None:
-                result.fewer_mentions += 1
-                continue
-            if matched != (chosen, rejected):
-                (chosen, rejected), cut_short = matched, True
         if rejected == chosen:
             continue  # the image-less policy said the same thing: no preference to learn
         if not (chosen and rejected):
             continue  # the cut left a side only punctuation: nothing to prefer, and a pair needs its text
+        counter = counters.get(job.prompt.task)
+        if counter is not None and counter.count(rejected) < counter.count(chosen):
+            result.fewer_mentions += 1
+            continue
         result.pairs.append(
             common_pb2.PreferencePair(
                 id=f"r{round_index}-{job.prompt.id}-d{job.sample.index}",
@@ -190,7 +168,7 @@ async def continue_without_images(
                 chosen=chosen,
                 rejected=rejected,
                 source=common_pb2.PAIR_SOURCE_DROPOUT_NTP,
-                unterminated=cut_short,
+                unterminated=unterminated,
                 provenance=common_pb2.Provenance(
                     policy_version=min(job.sample.policy_version, continuation.policy_version),
                     round=round_index,

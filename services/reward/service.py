@@ -196,7 +196,6 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
                 unterminated=unterminated,
                 match_length=match_length,
                 mention_counters=self.mention_counters,
-                mention_cut=self.config.dropout_ntp_mention_cut,
             )
         except grpc.aio.AioRpcError as error:  # the rollout's own status, so the round's retry policy sees it
             raise InvalidRequest(
