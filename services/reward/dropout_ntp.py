@@ -160,22 +160,6 @@ async def continue_without_images(
         counter = counters.get(job.prompt.task)
         if counter is not None and counter.count(rejected) < counter.count(chosen):
             result.fewer_mentions += 1
-            result.pairs.append(
-                common_pb2.PreferencePair(
-                    id=f"r{round_index}-{job.prompt.id}-d{job.sample.index}-anchor",
-                    prompt_id=job.prompt.id,
-                    chosen=chosen,
-                    rejected=chosen,
-                    source=common_pb2.PAIR_SOURCE_DROPOUT_NTP,
-                    unterminated=unterminated,
-                    provenance=common_pb2.Provenance(
-                        policy_version=job.sample.policy_version,
-                        round=round_index,
-                        chosen_sample_index=job.sample.index,
-                        rejected_sample_index=job.sample.index,
-                    ),
-                )
-            )
             continue
         result.pairs.append(
             common_pb2.PreferencePair(
