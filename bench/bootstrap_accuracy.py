@@ -24,6 +24,7 @@ import torch
 
 from mpo.config import BootstrapConfig
 from mpo.data.tasks import TASKS, make_splits
+from mpo.info import installed_versions
 from mpo.models.corpus import task_corpus
 from mpo.models.tiny import build_image_text_model, build_text_model
 from mpo.trainer.sft import bootstrap
@@ -89,6 +90,7 @@ def main() -> None:
             {
                 "benchmark": "bootstrap_accuracy",
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+                "versions": installed_versions(),
                 "config": bootstrap_config(args).model_dump(),
                 "tasks": results,
             },

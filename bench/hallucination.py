@@ -54,6 +54,7 @@ from mpo.data.tasks import TASKS, make_splits
 from mpo.embedded import run_embedded
 from mpo.evaluation import evaluate, paired_gain
 from mpo.grading.hallucination import DescriptionCheck, described_scenes, judge_description, scene_objects
+from mpo.info import installed_versions
 from mpo.models.corpus import task_corpus
 from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.models.tiny import build_image_text_model
@@ -363,6 +364,7 @@ def main() -> None:
             {
                 "benchmark": "hallucination",
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "versions": installed_versions(),
                 "rounds": args.rounds,
                 "overrides": overrides,
                 "vision_lr_ratio": args.vision_lr_ratio,

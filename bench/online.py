@@ -17,7 +17,9 @@ Accuracy is greedy on all held-out prompts (2,000), with its standard error; the
 treats base and final accuracy as independent (conservative: they are measured on the same prompts).
 `paired` re-evaluates the base and the run's last checkpoint on those prompts (transformers, greedy) and
 gives the gain with its paired standard error, from the per-prompt differences, and the share of
-degenerate answers before and after (`--no-paired` skips it).
+degenerate answers before and after (`--no-paired` skips it). Where the MPO run of the same seed is in the
+workdir (run in this bench or an earlier one), `mpo_gain_over_this` pairs the two last checkpoints prompt
+by prompt: MPO's accuracy less this variant's; over seeds, compare a recipe on the seeds' spread.
 `--set KEY=VALUE` (repeatable; a dotted path into the run config, a YAML value) probes a change of the
 recipe; such runs get their own run ids, so a probe never reads back a run of another config.
 
@@ -46,11 +48,12 @@ from mpo.data.loader import load_prompts
 from mpo.demo import RECIPES, DemoRecipe, demo_run_config, prepare
 from mpo.embedded import run_embedded
 from mpo.evaluation import EvalResult, evaluate, paired_gain
+from mpo.info import installed_versions
 from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.overrides import OverrideError, parse_overrides
 from mpo.services.controller.store import RunStore
 from mpo.trainer.export import export_checkpoint
-from mpo.v1 import controller_pb2
+from mpo.v1 import common_pb2, controller_pb2
 
 VARIANTS = ("mpo", "sft", "dpo", "bco", "dpo+sft", "offline", "async")
 #: The single-term ablations, each at weight 1; `dpo+sft` keeps the recipe's two weights; the MPO variants
@@ -97,30 +100,65 @@ def greedy_evaluation(model_dir: Path, heldout: Path, prompts: int, max_tokens: 
     return evaluate(TransformersGenerator(model_dir), records, Sampling(n=1, max_new_tokens=max_tokens))
 
 
-def paired_comparison(config: RunConfig, checkpoint: str | None = None) -> dict[str, Any]:
-    """Base against the run's last checkpoint, or the one named (a kept `step-N` directory), exported once,
-    on the same held-out prompts."""
-    assert config.data is not None and config.trainer is not None
+def exported_model(config: RunConfig, checkpoint: str | None = None) -> Path:
+    """The run's last checkpoint, or the one named (a kept `step-N` directory), exported once."""
+    assert config.trainer is not None
     checkpoints = config.trainer.checkpoint_dir
     name = checkpoint or (checkpoints / "LATEST").read_text().strip()
-    final_model = checkpoints.parent / f"exported-{name}"  # a run extended later exports its new last one
-    if not (final_model / "config.json").exists():
-        export_checkpoint(checkpoints / name, final_model)
-    evaluation = functools.partial(
-        greedy_evaluation, heldout=config.data.heldout, prompts=config.rounds.eval_prompts,
-        max_tokens=config.rounds.heldout_max_tokens,
-    )  # fmt: skip
-    base, final = evaluation(config.model), evaluation(final_model)
-    gain, error = paired_gain(base, final)
+    model = checkpoints.parent / f"exported-{name}"  # a run extended later exports its new last one
+    if not (model / "config.json").exists():
+        export_checkpoint(checkpoints / name, model)
+    return model
+
+
+def heldout_evaluation(config: RunConfig, model: Path) -> EvalResult:
+    assert config.data is not None
+    return greedy_evaluation(model, config.data.heldout, config.rounds.eval_prompts, config.rounds.heldout_max_tokens)
+
+
+def paired_gain_points(before: EvalResult, after: EvalResult) -> dict[str, Any]:
+    gain, error = paired_gain(before, after)
     return {
-        "base": round(base.accuracy, 4),
-        "final": round(final.accuracy, 4),
         "gain_points": round(100 * gain, 2),
         "gain_standard_error_points": round(100 * error, 2),
         "gain_in_standard_errors": round(gain / error, 2) if error else None,
+    }
+
+
+def paired_comparison(config: RunConfig, checkpoint: str | None = None) -> dict[str, Any]:
+    """Base against the run's last checkpoint, or the one named, on the same held-out prompts."""
+    base = heldout_evaluation(config, config.model)
+    final = heldout_evaluation(config, exported_model(config, checkpoint))
+    return {
+        "base": round(base.accuracy, 4),
+        "final": round(final.accuracy, 4),
+        **paired_gain_points(base, final),
         # Answers with no final answer, a repetition loop, or cut at the token limit (the MPO paper's count).
         "degenerate": [round(base.degenerate, 4), round(final.degenerate, 4)],
     }
+
+
+def completed_mpo_run(
+    workdir: Path, seed: int, rounds: int, overrides: dict[str, Any], recipe: DemoRecipe
+) -> tuple[RunConfig, list[common_pb2.RoundMetrics]] | None:
+    """The MPO variant of this seed, with its round records, once all its rounds are stored."""
+    config = variant_config(workdir, "mpo", seed, rounds, overrides, recipe)
+    records = RunStore(config.store_dir).round_records(config.run_id or "")
+    return (config, records) if len(records) >= rounds else None
+
+
+def mpo_gain_over(
+    workdir: Path, variant: str, seed: int, rounds: int, overrides: dict[str, Any], recipe: DemoRecipe
+) -> dict[str, Any] | None:
+    """MPO's last checkpoint against this variant's, same seed, prompt by prompt. Both start from one base,
+    so this is the difference of their gains, without the prompts' own difficulty. None for MPO itself, or
+    while the MPO run of this seed is not complete."""
+    mpo = completed_mpo_run(workdir, seed, rounds, overrides, recipe) if variant != "mpo" else None
+    if mpo is None:
+        return None
+    config = variant_config(workdir, variant, seed, rounds, overrides, recipe)
+    this = heldout_evaluation(config, exported_model(config))
+    return paired_gain_points(this, heldout_evaluation(mpo[0], exported_model(mpo[0])))
 
 
 def run_variant(
@@ -192,12 +230,10 @@ def at_online_steps(
     the online run exists."""
     if config.rounds.sample_from != "base" or config.trainer is None:
         return None
-    online = RunStore(config.store_dir).round_records(
-        variant_config(workdir, "mpo", seed, rounds, overrides, recipe).run_id or ""
-    )
-    if len(online) < rounds:
+    online = completed_mpo_run(workdir, seed, rounds, overrides, recipe)
+    if online is None:
         return None
-    steps = sum(r.train_steps for r in online)
+    steps = sum(r.train_steps for r in online[1])
     kept = sorted(int(d.name.removeprefix("step-")) for d in config.trainer.checkpoint_dir.glob("step-*"))
     step = max((s for s in kept if s <= steps), default=None)
     if step is None:
@@ -215,6 +251,8 @@ def summarize_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary |= _paired_summary([r["paired"] for r in runs if r["paired"]])
     if at_steps := [r["paired_at_online_steps"] for r in runs if r.get("paired_at_online_steps")]:
         summary["at_online_steps"] = _paired_summary(at_steps)
+    if against_mpo := [r["mpo_gain_over_this"] for r in runs if r.get("mpo_gain_over_this")]:
+        summary["mpo_gain_over_this"] = _paired_summary(against_mpo)
     return summary
 
 
@@ -255,13 +293,17 @@ def main() -> None:
     started = time.perf_counter()
     prepare(workdir, recipe=recipe, say=lambda line: print(line, flush=True))
     prepare_seconds = time.perf_counter() - started
+    runs = [(variant, int(seed)) for variant in variants for seed in args.seeds.split(",")]
     results: dict[str, dict[str, Any]] = {}
-    for variant in variants:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            print(f"running {variant} seed {seed} ...", flush=True)
-            results[f"{variant}/seed{seed}"] = run_variant(
-                workdir, variant, seed, args.rounds, paired=args.paired, overrides=overrides, recipe=recipe
-            )
+    for variant, seed in runs:
+        print(f"running {variant} seed {seed} ...", flush=True)
+        results[f"{variant}/seed{seed}"] = run_variant(
+            workdir, variant, seed, args.rounds, paired=args.paired, overrides=overrides, recipe=recipe
+        )
+    for variant, seed in runs:  # after all of them, so MPO may come in any place in --variants
+        results[f"{variant}/seed{seed}"]["mpo_gain_over_this"] = (
+            mpo_gain_over(workdir, variant, seed, args.rounds, overrides, recipe) if args.paired else None
+        )
     summary: dict[str, Any] = {
         variant: summarize_seeds([r for key, r in results.items() if key.startswith(f"{variant}/")])
         for variant in variants
@@ -278,6 +320,7 @@ def main() -> None:
                 "benchmark": "online",
                 "task": recipe.task,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "versions": installed_versions(),
                 "rounds": args.rounds,
                 "overrides": overrides,
                 "prepare_seconds": round(prepare_seconds, 1),

@@ -54,6 +54,7 @@ from mpo.data.loader import load_prompts
 from mpo.data.records import PromptRecord
 from mpo.data.tasks.scenes import COLOURS, OPENERS, SHAPES
 from mpo.grading.hallucination import DescriptionCheck, judge_description, scene_objects
+from mpo.info import installed_versions
 from mpo.models.generate import Sampling, TransformersGenerator
 from mpo.models.loading import load_model, load_processor
 from mpo.services.controller.store import RunStore, StoreError
@@ -206,7 +207,11 @@ def main() -> None:
     parser.add_argument("--run-id", help="--store: the run")
     parser.add_argument("--rounds", default="1", help="--store: comma-separated round numbers (1-based)")
     args = parser.parse_args()
-    report: dict[str, Any] = {"benchmark": "perception", "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    report: dict[str, Any] = {
+        "benchmark": "perception",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "versions": installed_versions(),
+    }
     if args.model:
         if len(args.data) != 1:
             parser.error("--data: give one prompt file with --model")

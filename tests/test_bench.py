@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from mpo.data.loader import write_prompts_jsonl
 from mpo.data.records import PromptRecord
 from mpo.data.tasks import make_splits
 from mpo.demo import RECIPES, demo_run_config
+from mpo.evaluation import EvalResult
 from mpo.models.corpus import task_corpus
 from mpo.models.families import FAMILIES
 from mpo.models.tiny import build_image_text_model, build_text_model
@@ -199,6 +201,50 @@ def test_offline_runs_are_also_compared_at_the_step_the_online_run_ended_on(
     at_steps = online.at_online_steps(tmp_path, offline, 0, 3, {}, RECIPES["arith"])
     assert at_steps == {"online_steps": 7, "step": 6, "scored": "step-000000006"}
     assert online.at_online_steps(tmp_path, mpo, 0, 3, {}, RECIPES["arith"]) is None, "only offline runs"
+
+
+def test_each_part_is_paired_with_the_mpo_run_of_its_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MPO against a part: both last checkpoints of one seed scored on the same held-out prompts, prompt by
+    prompt, once the MPO run has all its rounds; and the seeds' spread of those differences."""
+    online = _bench_module("online")
+    recipe = RECIPES["arith"]
+    mpo, dpo = (online.variant_config(tmp_path, variant, 0, 2) for variant in ("mpo", "dpo"))
+    assert online.mpo_gain_over(tmp_path, "dpo", 0, 2, {}, recipe) is None, "no MPO run yet"
+    store = RunStore(mpo.store_dir)
+    store.put_run(controller_pb2.Run(run_id=mpo.run_id))
+    store.commit_pairs(mpo.run_id, 1, [])
+    store.store_round(common_pb2.RoundMetrics(run_id=mpo.run_id, round=1, train_steps=2))
+    assert online.mpo_gain_over(tmp_path, "dpo", 0, 2, {}, recipe) is None, "MPO has one of its two rounds"
+    store.commit_pairs(mpo.run_id, 2, [])
+    store.store_round(common_pb2.RoundMetrics(run_id=mpo.run_id, round=2, train_steps=2))
+
+    # Stand-ins for the exported checkpoints and their greedy scores (the real ones take minutes to make).
+    answers = {
+        mpo.trainer.checkpoint_dir.parent: (1.0, 1.0, 0.0, 1.0),
+        dpo.trainer.checkpoint_dir.parent: (1.0, 0.0, 0.0, 1.0),
+    }
+    scored: list[tuple[Path, Path, int]] = []
+
+    def greedy(model: Path, heldout: Path, prompts: int, max_tokens: int) -> EvalResult:
+        scored.append((model, heldout, prompts))
+        per_prompt = answers[model]
+        accuracy = sum(per_prompt) / len(per_prompt)
+        return EvalResult(len(per_prompt), 1, accuracy, accuracy, 0.0, per_prompt=per_prompt)
+
+    monkeypatch.setattr(online, "exported_model", lambda config, checkpoint=None: config.trainer.checkpoint_dir.parent)
+    monkeypatch.setattr(online, "greedy_evaluation", greedy)
+    # MPO right on one prompt DPO-only misses: +25 points, and one of four prompts differing gives SE 25.
+    against = online.mpo_gain_over(tmp_path, "dpo", 0, 2, {}, recipe)
+    assert against == {"gain_points": 25.0, "gain_standard_error_points": 25.0, "gain_in_standard_errors": 1.0}
+    assert {(heldout, prompts) for _, heldout, prompts in scored} == {(mpo.data.heldout, mpo.rounds.eval_prompts)}
+    assert online.mpo_gain_over(tmp_path, "mpo", 0, 2, {}, recipe) is None, "MPO is not compared with itself"
+
+    runs = [
+        {"tasks": {}, "paired": None, "mpo_gain_over_this": {"gain_points": g, "gain_standard_error_points": 0.5}}
+        for g in (-0.85, 0.4, -0.8)
+    ]  # shapes, MPO over DPO-only on seeds 0-2 (docs/results.md)
+    summary = online.summarize_seeds(runs)["mpo_gain_over_this"]
+    assert summary["paired_mean_gain_points"] == -0.42 and summary["seed_spread_standard_error_points"] == 0.41
 
 
 def test_online_benchmark_reports_the_seeds_spread_beside_the_paired_error() -> None:
@@ -424,6 +470,7 @@ def test_perception_benchmark_tells_seeing_from_guessing(tmp_path: Path) -> None
     model = build_image_text_model(tmp_path / "model", task_corpus(["describe"], per_task=200), seed=0)
     greedy = run_bench("perception.py", f"--model {model} --data {tmp_path / 'data' / 'heldout.jsonl'} --limit 2")
     assert greedy["model"] == str(model) and greedy["greedy"]["answers"] == 2
+    assert greedy["versions"]["transformers"] == transformers.__version__, "what ran, beside the figure"
 
     # The linear probe, end to end on the same model: every count probed, on the features' own scale.
     probe_data = make_splits("describe", seed=1, train=1, heldout=16, out_dir=tmp_path / "probe")

