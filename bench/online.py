@@ -153,12 +153,12 @@ def mpo_gain_over(
     """MPO's last checkpoint against this variant's, same seed, prompt by prompt. Both start from one base,
     so this is the difference of their gains, without the prompts' own difficulty. None for MPO itself, or
     while the MPO run of this seed is not complete."""
-    mpo = completed_mpo_run(workdir, seed, rounds, overrides, recipe) if variant != "mpo" else None
-    if mpo is None:
+    if variant == "mpo" or (mpo := completed_mpo_run(workdir, seed, rounds, overrides, recipe)) is None:
         return None
+    mpo_config, _ = mpo
     config = variant_config(workdir, variant, seed, rounds, overrides, recipe)
     this = heldout_evaluation(config, exported_model(config))
-    return paired_gain_points(this, heldout_evaluation(mpo[0], exported_model(mpo[0])))
+    return paired_gain_points(this, heldout_evaluation(mpo_config, exported_model(mpo_config)))
 
 
 def run_variant(
@@ -233,7 +233,8 @@ def at_online_steps(
     online = completed_mpo_run(workdir, seed, rounds, overrides, recipe)
     if online is None:
         return None
-    steps = sum(r.train_steps for r in online[1])
+    _, online_records = online
+    steps = sum(r.train_steps for r in online_records)
     kept = sorted(int(d.name.removeprefix("step-")) for d in config.trainer.checkpoint_dir.glob("step-*"))
     step = max((s for s in kept if s <= steps), default=None)
     if step is None:
