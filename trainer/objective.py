@@ -60,7 +60,6 @@ class MPOObjective:
         step_pairs: int | None = None,
         step_chosen_tokens: int | None = None,
         padding: bool = False,
-        paired: torch.Tensor | None = None,
     ) -> MPOOutput:
         """Loss and metrics. ``training=False`` (evaluation) reads δ without folding the batch into it.
 
@@ -88,25 +87,15 @@ class MPOObjective:
         rejected_rewards = beta * (policy_rejected.summed - reference_rejected_logps.detach())
 
         shift = self.reward_shift
-        mask = paired.to(chosen_rewards.dtype) if paired is not None else torch.ones_like(chosen_rewards)
-        keep = mask > 0
-        any_paired = bool(keep.any())
-        if training:
-            delta = shift.update(
-                chosen_rewards[keep] if any_paired else chosen_rewards,
-                rejected_rewards[keep] if any_paired else rejected_rewards,
-                present=(not padding) and any_paired,
-            )
-        else:
-            delta = shift.value
+        delta = shift.update(chosen_rewards, rejected_rewards, present=not padding) if training else shift.value
 
         pair_divisor = step_pairs or chosen_rewards.shape[0]
         generation = (
             -policy_chosen.summed.sum() / step_chosen_tokens if step_chosen_tokens else policy_chosen.token_mean_nll()
         )
         terms = {
-            "preference": (mask * preference_loss(chosen_rewards, rejected_rewards)).sum() / pair_divisor,
-            "quality": (mask * quality_loss(chosen_rewards, rejected_rewards, delta)).sum() / pair_divisor,
+            "preference": preference_loss(chosen_rewards, rejected_rewards).sum() / pair_divisor,
+            "quality": quality_loss(chosen_rewards, rejected_rewards, delta).sum() / pair_divisor,
             "generation": generation,
         }
         loss = sum(weight * terms[name] for name, weight in self.config.terms.items())

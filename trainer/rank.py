@@ -242,16 +242,14 @@ class TrainerRank:
             padding = not indices
             used = list(indices) if indices else [everyone[0]]
             chosen, rejected = self._forward(self.engine, [pairs[i] for i in used])
-            paired = torch.tensor([not pairs[i].id.endswith("-anchor") for i in used], device=chosen.summed.device)
             out = self.objective(
                 chosen,
                 rejected,
                 reference[used, 0].to(chosen.summed.device),
                 reference[used, 1].to(chosen.summed.device),
-                step_pairs=max(1, sum(not pairs[i].id.endswith("-anchor") for i in everyone)),
+                step_pairs=plan.pairs,
                 step_chosen_tokens=chosen_tokens,
                 padding=padding,
-                paired=paired,
             )
             # DeepSpeed averages gradients over ranks; the shares already sum to the step's loss.
             self.engine.backward(out.loss * self.world_size, scale_wrt_gas=False)

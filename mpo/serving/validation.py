@@ -288,7 +288,7 @@ def _check_pair(
         raise InvalidRequest(f"{field}.prompt_id", f"no prompt with id {_quote(pair.prompt_id)} in prompts")
     _check_nonempty(pair.chosen, f"{field}.chosen")
     _check_nonempty(pair.rejected, f"{field}.rejected")
-    if pair.chosen == pair.rejected and not pair.id.endswith("-anchor"):
+    if pair.chosen == pair.rejected:
         raise InvalidRequest(f"{field}.rejected", "must differ from chosen (an equal pair has no preference)")
     _check_enum(pair, "source", f"{field}.source")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import operator
-import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,7 +156,7 @@ class RewardService(reward_pb2_grpc.RewardServiceServicer):
         )
         batch.tally.pairs_dropout_ntp, batch.tally.dropout_ntp_cut = len(blind.pairs), blind.cut
         batch.tally.dropout_ntp_fewer_mentions = blind.fewer_mentions
-        pairs = [*batch.pairs, *blind.pairs, *_demonstration_anchors(groups, request.round)]
+        pairs = [*batch.pairs, *blind.pairs]
         return reward_pb2.BuildPairsResponse(
             pairs=pairs,
             prompts=named_prompts(request.prompts, pairs),  # pairs name their prompt: its images travel once
@@ -237,35 +236,3 @@ async def start_reward(config: RewardConfig) -> RunningReward:
     )
     service = RewardService(config, workers, rollout, await asyncio.to_thread(create_scorer, config.scorer))
     return RunningReward(await start_server(config.server, service, name="reward"), service)
-
-
-def _demonstration_anchors(groups: list[PromptGroup], round_index: int) -> list[common_pb2.PreferencePair]:
-    """Probe (to be reverted): each prompt without ground truth whose task writes demonstrations gets its
-    reference description as a generation-only target (both sides equal, id '-anchor')."""
-    from mpo.data.tasks import TASKS
-
-    anchors = []
-    for group in groups:
-        prompt = group.prompt
-        if prompt.HasField("answer") or prompt.task not in TASKS or not group.samples:
-            continue
-        text = TASKS[prompt.task].demonstration(labelling._record(prompt), random.Random(f"{round_index}:{prompt.id}"))
-        if not text:
-            continue
-        first = min(group.samples, key=lambda s: s.index)
-        anchors.append(
-            common_pb2.PreferencePair(
-                id=f"r{round_index}-{prompt.id}-anchor",
-                prompt_id=prompt.id,
-                chosen=text,
-                rejected=text,
-                source=common_pb2.PAIR_SOURCE_DROPOUT_NTP,
-                provenance=common_pb2.Provenance(
-                    policy_version=first.policy_version,
-                    round=round_index,
-                    chosen_sample_index=first.index,
-                    rejected_sample_index=first.index,
-                ),
-            )
-        )
-    return anchors
